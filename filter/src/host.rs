@@ -1,0 +1,42 @@
+//! Fallible wrappers over proxy-wasm host calls.
+//!
+//! The SDK's trait helpers `unwrap()` host errors; on the request path a panic
+//! is a VM trap that fails user traffic, so the filter calls these instead and
+//! treats a host error as "no value".
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Bytes, MapType};
+
+pub(crate) fn property(path: &[&str]) -> Option<Bytes> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// An integer property (Envoy encodes them as 8 little-endian bytes).
+pub(crate) fn property_u64(path: &[&str]) -> Option<u64> {
+    let bytes = property(path)?;
+    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(raw))
+}
+
+pub(crate) fn request_header(name: &str) -> Option<Bytes> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub(crate) fn set_request_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+}
+
+pub(crate) fn remove_request_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+}
+
+pub(crate) fn set_response_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+}
+
+/// The value and CAS stored under `key` in shared data.
+pub(crate) fn shared_data(key: &str) -> (Option<Bytes>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}

@@ -1,0 +1,83 @@
+//! Envoy metrics, per deployment and role.
+//!
+//! Names carry the labels as `deployment.<name>.role.<role>.class.<class>`
+//! segments; the `stats_tags` of the shipped Envoy configs extract them, so
+//! the admin `/stats/prometheus` shows for example
+//! `coalmine_requests{deployment="heart-prod",role="canary",class="5xx"}`.
+
+use coalmine_protocol::config::Deployment;
+use coalmine_protocol::{Outcome, Role};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Metric ids of one deployment (ids are per VM; Envoy shares the stat).
+#[derive(Debug, Clone)]
+pub(crate) struct DeploymentMetrics {
+    /// `[role][class]` request counters.
+    requests: [[u32; 4]; 2],
+    /// Per role latency histogram in milliseconds.
+    latency_ms: [u32; 2],
+    canary_share_bps: u32,
+    split_epoch: u32,
+}
+
+/// The metric names of one deployment, in the order they are defined.
+pub(crate) fn names(deployment: &str) -> Vec<(MetricType, String)> {
+    let mut out = Vec::with_capacity(12);
+    for role in Role::ALL {
+        for class in Outcome::ALL {
+            out.push((
+                MetricType::Counter,
+                format!("coalmine.deployment.{deployment}.role.{role}.class.{class}.requests"),
+            ));
+        }
+        out.push((
+            MetricType::Histogram,
+            format!("coalmine.deployment.{deployment}.role.{role}.latency_ms"),
+        ));
+    }
+    out.push((
+        MetricType::Gauge,
+        format!("coalmine.deployment.{deployment}.canary_share_bps"),
+    ));
+    out.push((
+        MetricType::Gauge,
+        format!("coalmine.deployment.{deployment}.split_epoch"),
+    ));
+    out
+}
+
+impl DeploymentMetrics {
+    /// Defines (or looks up) the deployment's metrics.
+    pub(crate) fn define(deployment: &Deployment) -> Result<DeploymentMetrics, String> {
+        let mut ids = Vec::with_capacity(12);
+        for (kind, name) in names(&deployment.name) {
+            let id = hostcalls::define_metric(kind, &name)
+                .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
+            ids.push(id);
+        }
+        let id = |i: usize| ids.get(i).copied().unwrap_or_default();
+        // Layout of `names`: per role 4 counters then the histogram; then 2 gauges.
+        Ok(DeploymentMetrics {
+            requests: [[id(0), id(1), id(2), id(3)], [id(5), id(6), id(7), id(8)]],
+            latency_ms: [id(4), id(9)],
+            canary_share_bps: id(10),
+            split_epoch: id(11),
+        })
+    }
+
+    pub(crate) fn record(&self, role: Role, outcome: Outcome, latency_us: u64) {
+        let r = role.index();
+        if let Some(id) = self.requests.get(r).and_then(|c| c.get(outcome.index())) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+        if let Some(id) = self.latency_ms.get(r) {
+            let _ = hostcalls::record_metric(*id, latency_us / 1000);
+        }
+    }
+
+    pub(crate) fn set_split(&self, canary_bps: u16, epoch: u64) {
+        let _ = hostcalls::record_metric(self.canary_share_bps, u64::from(canary_bps));
+        let _ = hostcalls::record_metric(self.split_epoch, epoch);
+    }
+}

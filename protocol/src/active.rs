@@ -1,0 +1,179 @@
+//! What each configured deployment routes by right now.
+//!
+//! The filter asks proxy shared data for the split table on every request,
+//! but decodes it only when the shared-data CAS changed since the last look;
+//! a table that does not decode is remembered as seen (so it is not decoded
+//! again per request) and the last good splits stay in force.
+
+use crate::config::Deployment;
+use crate::split::{DeploymentSplit, SplitTable, SplitTableError};
+use std::rc::Rc;
+
+/// Per configured deployment (by index), the split in force.
+#[derive(Debug, Clone)]
+pub struct ActiveSplits {
+    seen_cas: Option<u32>,
+    epoch: Option<u64>,
+    splits: Vec<Option<Rc<DeploymentSplit>>>,
+}
+
+/// What [`ActiveSplits::observe`] did.
+#[derive(Debug)]
+pub enum Observed {
+    /// Same CAS as before (or nothing stored): nothing decoded.
+    Unchanged,
+    /// A new table was decoded and is now in force.
+    Updated { epoch: u64 },
+    /// A new value could not be decoded; the previous splits stay in force.
+    Rejected(SplitTableError),
+}
+
+impl ActiveSplits {
+    /// The static splits of the configuration (standalone mode, or until the
+    /// controller's first table).
+    pub fn from_static(deployments: &[Deployment]) -> ActiveSplits {
+        ActiveSplits {
+            seen_cas: None,
+            epoch: None,
+            splits: deployments
+                .iter()
+                .map(|d| d.static_split.clone().map(Rc::new))
+                .collect(),
+        }
+    }
+
+    /// The split of the deployment at `index` in the configuration.
+    pub fn get(&self, index: usize) -> Option<&Rc<DeploymentSplit>> {
+        self.splits.get(index).and_then(Option::as_ref)
+    }
+
+    /// The epoch of the controller table in force, if any.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    /// Takes in what shared data holds now. `read` is called only when `cas`
+    /// differs from the last one seen.
+    pub fn observe<'a>(
+        &mut self,
+        deployments: &[Deployment],
+        cas: Option<u32>,
+        read: impl FnOnce() -> Option<&'a [u8]>,
+    ) -> Observed {
+        if cas.is_none() || cas == self.seen_cas {
+            return Observed::Unchanged;
+        }
+        self.seen_cas = cas;
+        let Some(bytes) = read() else {
+            return Observed::Unchanged;
+        };
+        match SplitTable::decode(bytes) {
+            Ok(table) => {
+                self.apply(deployments, table);
+                Observed::Updated {
+                    epoch: self.epoch.unwrap_or_default(),
+                }
+            }
+            Err(e) => Observed::Rejected(e),
+        }
+    }
+
+    /// Puts a decoded controller table in force. Deployments the table does
+    /// not mention keep no split (their traffic is not split); the table's
+    /// entries for deployments this proxy does not serve are ignored.
+    pub fn apply(&mut self, deployments: &[Deployment], table: SplitTable) {
+        let mut by_name = table.deployments;
+        self.splits = deployments
+            .iter()
+            .map(|d| {
+                by_name
+                    .iter()
+                    .position(|s| s.name == d.name)
+                    .map(|i| Rc::new(by_name.swap_remove(i)))
+            })
+            .collect();
+        self.epoch = Some(table.epoch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginConfig;
+    use crate::split::{Bps, Target};
+
+    fn deployments() -> Vec<Deployment> {
+        PluginConfig::parse(
+            br#"{"controller":{"cluster":"ctl"},"deployments":[
+              {"name":"a","match":{"path_prefix":"/a"},"static":{"baseline":{"version":"v1","cluster":"a1"}}},
+              {"name":"b","match":{"path_prefix":"/b"}}]}"#,
+        )
+        .unwrap()
+        .deployments
+    }
+
+    fn table(epoch: u64, bps: u16) -> Vec<u8> {
+        SplitTable {
+            epoch,
+            deployments: vec![DeploymentSplit {
+                name: "b".into(),
+                baseline: Target {
+                    version: "v1".into(),
+                    cluster: "b1".into(),
+                },
+                canary: Some(Target {
+                    version: "v2".into(),
+                    cluster: "b2".into(),
+                }),
+                canary_bps: Bps::new(bps).unwrap(),
+            }],
+        }
+        .encode()
+    }
+
+    #[test]
+    fn decodes_only_when_the_cas_changes() {
+        let ds = deployments();
+        let mut active = ActiveSplits::from_static(&ds);
+        assert_eq!(active.get(0).unwrap().baseline.cluster, "a1");
+        assert!(active.get(1).is_none());
+
+        let t1 = table(1, 2000);
+        assert!(matches!(
+            active.observe(&ds, None, || panic!("no value, no read")),
+            Observed::Unchanged
+        ));
+        assert!(matches!(
+            active.observe(&ds, Some(7), || Some(&t1)),
+            Observed::Updated { epoch: 1 }
+        ));
+        assert_eq!(active.get(1).unwrap().canary_bps.get(), 2000);
+        assert!(
+            active.get(0).is_none(),
+            "the controller's table rules once it arrives"
+        );
+        assert!(matches!(
+            active.observe(&ds, Some(7), || panic!("same cas must not be read")),
+            Observed::Unchanged
+        ));
+
+        // A broken value keeps the last good table and is not decoded twice.
+        assert!(matches!(
+            active.observe(&ds, Some(8), || Some(b"{not json")),
+            Observed::Rejected(_)
+        ));
+        assert_eq!(active.get(1).unwrap().canary_bps.get(), 2000);
+        assert!(matches!(
+            active.observe(&ds, Some(8), || panic!("seen already")),
+            Observed::Unchanged
+        ));
+
+        let t2 = table(2, 5000);
+        assert!(matches!(
+            active.observe(&ds, Some(9), || Some(&t2)),
+            Observed::Updated { epoch: 2 }
+        ));
+        assert_eq!(active.get(1).unwrap().canary_bps.get(), 5000);
+        assert_eq!(active.epoch(), Some(2));
+    }
+}

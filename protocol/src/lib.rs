@@ -1,0 +1,32 @@
+//! coalmine's pure core, shared by the proxy-wasm filter and the controller.
+//!
+//! Nothing here performs I/O, reads a clock or touches proxy-wasm, so every
+//! piece compiles and is tested both natively and on `wasm32-wasip1`:
+//!
+//! - [`config`]: the filter's plugin configuration, parsed into typed,
+//!   validated structs; errors name the offending field.
+//! - [`split`]: the split table (baseline / canary targets and the canary share
+//!   in basis points) the filter routes by.
+//! - [`routing`]: which deployment a request belongs to, and which role serves
+//!   it, uniformly at random or sticky by a user key.
+//! - [`outcome`]: the outcome class of a finished request (2xx/3xx, 4xx, 5xx,
+//!   reset).
+//! - [`stats`]: per-role outcome counters and latency HdrHistograms.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod active;
+pub mod config;
+pub mod outcome;
+pub mod routing;
+pub mod split;
+pub mod stats;
+
+pub use config::{ConfigError, PluginConfig};
+pub use outcome::Outcome;
+pub use split::{Bps, DeploymentSplit, Role, SplitTable, Target};
+pub use stats::RoleStats;

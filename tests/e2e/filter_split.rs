@@ -1,0 +1,331 @@
+//! The coalmine filter splits live traffic inside a real Envoy.
+//!
+//! Each test starts the Envoy from `.venv` with the shipped `envoy/envoy.yaml`
+//! (re-pointed at upstreams on loopback) and the release build of the filter.
+
+use anyhow::{Result, ensure};
+use coalmine_e2e::{Envoy, EnvoyConfig, Upstream, poll, prometheus_value};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+struct Stack {
+    envoy: Envoy,
+    v1: Upstream,
+    v2: Upstream,
+}
+
+/// Envoy with the shipped config, `heart-v1`/`heart-v2` on fresh upstreams,
+/// optionally another plugin configuration and without some HTTP filter.
+async fn stack(plugin: Option<Value>, drop_filter: Option<&str>) -> Result<Stack> {
+    let (v1, v2) = (
+        Upstream::start("heart-v1").await?,
+        Upstream::start("heart-v2").await?,
+    );
+    let mut config = EnvoyConfig::shipped("envoy.yaml")?
+        .upstream("heart-v1", v1.addr)?
+        .upstream("heart-v2", v2.addr)?;
+    if let Some(plugin) = plugin {
+        config = config.plugin_config(&plugin)?;
+    }
+    if let Some(name) = drop_filter {
+        config = config.without_http_filter(name)?;
+    }
+    Ok(Stack {
+        envoy: Envoy::start(config).await?,
+        v1,
+        v2,
+    })
+}
+
+/// What a client saw of one response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    status: u16,
+    served_by: String,
+    role: Option<String>,
+    version: Option<String>,
+}
+
+/// Sends `n` GETs with `headers(i)` over `concurrency` connections.
+async fn send(
+    url: String,
+    n: usize,
+    concurrency: usize,
+    headers: impl Fn(usize) -> Vec<(&'static str, String)> + Send + Sync + 'static,
+) -> Result<Vec<Seen>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let headers = std::sync::Arc::new(headers);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (client, url, headers) = (client.clone(), url.clone(), headers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (worker..n).step_by(concurrency) {
+                let mut req = client.get(&url);
+                for (k, v) in headers(i) {
+                    req = req.header(k, v);
+                }
+                let resp = req.send().await?;
+                let h = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                out.push((
+                    i,
+                    Seen {
+                        status: resp.status().as_u16(),
+                        served_by: h("x-served-by").unwrap_or_default(),
+                        role: h("x-coalmine-role"),
+                        version: h("x-coalmine-version"),
+                    },
+                ));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, s)| s).collect())
+}
+
+fn served_by(role: &str) -> &'static str {
+    if role == "canary" {
+        "heart-v2"
+    } else {
+        "heart-v1"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_percent_of_ten_thousand_requests_reach_the_canary() -> Result<()> {
+    let s = stack(None, None).await?;
+    let n = 10_000;
+    let seen = send(s.envoy.url("/predict/heart"), n, 16, |_| vec![]).await?;
+
+    let mut by_role: HashMap<String, u64> = HashMap::new();
+    for r in &seen {
+        ensure!(r.status == 200, "unexpected response {r:?}");
+        let role = r.role.clone().unwrap_or_default();
+        // The response names the upstream that really served it.
+        ensure!(
+            r.served_by == served_by(&role),
+            "role header disagrees with the upstream: {r:?}"
+        );
+        let want_version = if role == "canary" { "v2" } else { "v1" };
+        ensure!(r.version.as_deref() == Some(want_version), "{r:?}");
+        *by_role.entry(role).or_default() += 1;
+    }
+    let canary = by_role.get("canary").copied().unwrap_or(0);
+    let baseline = by_role.get("baseline").copied().unwrap_or(0);
+    ensure!(canary + baseline == n as u64, "{by_role:?}");
+    let share = canary as f64 / n as f64 * 100.0;
+    println!("observed canary share: {share:.2} % of {n} requests (configured 20 %)");
+    ensure!(
+        (share - 20.0).abs() <= 1.5,
+        "canary share {share:.2} % is outside 20 ± 1.5 %"
+    );
+
+    // The upstreams were told their role by the filter.
+    ensure!(
+        s.v1.seen()
+            .iter()
+            .all(|h| h.role.as_deref() == Some("baseline")
+                && h.cluster.as_deref() == Some("heart-v1"))
+    );
+    ensure!(
+        s.v2.seen().iter().all(
+            |h| h.role.as_deref() == Some("canary") && h.cluster.as_deref() == Some("heart-v2")
+        )
+    );
+    ensure!(s.v2.seen().len() as u64 == canary);
+
+    // Envoy's admin endpoint counts exactly what was sent, with labels.
+    let counts = poll(
+        "Envoy's coalmine counters to match",
+        Duration::from_secs(10),
+        || async {
+            let text = s.envoy.prometheus().await?;
+            let get = |role, class| {
+                prometheus_value(
+                    &text,
+                    "coalmine_requests",
+                    &[
+                        ("deployment", "heart-prod"),
+                        ("role", role),
+                        ("class", class),
+                    ],
+                )
+            };
+            let got = (get("baseline", "2xx"), get("canary", "2xx"));
+            Ok((got == (baseline as f64, canary as f64)).then_some((text, got)))
+        },
+    )
+    .await?;
+    let text = counts.0;
+    for role in ["baseline", "canary"] {
+        for class in ["4xx", "5xx", "reset"] {
+            let v = prometheus_value(
+                &text,
+                "coalmine_requests",
+                &[
+                    ("deployment", "heart-prod"),
+                    ("role", role),
+                    ("class", class),
+                ],
+            );
+            ensure!(v == 0.0, "{role} {class} = {v}");
+        }
+    }
+    ensure!(
+        prometheus_value(
+            &text,
+            "coalmine_canary_share_bps",
+            &[("deployment", "heart-prod")]
+        ) == 2000.0
+    );
+    ensure!(
+        text.contains("coalmine_latency_ms_bucket{deployment=\"heart-prod\",role=\"canary\""),
+        "latency histogram missing"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sticky_user_never_changes_role() -> Result<()> {
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    plugin["deployments"][0]["sticky_header"] = json!("x-user-id");
+    let s = stack(Some(plugin), None).await?;
+    let users = 300;
+    let seen = send(s.envoy.url("/predict/heart"), users * 5, 8, move |i| {
+        vec![("x-user-id", format!("user-{}", i % users))]
+    })
+    .await?;
+    let mut role_of: HashMap<usize, String> = HashMap::new();
+    for (i, r) in seen.iter().enumerate() {
+        ensure!(r.status == 200, "{r:?}");
+        let role = r.role.clone().unwrap_or_default();
+        ensure!(r.served_by == served_by(&role), "{r:?}");
+        let first = role_of.entry(i % users).or_insert_with(|| role.clone());
+        ensure!(
+            *first == role,
+            "user-{} moved from {first} to {role}",
+            i % users
+        );
+    }
+    let canary_users = role_of.values().filter(|r| *r == "canary").count();
+    println!("sticky: {canary_users} of {users} users on the canary");
+    // 20 % of 300 users: 60 expected; far outside [30, 95] would be a broken hash.
+    ensure!(
+        (30..=95).contains(&canary_users),
+        "{canary_users} canary users"
+    );
+
+    // Requests without the header are split at random.
+    let anonymous = send(s.envoy.url("/predict/heart"), 400, 4, |_| vec![]).await?;
+    let canary = anonymous
+        .iter()
+        .filter(|r| r.role.as_deref() == Some("canary"))
+        .count();
+    ensure!(
+        (30..=140).contains(&canary),
+        "{canary} of 400 anonymous requests on the canary"
+    );
+    Ok(())
+}
+
+/// Clients cannot choose an upstream: with the coalmine filter alone (the
+/// header-stripping filter removed) and with the shipped chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spoofed_coalmine_headers_never_choose_the_upstream() -> Result<()> {
+    for drop_filter in [Some("coalmine.strip_client_headers"), None] {
+        let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+        plugin["deployments"][0]["static"]["canary_percent"] = json!(0);
+        let s = stack(Some(plugin), drop_filter).await?;
+        let spoof = |_| {
+            vec![
+                ("x-coalmine-cluster", "heart-v2".to_string()),
+                ("x-coalmine-role", "canary".to_string()),
+            ]
+        };
+        // Inside the deployment: the filter's choice (baseline at 0 %) wins.
+        let inside = send(s.envoy.url("/predict/heart"), 200, 4, spoof).await?;
+        ensure!(
+            inside
+                .iter()
+                .all(|r| r.served_by == "heart-v1" && r.role.as_deref() == Some("baseline")),
+            "a spoofed header chose the upstream ({drop_filter:?}): {:?}",
+            inside.iter().find(|r| r.served_by != "heart-v1")
+        );
+        // Outside every deployment: the headers are removed, the fallback
+        // route serves, and no coalmine headers are added to the response.
+        let outside = send(s.envoy.url("/other/path"), 200, 4, spoof).await?;
+        ensure!(
+            outside
+                .iter()
+                .all(|r| r.served_by == "heart-v1" && r.role.is_none() && r.version.is_none()),
+            "{:?}",
+            outside.first()
+        );
+        let leaked: Vec<_> =
+            s.v1.seen()
+                .into_iter()
+                .filter(|h| h.path == "/other/path" && (h.role.is_some() || h.cluster.is_some()))
+                .collect();
+        ensure!(
+            leaked.is_empty(),
+            "spoofed headers reached the upstream ({drop_filter:?}): {:?}",
+            leaked.first()
+        );
+        ensure!(
+            s.v2.seen().is_empty(),
+            "the canary was reached at 0 % ({drop_filter:?})"
+        );
+        let inside_seen =
+            s.v1.seen()
+                .into_iter()
+                .filter(|h| h.path == "/predict/heart");
+        for h in inside_seen {
+            ensure!(
+                h.cluster.as_deref() == Some("heart-v1") && h.role.as_deref() == Some("baseline"),
+                "{h:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_plugin_config_keeps_envoy_from_serving() -> Result<()> {
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    plugin["deployments"][0]["static"]["canary_percent"] = json!(150);
+    let config = EnvoyConfig::shipped("envoy.yaml")?.plugin_config(&plugin)?;
+    let (status, log) = Envoy::start_expecting_refusal(config).await?;
+    ensure!(!status.success(), "envoy exited with {status}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("invalid plugin configuration"))
+        .unwrap_or_default();
+    ensure!(
+        line.contains("deployments[0].static.canary_percent: must be between 0 and 100, got 150"),
+        "the log does not name the field:\n{log}"
+    );
+
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    plugin["deployments"][0]["match"]["colour"] = json!("red");
+    let config = EnvoyConfig::shipped("envoy.yaml")?.plugin_config(&plugin)?;
+    let (status, log) = Envoy::start_expecting_refusal(config).await?;
+    ensure!(!status.success());
+    ensure!(
+        log.contains("deployments[0].match.colour: unknown field `colour`"),
+        "{log}"
+    );
+    Ok(())
+}

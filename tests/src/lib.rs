@@ -1,0 +1,362 @@
+//! Harness for coalmine's end-to-end tests: real processes on loopback.
+//!
+//! - [`EnvoyConfig`]: the shipped `envoy/envoy.yaml`, re-pointed at the test's
+//!   upstreams, with ports 0, the built filter and, if a test wants, another
+//!   plugin configuration.
+//! - [`Envoy`]: the real Envoy from the project's `.venv`, started on free
+//!   ports (learned from its admin endpoint, so nothing races for a port), and
+//!   killed when dropped.
+//! - [`Upstream`]: a small HTTP server on `127.0.0.1:0` that names itself in
+//!   every response and remembers the coalmine headers it was sent.
+//! - [`poll`]: wait for a condition with a deadline; tests never sleep a
+//!   fixed time.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_yaml_ng::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod upstream;
+pub use upstream::{SeenHeaders, Upstream};
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The Envoy binary `make setup` installs.
+pub fn envoy_bin() -> Result<PathBuf> {
+    let bin = workspace_root().join(".venv/bin/envoy");
+    if !bin.exists() {
+        bail!("{} is missing; run `make setup`", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The release build of the filter.
+pub fn filter_wasm() -> Result<PathBuf> {
+    let wasm = workspace_root().join("target/wasm32-wasip1/release/coalmine_filter.wasm");
+    if !wasm.exists() {
+        bail!("{} is missing; run `make build`", wasm.display());
+    }
+    Ok(wasm)
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`
+/// with `what` and the last value seen.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if Instant::now() >= deadline {
+            return Err(match last {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An Envoy bootstrap, starting from a shipped config file.
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    doc: Value,
+}
+
+impl EnvoyConfig {
+    /// Loads a config shipped under `envoy/` (e.g. `envoy.yaml`).
+    pub fn shipped(name: &str) -> Result<EnvoyConfig> {
+        let path = workspace_root().join("envoy").join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let doc = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        Ok(EnvoyConfig { doc })
+    }
+
+    fn listeners(&mut self) -> Result<&mut Vec<Value>> {
+        self.doc["static_resources"]["listeners"]
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("config has no static listeners"))
+    }
+
+    /// The HTTP filter list of the first listener.
+    fn http_filters(&mut self) -> Result<&mut Vec<Value>> {
+        self.listeners()?
+            .get_mut(0)
+            .and_then(|l| {
+                l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                    .as_sequence_mut()
+            })
+            .ok_or_else(|| anyhow!("first listener has no http_filters"))
+    }
+
+    fn coalmine_filter(&mut self) -> Result<&mut Value> {
+        self.http_filters()?
+            .iter_mut()
+            .find(|f| f["name"].as_str() == Some("coalmine"))
+            .ok_or_else(|| anyhow!("no http filter named `coalmine`"))
+    }
+
+    /// Points the named cluster's single endpoint at `addr`.
+    pub fn upstream(mut self, cluster: &str, addr: SocketAddr) -> Result<EnvoyConfig> {
+        let clusters = self.doc["static_resources"]["clusters"]
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("config has no static clusters"))?;
+        let c = clusters
+            .iter_mut()
+            .find(|c| c["name"].as_str() == Some(cluster))
+            .ok_or_else(|| anyhow!("no cluster named {cluster}"))?;
+        let socket = &mut c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        socket["address"] = Value::from(addr.ip().to_string());
+        socket["port_value"] = Value::from(addr.port());
+        Ok(self)
+    }
+
+    /// Replaces the coalmine filter's plugin configuration.
+    pub fn plugin_config(mut self, json: &serde_json::Value) -> Result<EnvoyConfig> {
+        let filter = self.coalmine_filter()?;
+        filter["typed_config"]["config"]["configuration"]["value"] = Value::from(json.to_string());
+        Ok(self)
+    }
+
+    /// The shipped plugin configuration, as JSON.
+    pub fn shipped_plugin_config(&mut self) -> Result<serde_json::Value> {
+        let filter = self.coalmine_filter()?;
+        let text = filter["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .ok_or_else(|| anyhow!("coalmine filter has no configuration value"))?;
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// Removes an HTTP filter by name (e.g. to test the coalmine filter alone).
+    pub fn without_http_filter(mut self, name: &str) -> Result<EnvoyConfig> {
+        let filters = self.http_filters()?;
+        let before = filters.len();
+        filters.retain(|f| f["name"].as_str() != Some(name));
+        if filters.len() == before {
+            bail!("no http filter named {name}");
+        }
+        Ok(self)
+    }
+
+    /// The final bootstrap: ports 0 (Envoy picks), the built filter.
+    fn render(mut self) -> Result<String> {
+        let wasm = filter_wasm()?;
+        self.doc["admin"]["address"]["socket_address"]["port_value"] = Value::from(0);
+        for l in self.listeners()? {
+            l["address"]["socket_address"]["port_value"] = Value::from(0);
+        }
+        let filter = self.coalmine_filter()?;
+        filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+            Value::from(wasm.display().to_string());
+        Ok(serde_yaml_ng::to_string(&self.doc)?)
+    }
+}
+
+/// A running Envoy; killed on drop.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+    listener: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Envoy {
+    fn spawn(config: EnvoyConfig, node_id: &str) -> Result<(Child, tempfile::TempDir)> {
+        let dir = tempfile::Builder::new()
+            .prefix("coalmine-envoy-")
+            .tempdir()?;
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config.render()?)?;
+        let log = std::fs::File::create(dir.path().join("envoy.log"))?;
+        let child = Command::new(envoy_bin()?)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--disable-hot-restart", "--concurrency", "2", "-l", "info"])
+            .args([
+                "--service-node",
+                node_id,
+                "--service-cluster",
+                "coalmine-e2e",
+            ])
+            .arg("--admin-address-path")
+            .arg(dir.path().join("admin.address"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting envoy")?;
+        Ok((child, dir))
+    }
+
+    /// Starts Envoy and waits until its listener accepts requests.
+    pub async fn start(config: EnvoyConfig) -> Result<Envoy> {
+        Envoy::start_as(config, "coalmine-e2e").await
+    }
+
+    /// Starts Envoy with the given node id.
+    pub async fn start_as(config: EnvoyConfig, node_id: &str) -> Result<Envoy> {
+        let (child, dir) = Envoy::spawn(config, node_id)?;
+        let child = Arc::new(Mutex::new(Some(child)));
+        let admin_file = dir.path().join("admin.address");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let log_path = dir.path().join("envoy.log");
+        let exited = |child: &Arc<Mutex<Option<Child>>>| -> Result<()> {
+            let mut guard = child.lock().map_err(|_| anyhow!("poisoned"))?;
+            if let Some(c) = guard.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "envoy exited with {status} before it was ready:\n{}",
+                        tail(&log_path, 30)
+                    );
+                }
+            }
+            Ok(())
+        };
+        let admin: SocketAddr = poll("envoy's admin address", Duration::from_secs(30), || {
+            let r = exited(&child).map(|()| {
+                std::fs::read_to_string(&admin_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            });
+            async move { r }
+        })
+        .await?;
+        let listeners_url = format!("http://{admin}/listeners?format=json");
+        let listener: SocketAddr = poll("envoy's listener", Duration::from_secs(30), || {
+            let (client, url, ex) = (client.clone(), listeners_url.clone(), exited(&child));
+            async move {
+                ex?;
+                let body: serde_json::Value = match client.get(&url).send().await {
+                    Ok(r) => r.json().await?,
+                    Err(_) => return Ok(None),
+                };
+                let a = &body["listener_statuses"][0]["local_address"]["socket_address"];
+                let port = a["port_value"].as_u64().unwrap_or(0);
+                Ok(match (a["address"].as_str(), port) {
+                    (Some(ip), p) if p > 0 => format!("{ip}:{p}").parse().ok(),
+                    _ => None,
+                })
+            }
+        })
+        .await?;
+        let ready_url = format!("http://{admin}/ready");
+        poll("envoy to be ready", Duration::from_secs(30), || {
+            let (client, url) = (client.clone(), ready_url.clone());
+            async move {
+                Ok(match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                })
+            }
+        })
+        .await?;
+        let child = child
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .take()
+            .ok_or_else(|| anyhow!("envoy child vanished"))?;
+        Ok(Envoy {
+            child,
+            dir,
+            admin,
+            listener,
+            client,
+        })
+    }
+
+    /// Runs Envoy with a configuration it must refuse: returns its exit status
+    /// and log once it exits (within 30 s).
+    pub async fn start_expecting_refusal(config: EnvoyConfig) -> Result<(ExitStatus, String)> {
+        let (mut child, dir) = Envoy::spawn(config, "coalmine-e2e")?;
+        let status = poll("envoy to exit", Duration::from_secs(30), || {
+            let r = child.try_wait().map_err(anyhow::Error::from);
+            async move { r }
+        })
+        .await;
+        let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+        match status {
+            Ok(status) => Ok((status, log)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e.context(format!("envoy kept running:\n{}", tail_text(&log, 30))))
+            }
+        }
+    }
+
+    /// `http://<listener>` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listener)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The admin endpoint's Prometheus text.
+    pub async fn prometheus(&self) -> Result<String> {
+        Ok(self
+            .client
+            .get(self.admin_url("/stats/prometheus"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    tail_text(&std::fs::read_to_string(path).unwrap_or_default(), lines)
+}
+
+fn tail_text(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The value of a Prometheus sample with exactly these labels (in order), or
+/// 0 when absent.
+pub fn prometheus_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let rendered: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let series = format!("{name}{{{}}}", rendered.join(","));
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

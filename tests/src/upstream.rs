@@ -1,0 +1,90 @@
+//! A small upstream that names itself and remembers what it was sent.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::IntoResponse;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// The coalmine headers one request arrived with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenHeaders {
+    pub path: String,
+    pub role: Option<String>,
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    name: &'static str,
+    seen: Arc<Mutex<Vec<SeenHeaders>>>,
+}
+
+/// An upstream on `127.0.0.1:0`; stops when dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<SeenHeaders>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Serves every path with `200 {"served_by": name}` and an
+    /// `x-served-by: name` header.
+    pub async fn start(name: &'static str) -> anyhow::Result<Upstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new().fallback(serve).with_state(Shared {
+            name,
+            seen: seen.clone(),
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Upstream {
+            name,
+            addr,
+            seen,
+            task,
+        })
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<SeenHeaders> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if let Ok(mut seen) = s.seen.lock() {
+        seen.push(SeenHeaders {
+            path: uri.path().to_string(),
+            role: get("x-coalmine-role"),
+            cluster: get("x-coalmine-cluster"),
+        });
+    }
+    (
+        [("x-served-by", HeaderValue::from_static(s.name))],
+        axum::Json(serde_json::json!({ "served_by": s.name })),
+    )
+}
