@@ -105,11 +105,11 @@ impl HttpContext for RequestContext {
             return Action::Continue;
         };
         let names = &worker.config.headers;
-        if names.respond_with_role {
-            if let Some(target) = routed.split.target(routed.role) {
-                host::set_response_header(&names.role, routed.role.as_str());
-                host::set_response_header(&names.version, &target.version);
-            }
+        if let Some(target) = routed.split.target(routed.role)
+            && names.respond_with_role
+        {
+            host::set_response_header(&names.role, routed.role.as_str());
+            host::set_response_header(&names.version, &target.version);
         }
         Action::Continue
     }

