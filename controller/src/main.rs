@@ -1,14 +1,129 @@
-//! The coalmine controller (work in progress).
-//!
-//! It will receive every proxy's statistics over `POST /v1/sync`, judge each
-//! canary against its baseline and rewrite the split table. Until it lands,
-//! the filter runs in standalone mode with the static split of its plugin
-//! configuration.
+//! `coalmine-controller`: the controller service.
 
-fn main() {
-    eprintln!(
-        "coalmine-controller {}: the controller is not available yet; run the filter in standalone mode (no `controller` block)",
-        env!("CARGO_PKG_VERSION")
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use coalmine_controller::auth::{Secret, Tokens};
+use coalmine_controller::service::Settings;
+use coalmine_controller::store::SqliteStore;
+use coalmine_controller::{Controller, serve};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The coalmine controller: syncs with every proxy, judges each canary
+/// against its baseline, and rolls back or promotes by itself.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "COALMINE_LISTEN", default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "COALMINE_DB", default_value = "./coalmine.db")]
+    db: PathBuf,
+    /// Token operators present for calls that change state (prefer the env var: flags show in `ps`).
+    #[arg(long, env = "COALMINE_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: Option<String>,
+    /// Token the proxies present on /v1/sync.
+    #[arg(long, env = "COALMINE_SYNC_TOKEN", hide_env_values = true)]
+    sync_token: Option<String>,
+    /// Run without tokens (development only: anyone who reaches the port can change traffic).
+    #[arg(long)]
+    insecure_dev: bool,
+    /// The lease granted to proxies: without a successful sync for this long they fall back to baselines.
+    #[arg(long, env = "COALMINE_LEASE_MS", default_value_t = 30_000)]
+    lease_ms: u64,
+    /// Write the bound address to this file once listening (useful with port 0).
+    #[arg(long)]
+    address_file: Option<PathBuf>,
+}
+
+fn tokens(args: &Args) -> Result<Tokens> {
+    let secret = |t: &Option<String>| t.as_ref().filter(|t| !t.trim().is_empty()).map(Secret::new);
+    let tokens = Tokens {
+        operator: secret(&args.operator_token),
+        sync: secret(&args.sync_token),
+    };
+    if args.insecure_dev {
+        tracing::warn!(
+            "--insecure-dev: tokens that were not given are not checked; do not expose this port"
+        );
+        return Ok(tokens);
+    }
+    let mut missing = Vec::new();
+    if tokens.operator.is_none() {
+        missing.push("--operator-token (COALMINE_OPERATOR_TOKEN)");
+    }
+    if tokens.sync.is_none() {
+        missing.push("--sync-token (COALMINE_SYNC_TOKEN)");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "refusing to start without {}; give the tokens, or pass --insecure-dev on a development machine",
+            missing.join(" and ")
+        );
+    }
+    Ok(tokens)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COALMINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let tokens = tokens(&args)?;
+    if args.lease_ms < 1000 {
+        bail!("--lease-ms must be at least 1000, got {}", args.lease_ms);
+    }
+    let store = SqliteStore::open(&args.db)
+        .await
+        .with_context(|| format!("opening the database {}", args.db.display()))?;
+    let controller = Controller::open(
+        Arc::new(store),
+        Settings {
+            lease_ms: args.lease_ms,
+        },
+    )
+    .await
+    .context("loading the stored state")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    if let Some(path) = &args.address_file {
+        std::fs::write(path, addr.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(
+        "coalmine controller listening on http://{addr} (database {}, {} deployment(s))",
+        args.db.display(),
+        controller.deployments().await.len()
     );
-    std::process::exit(2);
+    serve(listener, controller, tokens, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
 }

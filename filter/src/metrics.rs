@@ -19,11 +19,13 @@ pub(crate) struct DeploymentMetrics {
     latency_ms: [u32; 2],
     canary_share_bps: u32,
     split_epoch: u32,
+    sync_failures: u32,
+    lease_expiries: u32,
 }
 
 /// The metric names of one deployment, in the order they are defined.
 pub(crate) fn names(deployment: &str) -> Vec<(MetricType, String)> {
-    let mut out = Vec::with_capacity(12);
+    let mut out = Vec::with_capacity(14);
     for role in Role::ALL {
         for class in Outcome::ALL {
             out.push((
@@ -44,25 +46,36 @@ pub(crate) fn names(deployment: &str) -> Vec<(MetricType, String)> {
         MetricType::Gauge,
         format!("coalmine.deployment.{deployment}.split_epoch"),
     ));
+    out.push((
+        MetricType::Counter,
+        format!("coalmine.deployment.{deployment}.sync_failures"),
+    ));
+    out.push((
+        MetricType::Counter,
+        format!("coalmine.deployment.{deployment}.lease_expiries"),
+    ));
     out
 }
 
 impl DeploymentMetrics {
     /// Defines (or looks up) the deployment's metrics.
     pub(crate) fn define(deployment: &Deployment) -> Result<DeploymentMetrics, String> {
-        let mut ids = Vec::with_capacity(12);
+        let mut ids = Vec::with_capacity(14);
         for (kind, name) in names(&deployment.name) {
             let id = hostcalls::define_metric(kind, &name)
                 .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
             ids.push(id);
         }
         let id = |i: usize| ids.get(i).copied().unwrap_or_default();
-        // Layout of `names`: per role 4 counters then the histogram; then 2 gauges.
+        // Layout of `names`: per role 4 counters then the histogram; then 2
+        // gauges and 2 counters.
         Ok(DeploymentMetrics {
             requests: [[id(0), id(1), id(2), id(3)], [id(5), id(6), id(7), id(8)]],
             latency_ms: [id(4), id(9)],
             canary_share_bps: id(10),
             split_epoch: id(11),
+            sync_failures: id(12),
+            lease_expiries: id(13),
         })
     }
 
@@ -74,6 +87,14 @@ impl DeploymentMetrics {
         if let Some(id) = self.latency_ms.get(r) {
             let _ = hostcalls::record_metric(*id, latency_us / 1000);
         }
+    }
+
+    pub(crate) fn sync_failed(&self) {
+        let _ = hostcalls::increment_metric(self.sync_failures, 1);
+    }
+
+    pub(crate) fn lease_expired(&self) {
+        let _ = hostcalls::increment_metric(self.lease_expiries, 1);
     }
 
     pub(crate) fn set_split(&self, canary_bps: u16, epoch: u64) {

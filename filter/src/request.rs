@@ -125,6 +125,14 @@ impl HttpContext for RequestContext {
         let code = host::property_u64(&["response", "code"]).unwrap_or(0);
         let details = host::property(&["response", "code_details"]).unwrap_or_default();
         let outcome = Outcome::classify(code, &details);
-        worker.record(routed.deployment, routed.role, outcome, latency_us);
+        if let Some(target) = routed.split.target(routed.role) {
+            worker.record(
+                routed.deployment,
+                routed.role,
+                &target.version,
+                outcome,
+                latency_us,
+            );
+        }
     }
 }

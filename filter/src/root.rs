@@ -1,19 +1,31 @@
-//! The root context: configuration, the worker's state, and request contexts.
+//! The root context: configuration, the worker's state, request contexts,
+//! and (with a controller) the sync loop.
 
 use crate::metrics::DeploymentMetrics;
 use crate::random::RandomPool;
 use crate::request::RequestContext;
+use crate::sync::Syncer;
 use coalmine_protocol::active::{ActiveSplits, Observed};
 use coalmine_protocol::stats::RoleStats;
-use coalmine_protocol::{PluginConfig, Role};
+use coalmine_protocol::sync::RoleReport;
+use coalmine_protocol::{Outcome, PluginConfig, Role};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Where the controller's split table lives in proxy shared data.
 pub(crate) const SPLIT_TABLE_KEY: &str = "coalmine.split_table";
+
+/// One role's statistics for one version, since the last report.
+#[derive(Debug)]
+pub(crate) struct StatsEntry {
+    deployment: usize,
+    role: Role,
+    version: String,
+    stats: RoleStats,
+}
 
 /// Everything a worker's request contexts share. Wasm VMs are single-threaded,
 /// so `Rc<RefCell<_>>` is enough; borrows never outlive one callback.
@@ -22,8 +34,8 @@ pub(crate) struct Worker {
     pub(crate) config: PluginConfig,
     pub(crate) splits: ActiveSplits,
     pub(crate) metrics: Vec<DeploymentMetrics>,
-    /// Per deployment, `[baseline, canary]` statistics since the last report.
-    pub(crate) stats: Vec<[RoleStats; 2]>,
+    /// Statistics since the last report, per deployment, role and version.
+    stats: Vec<StatsEntry>,
     pub(crate) random: RandomPool,
 }
 
@@ -34,18 +46,14 @@ impl Worker {
             .iter()
             .map(DeploymentMetrics::define)
             .collect::<Result<Vec<_>, _>>()?;
-        let stats = config
-            .deployments
-            .iter()
-            .map(|_| Ok([RoleStats::try_new()?, RoleStats::try_new()?]))
-            .collect::<Result<Vec<_>, coalmine_protocol::stats::StatsError>>()
-            .map_err(|e| e.to_string())?;
+        // Fail at load, not on the request path, if histograms cannot be made.
+        RoleStats::try_new().map_err(|e| e.to_string())?;
         let splits = ActiveSplits::from_static(&config.deployments);
         let worker = Worker {
             config,
             splits,
             metrics,
-            stats,
+            stats: Vec::new(),
             random: RandomPool::default(),
         };
         worker.publish_split_metrics();
@@ -65,7 +73,7 @@ impl Worker {
         {
             Observed::Unchanged => {}
             Observed::Updated { epoch } => {
-                log::info!("split table epoch {epoch} in force");
+                log::debug!("split table epoch {epoch} in force");
                 self.publish_split_metrics();
             }
             Observed::Rejected(e) => {
@@ -74,7 +82,7 @@ impl Worker {
         }
     }
 
-    fn publish_split_metrics(&self) {
+    pub(crate) fn publish_split_metrics(&self) {
         let epoch = self.splits.epoch().unwrap_or_default();
         for (i, m) in self.metrics.iter().enumerate() {
             let bps = self.splits.get(i).map_or(0, |s| s.effective_bps().get());
@@ -86,39 +94,89 @@ impl Worker {
         &mut self,
         deployment: usize,
         role: Role,
-        outcome: coalmine_protocol::Outcome,
+        version: &str,
+        outcome: Outcome,
         latency_us: u64,
     ) {
-        if let Some(s) = self
+        let found = self
             .stats
-            .get_mut(deployment)
-            .and_then(|roles| roles.get_mut(role.index()))
-        {
-            s.record(outcome, latency_us);
+            .iter()
+            .position(|e| e.deployment == deployment && e.role == role && e.version == version);
+        let entry = match found {
+            Some(i) => self.stats.get_mut(i),
+            None => RoleStats::try_new().ok().and_then(|stats| {
+                self.stats.push(StatsEntry {
+                    deployment,
+                    role,
+                    version: version.to_string(),
+                    stats,
+                });
+                self.stats.last_mut()
+            }),
+        };
+        if let Some(e) = entry {
+            e.stats.record(outcome, latency_us);
         }
         if let Some(m) = self.metrics.get(deployment) {
             m.record(role, outcome, latency_us);
         }
+    }
+
+    /// The reports of everything recorded since the last call, which starts
+    /// afresh. Entries of versions no longer in play are dropped once empty.
+    pub(crate) fn drain_reports(&mut self) -> Vec<RoleReport> {
+        let mut reports = Vec::new();
+        for e in &mut self.stats {
+            if e.stats.requests() == 0 {
+                continue;
+            }
+            if let Some(d) = self.config.deployments.get(e.deployment) {
+                reports.push(RoleReport::from_stats(
+                    &d.name, e.role, &e.version, &e.stats,
+                ));
+            }
+            e.stats.clear();
+        }
+        let splits = &self.splits;
+        self.stats.retain(|e| {
+            splits
+                .get(e.deployment)
+                .and_then(|s| s.target(e.role))
+                .is_some_and(|t| t.version == e.version)
+        });
+        reports
     }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct CoalmineRoot {
     worker: Option<Rc<RefCell<Worker>>>,
+    syncer: Option<Syncer>,
 }
 
-impl Context for CoalmineRoot {}
+impl Context for CoalmineRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let (Some(syncer), Some(Ok(mut worker))) = (
+            self.syncer.as_mut(),
+            self.worker.as_ref().map(|w| w.try_borrow_mut()),
+        ) {
+            syncer.on_response(&mut worker, token_id, body_size);
+        }
+    }
+}
 
 impl RootContext for CoalmineRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let config = match PluginConfig::parse(&bytes) {
             Ok(config) => config,
             Err(e) => {
@@ -126,22 +184,41 @@ impl RootContext for CoalmineRoot {
                 return false;
             }
         };
-        let mode = if config.controller.is_some() {
-            "controller"
-        } else {
-            "standalone"
-        };
+        let controller = config.controller.clone();
         let count = config.deployments.len();
-        match Worker::new(config) {
-            Ok(worker) => {
-                self.worker = Some(Rc::new(RefCell::new(worker)));
-                log::info!("configured {count} deployment(s), {mode} mode");
-                true
-            }
+        let worker = match Worker::new(config) {
+            Ok(worker) => worker,
             Err(e) => {
                 log::error!("cannot start: {e}");
-                false
+                return false;
             }
+        };
+        self.worker = Some(Rc::new(RefCell::new(worker)));
+        match controller {
+            Some(controller) => {
+                let interval = controller.interval;
+                log::info!(
+                    "configured {count} deployment(s); syncing with cluster {:?} every {} ms",
+                    controller.cluster,
+                    interval.as_millis()
+                );
+                self.syncer = Some(Syncer::new(controller));
+                if hostcalls::set_tick_period(interval).is_err() {
+                    log::error!("cannot start the sync timer");
+                    return false;
+                }
+            }
+            None => log::info!("configured {count} deployment(s), standalone mode"),
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let (Some(syncer), Some(Ok(mut worker))) = (
+            self.syncer.as_mut(),
+            self.worker.as_ref().map(|w| w.try_borrow_mut()),
+        ) {
+            syncer.on_tick(&mut worker);
         }
     }
 

@@ -14,7 +14,12 @@ use std::rc::Rc;
 pub struct ActiveSplits {
     seen_cas: Option<u32>,
     epoch: Option<u64>,
+    /// The splits as configured or last received.
     splits: Vec<Option<Rc<DeploymentSplit>>>,
+    /// While the controller's lease has expired: the same splits with the
+    /// canary share at 0 (fail safe to the baseline).
+    lease_expired: bool,
+    baseline_only: Vec<Option<Rc<DeploymentSplit>>>,
 }
 
 /// What [`ActiveSplits::observe`] did.
@@ -32,19 +37,55 @@ impl ActiveSplits {
     /// The static splits of the configuration (standalone mode, or until the
     /// controller's first table).
     pub fn from_static(deployments: &[Deployment]) -> ActiveSplits {
-        ActiveSplits {
+        let mut active = ActiveSplits {
             seen_cas: None,
             epoch: None,
             splits: deployments
                 .iter()
                 .map(|d| d.static_split.clone().map(Rc::new))
                 .collect(),
-        }
+            lease_expired: false,
+            baseline_only: Vec::new(),
+        };
+        active.rebuild_baseline_only();
+        active
     }
 
-    /// The split of the deployment at `index` in the configuration.
+    /// The split in force for the deployment at `index` in the configuration
+    /// (baseline only while the lease has expired).
     pub fn get(&self, index: usize) -> Option<&Rc<DeploymentSplit>> {
-        self.splits.get(index).and_then(Option::as_ref)
+        let splits = if self.lease_expired {
+            &self.baseline_only
+        } else {
+            &self.splits
+        };
+        splits.get(index).and_then(Option::as_ref)
+    }
+
+    /// Enters or leaves the fail-safe state; returns whether it changed.
+    pub fn set_lease_expired(&mut self, expired: bool) -> bool {
+        let changed = self.lease_expired != expired;
+        self.lease_expired = expired;
+        changed
+    }
+
+    pub fn lease_expired(&self) -> bool {
+        self.lease_expired
+    }
+
+    fn rebuild_baseline_only(&mut self) {
+        self.baseline_only = self
+            .splits
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|s| {
+                    Rc::new(DeploymentSplit {
+                        canary_bps: crate::split::Bps::ZERO,
+                        ..DeploymentSplit::clone(s)
+                    })
+                })
+            })
+            .collect();
     }
 
     /// The epoch of the controller table in force, if any.
@@ -93,6 +134,7 @@ impl ActiveSplits {
             })
             .collect();
         self.epoch = Some(table.epoch);
+        self.rebuild_baseline_only();
     }
 }
 
@@ -175,5 +217,14 @@ mod tests {
         ));
         assert_eq!(active.get(1).unwrap().canary_bps.get(), 5000);
         assert_eq!(active.epoch(), Some(2));
+
+        // Lease expired: the same targets, canary share 0, until it is renewed.
+        assert!(active.set_lease_expired(true));
+        assert!(!active.set_lease_expired(true));
+        let fallback = active.get(1).unwrap();
+        assert_eq!(fallback.canary_bps.get(), 0);
+        assert_eq!(fallback.baseline.cluster, "b1");
+        assert!(active.set_lease_expired(false));
+        assert_eq!(active.get(1).unwrap().canary_bps.get(), 5000);
     }
 }

@@ -30,6 +30,7 @@ pub mod outcome;
 pub mod routing;
 pub mod split;
 pub mod stats;
+pub mod sync;
 
 pub use config::{ConfigError, PluginConfig};
 pub use outcome::Outcome;

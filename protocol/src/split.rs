@@ -189,7 +189,13 @@ impl SplitTable {
     /// the controller). A table that fails here is never routed by.
     pub fn decode(bytes: &[u8]) -> Result<SplitTable, SplitTableError> {
         let table: SplitTable = serde_json::from_slice(bytes)?;
-        for d in &table.deployments {
+        table.validate()?;
+        Ok(table)
+    }
+
+    /// Checks every target can be routed to (header-safe names).
+    pub fn validate(&self) -> Result<(), SplitTableError> {
+        for d in &self.deployments {
             let invalid = |message: String| SplitTableError::Invalid {
                 name: d.name.clone(),
                 message,
@@ -201,7 +207,7 @@ impl SplitTable {
                 canary.check().map_err(|m| invalid(format!("canary {m}")))?;
             }
         }
-        Ok(table)
+        Ok(())
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -1,0 +1,79 @@
+//! One error type for every handler: a status and `{error, message}`.
+
+use crate::engine::Refusal;
+use crate::service::ServiceError;
+use crate::store::StoreError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        (
+            status,
+            Json(json!({ "error": code, "message": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound(name) => {
+                ApiError::NotFound(format!("deployment {name:?} does not exist"))
+            }
+            ServiceError::Exists(name) => {
+                ApiError::Conflict(format!("deployment {name:?} already exists"))
+            }
+            ServiceError::Refused(Refusal::Invalid(m)) => ApiError::BadRequest(m),
+            ServiceError::Refused(Refusal::NotFound(m)) => ApiError::NotFound(m),
+            ServiceError::Refused(Refusal::Conflict(m)) => ApiError::Conflict(m),
+            ServiceError::BadReport(e) => ApiError::BadRequest(format!("report refused: {e}")),
+            ServiceError::Store(e) => {
+                // The cause goes to the log, not to the client.
+                tracing::error!("store: {e}");
+                let message = match e {
+                    StoreError::Unavailable(_) => {
+                        "the controller's database cannot be written right now; nothing was changed, retry later"
+                    }
+                    StoreError::Corrupt(_) => {
+                        "the controller's stored data could not be read; nothing was changed"
+                    }
+                };
+                ApiError::Unavailable(message.into())
+            }
+        }
+    }
+}

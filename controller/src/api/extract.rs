@@ -1,0 +1,116 @@
+//! Request extractors: JSON bodies with clear 400/413 errors, and the bearer
+//! token checks.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::bearer_matches;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+/// A JSON body; unknown fields are refused by the target types.
+#[derive(Debug)]
+pub(super) struct JsonBody<T>(pub T);
+
+/// A JSON body that may be left out entirely (then `T::default()`).
+#[derive(Debug)]
+pub(super) struct OptionalJsonBody<T>(pub T);
+
+async fn bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e: BytesRejection| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(state.body_limit)
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::BadRequest(format!("invalid JSON body: {message}"))
+    })
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest(
+                "a JSON request body is required".into(),
+            ));
+        }
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse(&bytes).map(OptionalJsonBody)
+    }
+}
+
+/// An operator, authenticated by the operator token. Its value is the actor
+/// name recorded in events.
+#[derive(Debug)]
+pub(super) struct Operator(pub String);
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(token) = &state.tokens.operator {
+            let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+            if header.is_none() {
+                return Err(ApiError::Unauthorized(
+                    "this call changes state and needs `Authorization: Bearer <operator token>`"
+                        .into(),
+                ));
+            }
+            if !bearer_matches(token, header) {
+                return Err(ApiError::Unauthorized(
+                    "the operator token is not valid".into(),
+                ));
+            }
+        }
+        Ok(Operator(crate::engine::OPERATOR.to_string()))
+    }
+}
+
+/// A proxy, authenticated by the sync token.
+#[derive(Debug)]
+pub(super) struct SyncCaller;
+
+impl FromRequestParts<AppState> for SyncCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(token) = &state.tokens.sync {
+            let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+            if !bearer_matches(token, header) {
+                return Err(ApiError::Unauthorized(
+                    "sync needs `Authorization: Bearer <sync token>` with the controller's sync token".into(),
+                ));
+            }
+        }
+        Ok(SyncCaller)
+    }
+}

@@ -1,0 +1,642 @@
+//! The policy: per-deployment thresholds and schedule, and the pure
+//! evaluation of both roles' window statistics into a verdict with reasons.
+//!
+//! Defaults are the seed rule set of DESIGN.md. Every verdict carries reasons
+//! whose numbers are the ones that decided it, so an operator (and the event
+//! log) can see exactly why a canary was held or rolled back.
+
+use crate::window::RoleWindowStats;
+use coalmine_protocol::Outcome;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// Thresholds a canary is compared against its baseline with.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Canary error rate above baseline's by more than this (0.05 = 5 pp).
+    pub error_rate_delta: f64,
+    /// Canary p95 above baseline's by more than this many milliseconds.
+    pub p95_delta_ms: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromoteRule {
+    pub min_canary_requests: u64,
+}
+
+impl Default for PromoteRule {
+    fn default() -> Self {
+        PromoteRule {
+            min_canary_requests: 100,
+        }
+    }
+}
+
+/// Absolute service levels; a breach counts as CRITICAL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    pub max_error_rate: Option<f64>,
+    pub max_p95_ms: Option<f64>,
+}
+
+/// The statistical guard on CRITICAL breaches and promotions.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Significance {
+    /// The bare seed rules: thresholds on the observed numbers.
+    #[default]
+    None,
+    /// An anytime-valid test at this level (not available yet).
+    Alpha(f64),
+}
+
+impl Serialize for Significance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Significance::None => s.serialize_str("none"),
+            Significance::Alpha(a) => json!({ "alpha": a }).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Significance {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Alpha {
+            alpha: f64,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Alpha(Alpha),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(n) if n == "none" => Ok(Significance::None),
+            Raw::Name(n) => Err(serde::de::Error::custom(format!(
+                "unknown significance {n:?}; use \"none\" or {{\"alpha\": 0.01}}"
+            ))),
+            Raw::Alpha(a) => Ok(Significance::Alpha(a.alpha)),
+        }
+    }
+}
+
+/// A deployment's policy. Every field is optional in JSON; the defaults are
+/// the seed rule set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub window_seconds: u64,
+    pub check_interval_seconds: u64,
+    pub min_requests: u64,
+    pub critical: Thresholds,
+    pub degraded: Thresholds,
+    pub promote: PromoteRule,
+    pub slo: Slo,
+    /// Canary percentages to step through; the last is 100.
+    pub steps: Vec<f64>,
+    pub bake_seconds: u64,
+    pub cooldown_seconds: u64,
+    pub auto_rollback: bool,
+    pub auto_promote: bool,
+    pub significance: Significance,
+    /// Outcome classes that count as errors.
+    pub error_classes: Vec<Outcome>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            window_seconds: 300,
+            check_interval_seconds: 5,
+            min_requests: 20,
+            critical: Thresholds {
+                error_rate_delta: 0.05,
+                p95_delta_ms: 100.0,
+            },
+            degraded: Thresholds {
+                error_rate_delta: 0.025,
+                p95_delta_ms: 50.0,
+            },
+            promote: PromoteRule::default(),
+            slo: Slo::default(),
+            steps: vec![20.0, 50.0, 100.0],
+            bake_seconds: 60,
+            cooldown_seconds: 120,
+            auto_rollback: true,
+            auto_promote: true,
+            significance: Significance::None,
+            error_classes: vec![Outcome::ServerError, Outcome::Reset],
+        }
+    }
+}
+
+/// A policy field with a value out of range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("policy.{field}: {message}")]
+pub struct PolicyError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn rate(field: &str, v: f64) -> Result<(), PolicyError> {
+    if v.is_finite() && (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("must be a fraction between 0 and 1, got {v}"),
+        ))
+    }
+}
+
+fn millis(field: &str, v: f64) -> Result<(), PolicyError> {
+    if v.is_finite() && (0.0..=3_600_000.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("must be between 0 and 3600000 ms, got {v}"),
+        ))
+    }
+}
+
+impl Policy {
+    /// Checks every value is usable; the message names the field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if !(10..=86_400).contains(&self.window_seconds) {
+            return Err(bad(
+                "window_seconds",
+                format!("must be between 10 and 86400, got {}", self.window_seconds),
+            ));
+        }
+        if !(1..=3600).contains(&self.check_interval_seconds) {
+            return Err(bad(
+                "check_interval_seconds",
+                format!(
+                    "must be between 1 and 3600, got {}",
+                    self.check_interval_seconds
+                ),
+            ));
+        }
+        if self.min_requests == 0 {
+            return Err(bad("min_requests", "must be at least 1"));
+        }
+        rate("critical.error_rate_delta", self.critical.error_rate_delta)?;
+        rate("degraded.error_rate_delta", self.degraded.error_rate_delta)?;
+        millis("critical.p95_delta_ms", self.critical.p95_delta_ms)?;
+        millis("degraded.p95_delta_ms", self.degraded.p95_delta_ms)?;
+        if self.degraded.error_rate_delta > self.critical.error_rate_delta {
+            return Err(bad(
+                "degraded.error_rate_delta",
+                "must not exceed critical.error_rate_delta",
+            ));
+        }
+        if self.degraded.p95_delta_ms > self.critical.p95_delta_ms {
+            return Err(bad(
+                "degraded.p95_delta_ms",
+                "must not exceed critical.p95_delta_ms",
+            ));
+        }
+        if let Some(v) = self.slo.max_error_rate {
+            rate("slo.max_error_rate", v)?;
+        }
+        if let Some(v) = self.slo.max_p95_ms {
+            millis("slo.max_p95_ms", v)?;
+        }
+        validate_steps("steps", &self.steps)?;
+        if self.bake_seconds > 86_400 {
+            return Err(bad("bake_seconds", "must be at most 86400"));
+        }
+        if self.cooldown_seconds > 86_400 {
+            return Err(bad("cooldown_seconds", "must be at most 86400"));
+        }
+        if let Significance::Alpha(_) = self.significance {
+            return Err(bad(
+                "significance",
+                "the anytime-valid significance guard is not available yet; use \"none\"",
+            ));
+        }
+        if self.error_classes.is_empty() {
+            return Err(bad("error_classes", "must name at least one outcome class"));
+        }
+        Ok(())
+    }
+}
+
+/// A schedule: strictly increasing percentages in (0, 100], ending at 100.
+pub fn validate_steps(field: &str, steps: &[f64]) -> Result<(), PolicyError> {
+    if steps.is_empty() || steps.len() > 20 {
+        return Err(bad(field, "must list 1 to 20 percentages"));
+    }
+    let mut last = 0.0;
+    for &s in steps {
+        if !(s.is_finite() && s > last && s <= 100.0) {
+            return Err(bad(
+                field,
+                format!("must increase strictly within (0, 100]; {s} does not follow {last}"),
+            ));
+        }
+        last = s;
+    }
+    if last != 100.0 {
+        return Err(bad(field, "must end at 100"));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerdictKind {
+    Critical,
+    Degraded,
+    Healthy,
+    InsufficientData,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Recommendation {
+    Rollback,
+    Hold,
+    Promote,
+    Continue,
+}
+
+/// One finding, with the numbers behind it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
+    pub numbers: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub verdict: VerdictKind,
+    pub recommendation: Recommendation,
+    pub reasons: Vec<Reason>,
+}
+
+impl Verdict {
+    /// The reasons as one sentence, for event logs.
+    pub fn summary(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| r.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Every reason's numbers, merged (for event logs).
+    pub fn numbers(&self) -> Map<String, Value> {
+        let mut all = Map::new();
+        for r in &self.reasons {
+            all.extend(r.numbers.clone());
+        }
+        all
+    }
+}
+
+fn pct(rate: f64) -> String {
+    format!("{:.1} %", rate * 100.0)
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.0} ms")
+}
+
+fn reason(code: &str, message: String, numbers: Value) -> Reason {
+    Reason {
+        code: code.to_string(),
+        message,
+        numbers: match numbers {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+    }
+}
+
+/// Compares canary and baseline over the same window.
+pub fn evaluate(policy: &Policy, baseline: &RoleWindowStats, canary: &RoleWindowStats) -> Verdict {
+    let min = policy.min_requests;
+    if canary.requests < min || baseline.requests < min {
+        return Verdict {
+            verdict: VerdictKind::InsufficientData,
+            recommendation: Recommendation::Continue,
+            reasons: vec![reason(
+                "insufficient_data",
+                format!(
+                    "canary has {} requests and baseline {} in the last {} s; at least {min} each are needed",
+                    canary.requests, baseline.requests, policy.window_seconds
+                ),
+                json!({"canary_requests": canary.requests, "baseline_requests": baseline.requests, "min_requests": min}),
+            )],
+        };
+    }
+    let breaches = |t: &Thresholds, level: &str| {
+        let mut found = Vec::new();
+        let delta = canary.error_rate - baseline.error_rate;
+        if delta > t.error_rate_delta {
+            found.push(reason(
+                &format!("error_rate_{level}"),
+                format!(
+                    "canary error rate {} exceeds baseline {} by {:.1} pp (limit {:.1} pp)",
+                    pct(canary.error_rate),
+                    pct(baseline.error_rate),
+                    delta * 100.0,
+                    t.error_rate_delta * 100.0
+                ),
+                json!({
+                    "canary_error_rate": canary.error_rate, "baseline_error_rate": baseline.error_rate,
+                    "canary_errors": canary.errors, "canary_requests": canary.requests,
+                    "baseline_errors": baseline.errors, "baseline_requests": baseline.requests,
+                    "error_rate_delta_limit": t.error_rate_delta,
+                }),
+            ));
+        }
+        if let (Some(c), Some(b)) = (canary.p95_ms, baseline.p95_ms)
+            && c > b + t.p95_delta_ms
+        {
+            found.push(reason(
+                &format!("latency_{level}"),
+                format!(
+                    "canary p95 {} exceeds baseline p95 {} by {} (limit {})",
+                    ms(c),
+                    ms(b),
+                    ms(c - b),
+                    ms(t.p95_delta_ms)
+                ),
+                json!({"canary_p95_ms": c, "baseline_p95_ms": b, "p95_delta_limit_ms": t.p95_delta_ms}),
+            ));
+        }
+        found
+    };
+    let mut critical = breaches(&policy.critical, "critical");
+    if let Some(max) = policy.slo.max_error_rate
+        && canary.error_rate > max
+    {
+        critical.push(reason(
+            "slo_error_rate",
+            format!(
+                "canary error rate {} breaks the SLO of {}",
+                pct(canary.error_rate),
+                pct(max)
+            ),
+            json!({"canary_error_rate": canary.error_rate, "slo_max_error_rate": max}),
+        ));
+    }
+    if let (Some(max), Some(c)) = (policy.slo.max_p95_ms, canary.p95_ms)
+        && c > max
+    {
+        critical.push(reason(
+            "slo_p95",
+            format!("canary p95 {} breaks the SLO of {}", ms(c), ms(max)),
+            json!({"canary_p95_ms": c, "slo_max_p95_ms": max}),
+        ));
+    }
+    if !critical.is_empty() {
+        return Verdict {
+            verdict: VerdictKind::Critical,
+            recommendation: Recommendation::Rollback,
+            reasons: critical,
+        };
+    }
+    let degraded = breaches(&policy.degraded, "degraded");
+    if !degraded.is_empty() {
+        return Verdict {
+            verdict: VerdictKind::Degraded,
+            recommendation: Recommendation::Hold,
+            reasons: degraded,
+        };
+    }
+    let numbers = json!({
+        "canary_requests": canary.requests, "canary_error_rate": canary.error_rate,
+        "baseline_error_rate": baseline.error_rate, "min_canary_requests": policy.promote.min_canary_requests,
+    });
+    let (recommendation, why) = if canary.requests < policy.promote.min_canary_requests {
+        (
+            Recommendation::Continue,
+            reason(
+                "healthy_collecting",
+                format!(
+                    "within thresholds; canary has {} of the {} requests needed to advance",
+                    canary.requests, policy.promote.min_canary_requests
+                ),
+                numbers,
+            ),
+        )
+    } else if canary.error_rate > baseline.error_rate {
+        (
+            Recommendation::Continue,
+            reason(
+                "healthy_not_better",
+                format!(
+                    "within thresholds, but canary error rate {} is above baseline {}",
+                    pct(canary.error_rate),
+                    pct(baseline.error_rate)
+                ),
+                numbers,
+            ),
+        )
+    } else {
+        (
+            Recommendation::Promote,
+            reason(
+                "healthy",
+                format!(
+                    "canary error rate {} ≤ baseline {} over {} canary requests; p95 {} vs {}",
+                    pct(canary.error_rate),
+                    pct(baseline.error_rate),
+                    canary.requests,
+                    canary.p95_ms.map_or("-".into(), ms),
+                    baseline.p95_ms.map_or("-".into(), ms)
+                ),
+                numbers,
+            ),
+        )
+    };
+    Verdict {
+        verdict: VerdictKind::Healthy,
+        recommendation,
+        reasons: vec![why],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn role(requests: u64, errors: u64, p95: f64) -> RoleWindowStats {
+        RoleWindowStats {
+            requests,
+            errors,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            p50_ms: Some(p95 / 2.0),
+            p95_ms: Some(p95),
+            p99_ms: Some(p95 * 1.2),
+        }
+    }
+
+    #[test]
+    fn the_seed_rules() {
+        let p = Policy::default();
+        let base = role(1000, 10, 100.0);
+        let cases = [
+            (
+                role(10, 10, 100.0),
+                VerdictKind::InsufficientData,
+                Recommendation::Continue,
+                "insufficient_data",
+            ),
+            (
+                role(200, 14, 100.0),
+                VerdictKind::Critical,
+                Recommendation::Rollback,
+                "error_rate_critical",
+            ),
+            (
+                role(200, 2, 201.0),
+                VerdictKind::Critical,
+                Recommendation::Rollback,
+                "latency_critical",
+            ),
+            (
+                role(200, 8, 100.0),
+                VerdictKind::Degraded,
+                Recommendation::Hold,
+                "error_rate_degraded",
+            ),
+            (
+                role(200, 2, 151.0),
+                VerdictKind::Degraded,
+                Recommendation::Hold,
+                "latency_degraded",
+            ),
+            (
+                role(200, 2, 150.0),
+                VerdictKind::Healthy,
+                Recommendation::Promote,
+                "healthy",
+            ),
+            (
+                role(50, 0, 100.0),
+                VerdictKind::Healthy,
+                Recommendation::Continue,
+                "healthy_collecting",
+            ),
+            (
+                role(200, 4, 100.0),
+                VerdictKind::Healthy,
+                Recommendation::Continue,
+                "healthy_not_better",
+            ),
+        ];
+        for (canary, verdict, rec, code) in cases {
+            let v = evaluate(&p, &base, &canary);
+            assert_eq!(
+                (v.verdict, v.recommendation),
+                (verdict, rec),
+                "{canary:?}: {v:?}"
+            );
+            assert_eq!(v.reasons[0].code, code);
+        }
+    }
+
+    #[test]
+    fn reasons_carry_the_numbers() {
+        let v = evaluate(
+            &Policy::default(),
+            &role(1000, 0, 50.0),
+            &role(100, 25, 50.0),
+        );
+        assert_eq!(v.verdict, VerdictKind::Critical);
+        let r = &v.reasons[0];
+        assert_eq!(r.numbers["canary_error_rate"], json!(0.25));
+        assert_eq!(r.numbers["baseline_error_rate"], json!(0.0));
+        assert!(
+            r.message.contains("25.0 %") && r.message.contains("0.0 %"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn slos_act_like_critical() {
+        let mut p = Policy::default();
+        p.slo.max_error_rate = Some(0.01);
+        p.slo.max_p95_ms = Some(120.0);
+        // Both roles equally bad: no relative breach, but the SLOs catch it.
+        let v = evaluate(&p, &role(1000, 20, 130.0), &role(200, 4, 130.0));
+        assert_eq!(v.verdict, VerdictKind::Critical);
+        let codes: Vec<_> = v.reasons.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(codes, ["slo_error_rate", "slo_p95"]);
+    }
+
+    #[test]
+    fn policy_json_defaults_and_validation() {
+        let p: Policy = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, Policy::default());
+        let p: Policy =
+            serde_json::from_value(json!({"significance": "none", "steps": [5, 100]})).unwrap();
+        assert!(p.validate().is_ok());
+        assert!(serde_json::from_value::<Policy>(json!({"windw_seconds": 1})).is_err());
+        let field = |v: Value| {
+            serde_json::from_value::<Policy>(v)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(field(json!({"steps": [50, 20, 100]})), "steps");
+        assert_eq!(field(json!({"steps": [20, 50]})), "steps");
+        assert_eq!(
+            field(json!({"critical": {"error_rate_delta": 2.0, "p95_delta_ms": 100}})),
+            "critical.error_rate_delta"
+        );
+        assert_eq!(
+            field(json!({"check_interval_seconds": 0})),
+            "check_interval_seconds"
+        );
+        assert_eq!(
+            field(json!({"significance": {"alpha": 0.01}})),
+            "significance"
+        );
+        assert_eq!(
+            field(json!({"degraded": {"error_rate_delta": 0.1, "p95_delta_ms": 50}})),
+            "degraded.error_rate_delta"
+        );
+        let round: Policy =
+            serde_json::from_str(&serde_json::to_string(&Policy::default()).unwrap()).unwrap();
+        assert_eq!(round, Policy::default());
+    }
+
+    proptest! {
+        #[test]
+        fn never_nan_never_panics(
+            br in 0u64..1_000_000, be in 0u64..1_000_000, cr in 0u64..1_000_000, ce in 0u64..1_000_000,
+            bp in 0.0f64..100_000.0, cp in 0.0f64..100_000.0,
+        ) {
+            let b = role(br, be.min(br), bp);
+            let c = role(cr, ce.min(cr), cp);
+            let v = evaluate(&Policy::default(), &b, &c);
+            let json = serde_json::to_string(&v).unwrap();
+            prop_assert!(!json.contains("NaN") && !json.contains("null"), "{json}");
+        }
+    }
+}

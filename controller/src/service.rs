@@ -1,0 +1,595 @@
+//! The controller's state and the thin shell around the pure engine.
+//!
+//! Every change (an operator's command or the engine's own decision) is
+//! computed by `engine`, committed to the store with its events in one
+//! transaction, and only then applied in memory and to the split table the
+//! proxies fetch. A store that cannot be written leaves everything as it was.
+
+use crate::engine::{self, Command, Deployment, Millis, Refusal, Transition};
+use crate::policy::{Policy, Reason, Recommendation, Verdict, VerdictKind, evaluate};
+use crate::store::{Commit, Store, StoreError, StoredEvent};
+use crate::window::{RoleWindowStats, Windows};
+use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
+use coalmine_protocol::{Role, SplitTable, Target};
+use serde::Serialize;
+use serde_json::Map;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The wall clock in milliseconds since the UNIX epoch.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How often the evaluation loop looks for deployments that are due.
+pub const EVALUATION_TICK: Duration = Duration::from_millis(250);
+/// Reporting instances not heard from for this long are forgotten.
+const INSTANCE_TTL_MS: u64 = 3_600_000;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The lease granted to proxies with each split table.
+    pub lease_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { lease_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("deployment {0:?} does not exist")]
+    NotFound(String),
+    #[error("deployment {0:?} already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("report refused: {0}")]
+    BadReport(#[from] ReportError),
+}
+
+/// A verdict with the statistics it was made from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Health {
+    pub verdict: VerdictKind,
+    pub recommendation: Recommendation,
+    pub reasons: Vec<Reason>,
+    pub window_seconds: u64,
+    pub baseline: RoleWindowStats,
+    pub canary: RoleWindowStats,
+}
+
+#[derive(Debug)]
+struct State {
+    deployments: BTreeMap<String, Deployment>,
+    epoch: u64,
+    /// When each deployment with a canary is evaluated next.
+    next_evaluation: HashMap<String, Millis>,
+}
+
+#[derive(Debug)]
+struct Instance {
+    seq: u64,
+    seen_at: Millis,
+}
+
+/// The controller.
+#[derive(Debug)]
+pub struct Controller {
+    store: Arc<dyn Store>,
+    settings: Settings,
+    state: tokio::sync::Mutex<State>,
+    windows: Mutex<Windows>,
+    /// Last sequence number counted per (proxy, instance).
+    instances: Mutex<HashMap<(String, String), Instance>>,
+    table: RwLock<Arc<SplitTable>>,
+}
+
+fn table_of(deployments: &BTreeMap<String, Deployment>, epoch: u64) -> SplitTable {
+    SplitTable {
+        epoch,
+        deployments: deployments.values().map(Deployment::split).collect(),
+    }
+}
+
+impl Controller {
+    /// Loads the stored state.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        settings: Settings,
+    ) -> Result<Arc<Controller>, StoreError> {
+        let snapshot = store.load().await?;
+        let deployments: BTreeMap<String, Deployment> = snapshot
+            .deployments
+            .into_iter()
+            .map(|d| (d.name.clone(), d))
+            .collect();
+        let table = table_of(&deployments, snapshot.epoch);
+        Ok(Arc::new(Controller {
+            store,
+            settings,
+            state: tokio::sync::Mutex::new(State {
+                deployments,
+                epoch: snapshot.epoch,
+                next_evaluation: HashMap::new(),
+            }),
+            windows: Mutex::new(Windows::default()),
+            instances: Mutex::new(HashMap::new()),
+            table: RwLock::new(Arc::new(table)),
+        }))
+    }
+
+    /// The split table as the proxies receive it.
+    pub fn table(&self) -> Arc<SplitTable> {
+        self.table.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Commits a transition, then applies it. The epoch moves when the split
+    /// the proxies route by changed.
+    async fn apply(
+        &self,
+        state: &mut State,
+        t: Transition,
+        now: Millis,
+    ) -> Result<Vec<StoredEvent>, ServiceError> {
+        let before = state
+            .deployments
+            .get(&t.deployment.name)
+            .map(Deployment::split);
+        let epoch = if before.as_ref() == Some(&t.deployment.split()) {
+            state.epoch
+        } else {
+            state.epoch + 1
+        };
+        let stored = self
+            .store
+            .commit(Commit {
+                deployment: &t.deployment,
+                events: &t.events,
+                epoch,
+                at: now,
+            })
+            .await?;
+        for e in &stored {
+            tracing::info!(
+                deployment = %e.deployment, event = e.event.kind.as_str(), actor = %e.event.actor,
+                "{}", e.event.reason
+            );
+        }
+        state
+            .deployments
+            .insert(t.deployment.name.clone(), t.deployment);
+        if epoch != state.epoch {
+            state.epoch = epoch;
+            let table = Arc::new(table_of(&state.deployments, epoch));
+            if let Ok(mut slot) = self.table.write() {
+                *slot = table;
+            }
+        }
+        Ok(stored)
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        baseline: Target,
+        policy: Policy,
+        actor: &str,
+    ) -> Result<Deployment, ServiceError> {
+        let mut state = self.state.lock().await;
+        if state.deployments.contains_key(name) {
+            return Err(ServiceError::Exists(name.to_string()));
+        }
+        let now = now_ms();
+        let t = engine::create(name, baseline, policy, actor, now)?;
+        let d = t.deployment.clone();
+        self.apply(&mut state, t, now).await?;
+        Ok(d)
+    }
+
+    /// An operator's command.
+    pub async fn command(
+        &self,
+        name: &str,
+        cmd: Command,
+        actor: &str,
+    ) -> Result<Deployment, ServiceError> {
+        let mut state = self.state.lock().await;
+        let d = state
+            .deployments
+            .get(name)
+            .ok_or_else(|| ServiceError::NotFound(name.to_string()))?;
+        let now = now_ms();
+        let starts_canary = matches!(cmd, Command::StartCanary { .. });
+        let t = engine::command(d, cmd, actor, now)?;
+        let next = t.deployment.clone();
+        self.apply(&mut state, t, now).await?;
+        if starts_canary {
+            let first = now + next.policy.check_interval_seconds * 1000;
+            state.next_evaluation.insert(name.to_string(), first);
+        }
+        Ok(next)
+    }
+
+    pub async fn deployments(&self) -> Vec<Deployment> {
+        self.state
+            .lock()
+            .await
+            .deployments
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub async fn deployment(&self, name: &str) -> Result<Deployment, ServiceError> {
+        self.state
+            .lock()
+            .await
+            .deployments
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(name.to_string()))
+    }
+
+    pub async fn epoch(&self) -> u64 {
+        self.state.lock().await.epoch
+    }
+
+    pub async fn events(
+        &self,
+        name: &str,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, ServiceError> {
+        self.deployment(name).await?;
+        Ok(self.store.events(name, since, limit).await?)
+    }
+
+    /// Both roles over the deployment's window ending now.
+    fn window_stats(&self, d: &Deployment, now: Millis) -> (RoleWindowStats, RoleWindowStats) {
+        let Ok(windows) = self.windows.lock() else {
+            return Default::default();
+        };
+        let (second, window, classes) =
+            (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
+        let baseline = windows.stats(
+            &d.name,
+            Role::Baseline,
+            &d.baseline.version,
+            second,
+            window,
+            classes,
+        );
+        let canary = d
+            .canary
+            .as_ref()
+            .map_or_else(RoleWindowStats::default, |c| {
+                windows.stats(
+                    &d.name,
+                    Role::Canary,
+                    &c.target.version,
+                    second,
+                    window,
+                    classes,
+                )
+            });
+        (baseline, canary)
+    }
+
+    /// The current verdict and statistics.
+    pub async fn health(&self, name: &str) -> Result<Health, ServiceError> {
+        let d = self.deployment(name).await?;
+        Ok(self.health_of(&d, now_ms()))
+    }
+
+    pub fn health_of(&self, d: &Deployment, now: Millis) -> Health {
+        let (baseline, canary) = self.window_stats(d, now);
+        let verdict = match &d.canary {
+            Some(_) => evaluate(&d.policy, &baseline, &canary),
+            None => Verdict {
+                verdict: VerdictKind::InsufficientData,
+                recommendation: Recommendation::Continue,
+                reasons: vec![Reason {
+                    code: "no_canary".into(),
+                    message: format!(
+                        "no canary in progress; {} serves all traffic",
+                        d.baseline.version
+                    ),
+                    numbers: Map::new(),
+                }],
+            },
+        };
+        Health {
+            verdict: verdict.verdict,
+            recommendation: verdict.recommendation,
+            reasons: verdict.reasons,
+            window_seconds: d.policy.window_seconds,
+            baseline,
+            canary,
+        }
+    }
+
+    /// A filter worker's sync: counts its report once, answers the table.
+    pub fn sync(&self, req: &SyncRequest, now: Millis) -> Result<SyncResponse, ServiceError> {
+        req.check()?;
+        // Decode everything before touching any state: a bad report changes nothing.
+        let decoded = req
+            .reports
+            .iter()
+            .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = (req.proxy.clone(), req.instance.clone());
+        if let Ok(mut instances) = self.instances.lock() {
+            let instance = instances.entry(key).or_insert(Instance {
+                seq: 0,
+                seen_at: now,
+            });
+            instance.seen_at = now;
+            // Sequence numbers start at 1; a number already counted is a resend.
+            if req.seq > instance.seq {
+                instance.seq = req.seq;
+                if let Ok(mut windows) = self.windows.lock() {
+                    for (r, counts, h) in &decoded {
+                        windows.add(&r.deployment, r.role, &r.version, now / 1000, counts, h);
+                    }
+                }
+            } else {
+                tracing::debug!(proxy = %req.proxy, instance = %req.instance, seq = req.seq, "report already counted");
+            }
+        }
+        Ok(SyncResponse {
+            table: SplitTable::clone(&self.table()),
+            lease_ms: self.settings.lease_ms,
+        })
+    }
+
+    /// Evaluates every deployment whose check interval has come.
+    pub async fn evaluate_due(&self, now: Millis) {
+        let mut state = self.state.lock().await;
+        let due: Vec<String> = state
+            .deployments
+            .values()
+            .filter(|d| d.canary.is_some())
+            .map(|d| d.name.clone())
+            .filter(|n| state.next_evaluation.get(n).is_none_or(|&at| now >= at))
+            .collect();
+        for name in due {
+            let Some(d) = state.deployments.get(&name).cloned() else {
+                continue;
+            };
+            let interval = d.policy.check_interval_seconds * 1000;
+            let first_sight = state
+                .next_evaluation
+                .insert(name.clone(), now + interval)
+                .is_none();
+            if first_sight {
+                // E.g. after a restart: give the proxies one interval to report.
+                continue;
+            }
+            let (baseline, canary) = self.window_stats(&d, now);
+            let s = engine::step(&d, &baseline, &canary, now);
+            if s.transition.deployment == d && s.transition.events.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.apply(&mut state, s.transition, now).await {
+                tracing::warn!(deployment = %name, "evaluation not applied: {e}");
+            }
+        }
+        drop(state);
+        self.prune(now).await;
+    }
+
+    async fn prune(&self, now: Millis) {
+        let keep = {
+            let state = self.state.lock().await;
+            state
+                .deployments
+                .values()
+                .map(|d| d.policy.window_seconds)
+                .max()
+                .unwrap_or(300)
+                + 60
+        };
+        if let Ok(mut w) = self.windows.lock() {
+            w.prune(now / 1000, keep);
+        }
+        if let Ok(mut i) = self.instances.lock() {
+            i.retain(|_, inst| now.saturating_sub(inst.seen_at) < INSTANCE_TTL_MS);
+        }
+    }
+
+    /// The evaluation loop, until `shutdown` resolves.
+    pub async fn run_evaluations(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(EVALUATION_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => self.evaluate_due(now_ms()).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use coalmine_protocol::Outcome;
+    use coalmine_protocol::stats::RoleStats;
+    use coalmine_protocol::sync::RoleReport;
+
+    fn target(v: &str) -> Target {
+        Target {
+            version: v.into(),
+            cluster: format!("heart-{v}"),
+        }
+    }
+
+    fn report(role: Role, version: &str, ok: u64, errors: u64) -> RoleReport {
+        let mut s = RoleStats::try_new().unwrap();
+        for _ in 0..ok {
+            s.record(Outcome::Success, 10_000);
+        }
+        for _ in 0..errors {
+            s.record(Outcome::ServerError, 10_000);
+        }
+        RoleReport::from_stats("heart-prod", role, version, &s)
+    }
+
+    async fn controller() -> Arc<Controller> {
+        let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+        Controller::open(store, Settings::default()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_resent_report_is_counted_once() {
+        let c = controller().await;
+        c.create("heart-prod", target("v1"), Policy::default(), "operator")
+            .await
+            .unwrap();
+        let req = SyncRequest {
+            proxy: "envoy-1".into(),
+            instance: "a".into(),
+            seq: 1,
+            epoch: 0,
+            reports: vec![report(Role::Baseline, "v1", 30, 2)],
+        };
+        let now = now_ms();
+        let resp = c.sync(&req, now).unwrap();
+        assert_eq!(resp.table.epoch, 1);
+        assert_eq!(resp.table.deployments[0].baseline, target("v1"));
+        c.sync(&req, now).unwrap();
+        let mut older = req.clone();
+        older.seq = 0;
+        c.sync(&older, now).unwrap();
+        // Another instance of the same proxy counts separately.
+        let mut other = req.clone();
+        other.instance = "b".into();
+        c.sync(&other, now).unwrap();
+        let h = c.health("heart-prod").await.unwrap();
+        assert_eq!((h.baseline.requests, h.baseline.errors), (64, 4));
+    }
+
+    #[tokio::test]
+    async fn a_bad_report_changes_nothing() {
+        let c = controller().await;
+        c.create("heart-prod", target("v1"), Policy::default(), "operator")
+            .await
+            .unwrap();
+        let mut bad = report(Role::Baseline, "v1", 5, 0);
+        bad.counts.success = 999;
+        let req = SyncRequest {
+            proxy: "p".into(),
+            instance: "i".into(),
+            seq: 1,
+            epoch: 0,
+            reports: vec![report(Role::Baseline, "v1", 10, 0), bad],
+        };
+        assert!(matches!(
+            c.sync(&req, now_ms()),
+            Err(ServiceError::BadReport(_))
+        ));
+        assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 0);
+        // The same seq with a good report is then accepted: nothing was recorded.
+        let good = SyncRequest {
+            reports: vec![report(Role::Baseline, "v1", 10, 0)],
+            ..req
+        };
+        c.sync(&good, now_ms()).unwrap();
+        assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 10);
+    }
+
+    #[tokio::test]
+    async fn the_epoch_moves_only_when_the_split_does() {
+        let c = controller().await;
+        c.create("heart-prod", target("v1"), Policy::default(), "operator")
+            .await
+            .unwrap();
+        let e1 = c.epoch().await;
+        let reg = Command::RegisterVersion {
+            version: "v2".into(),
+            cluster: "heart-v2".into(),
+            metadata: serde_json::json!({}),
+        };
+        c.command("heart-prod", reg, "operator").await.unwrap();
+        assert_eq!(c.epoch().await, e1);
+        let start = Command::StartCanary {
+            version: "v2".into(),
+            percent: Some(20.0),
+            steps: None,
+            bake_seconds: None,
+        };
+        c.command("heart-prod", start, "operator").await.unwrap();
+        assert_eq!(c.epoch().await, e1 + 1);
+        assert_eq!(c.table().deployments[0].canary_bps.get(), 2000);
+    }
+
+    #[tokio::test]
+    async fn evaluation_rolls_back_from_reported_stats() {
+        let c = controller().await;
+        let policy = Policy {
+            check_interval_seconds: 1,
+            ..Policy::default()
+        };
+        c.create("heart-prod", target("v1"), policy, "operator")
+            .await
+            .unwrap();
+        let reg = Command::RegisterVersion {
+            version: "v2".into(),
+            cluster: "heart-v2".into(),
+            metadata: serde_json::json!({}),
+        };
+        c.command("heart-prod", reg, "operator").await.unwrap();
+        let start = Command::StartCanary {
+            version: "v2".into(),
+            percent: None,
+            steps: None,
+            bake_seconds: None,
+        };
+        c.command("heart-prod", start, "operator").await.unwrap();
+        let now = now_ms();
+        let req = SyncRequest {
+            proxy: "p".into(),
+            instance: "i".into(),
+            seq: 1,
+            epoch: 2,
+            reports: vec![
+                report(Role::Baseline, "v1", 400, 0),
+                report(Role::Canary, "v2", 75, 25),
+            ],
+        };
+        c.sync(&req, now).unwrap();
+        c.evaluate_due(now + 1000).await;
+        let d = c.deployment("heart-prod").await.unwrap();
+        assert!(d.canary.is_none());
+        let kinds: Vec<_> = c
+            .events("heart-prod", 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event.kind.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "deployment_created",
+                "version_registered",
+                "version_registered",
+                "canary_started",
+                "health_check_failed",
+                "auto_rollback_triggered",
+                "rolled_back"
+            ]
+        );
+        assert_eq!(c.table().deployments[0].canary_bps.get(), 0);
+    }
+}

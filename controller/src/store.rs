@@ -1,0 +1,69 @@
+//! Persistence: the deployments, their version registries, the split table
+//! epoch and the append-only event log.
+//!
+//! A [`Store`] commits a transition (new state + its events + epoch) as one
+//! transaction: either all of it is durable or none. SQLite is the default
+//! implementation (`store/sqlite.rs`).
+
+use crate::engine::{Deployment, Event, Millis};
+use serde::{Deserialize, Serialize};
+
+mod sqlite;
+pub use sqlite::SqliteStore;
+
+/// Everything the controller needs at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub deployments: Vec<Deployment>,
+    pub epoch: u64,
+}
+
+/// One transition to persist.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    pub deployment: &'a Deployment,
+    pub events: &'a [Event],
+    /// The split table epoch after this commit.
+    pub epoch: u64,
+    pub at: Millis,
+}
+
+/// An event as stored: with its id, deployment and time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub deployment: String,
+    pub at: Millis,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be read or written (locked, read-only, gone).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("stored data does not decode: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e)
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Every deployment with its registry, and the epoch.
+    async fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Persists a transition atomically; returns the events as stored.
+    async fn commit(&self, commit: Commit<'_>) -> Result<Vec<StoredEvent>, StoreError>;
+    /// A deployment's events with an id above `since`, oldest first.
+    async fn events(
+        &self,
+        deployment: &str,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+}

@@ -1,0 +1,504 @@
+//! The sync protocol between every filter worker and the controller.
+//!
+//! Each worker, every `interval_ms`, sends `POST /v1/sync` with what it
+//! recorded since its last acknowledged report, and receives the split table
+//! and a lease. A report that was not acknowledged (the call failed or timed
+//! out) is sent again unchanged, with the same sequence number, so the
+//! controller can count it exactly once: it deduplicates by
+//! `(proxy, instance, seq)`.
+
+use crate::outcome::Outcome;
+use crate::split::{Role, SplitTable};
+use crate::stats::{LATENCY_MAX_US, LATENCY_SIGFIG, RoleStats};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use serde::{Deserialize, Serialize};
+
+/// Limits a controller enforces on one report (a filter never comes close).
+pub const MAX_REPORTS: usize = 1024;
+pub const MAX_ID_LEN: usize = 256;
+/// An encoded histogram longer than this is refused before decoding.
+pub const MAX_HISTOGRAM_BYTES: usize = 64 * 1024;
+
+/// What a filter worker sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// The proxy's node id (`xds.node.id`).
+    pub proxy: String,
+    /// Random per VM: a restarted worker is a new instance.
+    pub instance: String,
+    /// Increases by one per new report; a resent report keeps its number.
+    pub seq: u64,
+    /// The split table epoch the worker holds (0: none yet).
+    pub epoch: u64,
+    #[serde(default)]
+    pub reports: Vec<RoleReport>,
+}
+
+/// One deployment role's delta since the last acknowledged report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleReport {
+    pub deployment: String,
+    pub role: Role,
+    /// The version that served these requests.
+    pub version: String,
+    pub counts: OutcomeCounts,
+    /// Latencies in µs: an HdrHistogram in V2 encoding, base64.
+    pub latency_us: String,
+}
+
+/// Requests per outcome class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeCounts {
+    #[serde(rename = "2xx", default)]
+    pub success: u64,
+    #[serde(rename = "4xx", default)]
+    pub client_error: u64,
+    #[serde(rename = "5xx", default)]
+    pub server_error: u64,
+    #[serde(default)]
+    pub reset: u64,
+}
+
+impl OutcomeCounts {
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        match outcome {
+            Outcome::Success => self.success,
+            Outcome::ClientError => self.client_error,
+            Outcome::ServerError => self.server_error,
+            Outcome::Reset => self.reset,
+        }
+    }
+
+    pub fn add(&mut self, outcome: Outcome, n: u64) {
+        let c = match outcome {
+            Outcome::Success => &mut self.success,
+            Outcome::ClientError => &mut self.client_error,
+            Outcome::ServerError => &mut self.server_error,
+            Outcome::Reset => &mut self.reset,
+        };
+        *c = c.saturating_add(n);
+    }
+
+    pub fn merge(&mut self, other: &OutcomeCounts) {
+        for o in Outcome::ALL {
+            self.add(o, other.get(o));
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        Outcome::ALL
+            .iter()
+            .fold(0u64, |a, &o| a.saturating_add(self.get(o)))
+    }
+}
+
+/// What the controller answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncResponse {
+    pub table: SplitTable,
+    /// How long the table stays valid without another successful sync.
+    pub lease_ms: u64,
+}
+
+/// Why a report or one of its parts was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReportError {
+    #[error("{0} is empty or longer than {MAX_ID_LEN} bytes")]
+    BadId(&'static str),
+    #[error("{0} reports is more than the limit of {MAX_REPORTS}")]
+    TooManyReports(usize),
+    #[error("latency histogram is not valid base64")]
+    Base64,
+    #[error("latency histogram is {0} bytes, more than {MAX_HISTOGRAM_BYTES}")]
+    HistogramTooLarge(usize),
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+    #[error("counts say {counts} requests but the latency histogram holds {histogram}")]
+    CountMismatch { counts: u64, histogram: u64 },
+}
+
+/// Encodes a latency histogram for a report.
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail; an empty string decodes as "empty".
+    match V2Serializer::new().serialize(h, &mut bytes) {
+        Ok(_) => BASE64.encode(bytes),
+        Err(_) => String::new(),
+    }
+}
+
+/// The V2 header is 40 bytes: cookie, payload length, normalizing offset,
+/// significant digits, lowest, highest, int-to-double ratio.
+const V2_HEADER: usize = 40;
+
+/// Decodes a report's histogram, accepting only coalmine's own parameters
+/// (1 µs .. 1 h, two significant digits) and a payload that is really there,
+/// so a hostile report cannot make the controller allocate at will.
+pub fn decode_histogram(encoded: &str) -> Result<Histogram<u64>, ReportError> {
+    let empty = || Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG);
+    if encoded.is_empty() {
+        return empty().map_err(|e| ReportError::Histogram(e.to_string()));
+    }
+    if encoded.len() > MAX_HISTOGRAM_BYTES * 4 / 3 + 4 {
+        return Err(ReportError::HistogramTooLarge(encoded.len() * 3 / 4));
+    }
+    let bytes = BASE64.decode(encoded).map_err(|_| ReportError::Base64)?;
+    if bytes.len() > MAX_HISTOGRAM_BYTES {
+        return Err(ReportError::HistogramTooLarge(bytes.len()));
+    }
+    let header = bytes
+        .get(..V2_HEADER)
+        .ok_or_else(|| ReportError::Histogram("truncated header".into()))?;
+    let be_u32 = |at: usize| {
+        header
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    let be_u64 = |at: usize| {
+        header
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    let payload = be_u32(4) as usize;
+    if payload != bytes.len() - V2_HEADER {
+        return Err(ReportError::Histogram(format!(
+            "payload length {payload} does not match the {} bytes sent",
+            bytes.len() - V2_HEADER
+        )));
+    }
+    if be_u32(12) != u32::from(LATENCY_SIGFIG) || be_u64(16) != 1 || be_u64(24) != LATENCY_MAX_US {
+        return Err(ReportError::Histogram(
+            "unexpected range or precision (want 1 µs .. 1 h, 2 significant digits)".into(),
+        ));
+    }
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| ReportError::Histogram(format!("{e:?}")))
+}
+
+impl RoleReport {
+    /// The report of one role's statistics.
+    pub fn from_stats(
+        deployment: &str,
+        role: Role,
+        version: &str,
+        stats: &RoleStats,
+    ) -> RoleReport {
+        let mut counts = OutcomeCounts::default();
+        for o in Outcome::ALL {
+            counts.add(o, stats.count(o));
+        }
+        RoleReport {
+            deployment: deployment.to_string(),
+            role,
+            version: version.to_string(),
+            counts,
+            latency_us: encode_histogram(stats.latency_us()),
+        }
+    }
+
+    /// Decodes the histogram and checks it agrees with the counts.
+    pub fn decode(&self) -> Result<(OutcomeCounts, Histogram<u64>), ReportError> {
+        let h = decode_histogram(&self.latency_us)?;
+        let total = self.counts.total();
+        if h.len() != total {
+            return Err(ReportError::CountMismatch {
+                counts: total,
+                histogram: h.len(),
+            });
+        }
+        Ok((self.counts, h))
+    }
+}
+
+impl SyncRequest {
+    /// Structural checks that need no controller state.
+    pub fn check(&self) -> Result<(), ReportError> {
+        for (what, id) in [("proxy", &self.proxy), ("instance", &self.instance)] {
+            if id.is_empty() || id.len() > MAX_ID_LEN {
+                return Err(ReportError::BadId(what));
+            }
+        }
+        if self.reports.len() > MAX_REPORTS {
+            return Err(ReportError::TooManyReports(self.reports.len()));
+        }
+        for r in &self.reports {
+            if r.deployment.is_empty() || r.deployment.len() > MAX_ID_LEN {
+                return Err(ReportError::BadId("deployment"));
+            }
+            if r.version.is_empty() || r.version.len() > MAX_ID_LEN {
+                return Err(ReportError::BadId("version"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A worker's outgoing reports: one in flight or waiting to be resent, until
+/// the controller acknowledges it. Memory is bounded: one encoded report plus
+/// the live statistics it will be built from next.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    proxy: String,
+    instance: String,
+    seq: u64,
+    pending: Option<Vec<u8>>,
+}
+
+impl Outbox {
+    pub fn new(proxy: String, instance: String) -> Outbox {
+        Outbox {
+            proxy,
+            instance,
+            seq: 0,
+            pending: None,
+        }
+    }
+
+    /// The body to send now: the unacknowledged report again, or a new one
+    /// (next sequence number) from `reports()`, which drains the live stats.
+    pub fn body(&mut self, epoch: u64, reports: impl FnOnce() -> Vec<RoleReport>) -> &[u8] {
+        let Outbox {
+            proxy,
+            instance,
+            seq,
+            pending,
+        } = self;
+        pending.get_or_insert_with(|| {
+            *seq += 1;
+            serde_json::to_vec(&SyncRequest {
+                proxy: proxy.clone(),
+                instance: instance.clone(),
+                seq: *seq,
+                epoch,
+                reports: reports(),
+            })
+            .unwrap_or_default()
+        })
+    }
+
+    /// The controller has the pending report.
+    pub fn acknowledged(&mut self) {
+        self.pending = None;
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+/// Whether the lease has run out at `now_ms`. `renewed_until_ms` is what the
+/// last successful sync (of any worker) granted; before the first one, the
+/// lease counts from `started_ms`.
+pub fn lease_expired(
+    now_ms: u64,
+    renewed_until_ms: Option<u64>,
+    started_ms: u64,
+    lease_ms: u64,
+) -> bool {
+    let until = renewed_until_ms.unwrap_or_else(|| started_ms.saturating_add(lease_ms));
+    now_ms > until
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stats(latencies: &[u64], errors: u64) -> RoleStats {
+        let mut s = RoleStats::try_new().unwrap();
+        for (i, &l) in latencies.iter().enumerate() {
+            let o = if (i as u64) < errors {
+                Outcome::ServerError
+            } else {
+                Outcome::Success
+            };
+            s.record(o, l);
+        }
+        s
+    }
+
+    #[test]
+    fn a_report_round_trips_through_json() {
+        let s = stats(&[1_000, 2_000, 250_000, 3_000_000], 1);
+        let r = RoleReport::from_stats("heart-prod", Role::Canary, "v2", &s);
+        let req = SyncRequest {
+            proxy: "p".into(),
+            instance: "i".into(),
+            seq: 3,
+            epoch: 1,
+            reports: vec![r],
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(
+            json.contains(r#""counts":{"2xx":3,"4xx":0,"5xx":1,"reset":0}"#),
+            "{json}"
+        );
+        let back: SyncRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, req);
+        let (counts, h) = back.reports[0].decode().unwrap();
+        assert_eq!(counts.total(), 4);
+        assert_eq!(h.len(), 4);
+        assert_eq!(
+            h.value_at_quantile(0.75),
+            s.latency_us().value_at_quantile(0.75)
+        );
+        assert!(req.check().is_ok());
+    }
+
+    #[test]
+    fn the_encoding_is_compact() {
+        let latencies: Vec<u64> = (0..1000).map(|i| 20_000 + (i * 37) % 5_000).collect();
+        let encoded = encode_histogram(stats(&latencies, 0).latency_us());
+        assert!(encoded.len() < 600, "{} bytes", encoded.len());
+    }
+
+    #[test]
+    fn hostile_histograms_are_refused() {
+        assert_eq!(decode_histogram("!!!"), Err(ReportError::Base64));
+        assert!(matches!(
+            decode_histogram("AAAA"),
+            Err(ReportError::Histogram(_))
+        ));
+        // A valid histogram with another range would allocate at the sender's will.
+        let big = Histogram::<u64>::new_with_bounds(1, u64::MAX / 4, 5).unwrap();
+        assert!(matches!(
+            decode_histogram(&encode_histogram(&big)),
+            Err(ReportError::Histogram(_))
+        ));
+        // A payload length that promises more than is there.
+        let mut bytes = BASE64
+            .decode(encode_histogram(stats(&[5], 0).latency_us()))
+            .unwrap();
+        bytes[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            decode_histogram(&BASE64.encode(bytes)),
+            Err(ReportError::Histogram(_))
+        ));
+        let too_long = "A".repeat(MAX_HISTOGRAM_BYTES * 2);
+        assert!(matches!(
+            decode_histogram(&too_long),
+            Err(ReportError::HistogramTooLarge(_))
+        ));
+        assert_eq!(decode_histogram("").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn counts_must_agree_with_the_histogram() {
+        let mut r = RoleReport::from_stats("d", Role::Baseline, "v1", &stats(&[10, 20], 0));
+        r.counts.success = 5;
+        assert_eq!(
+            r.decode(),
+            Err(ReportError::CountMismatch {
+                counts: 5,
+                histogram: 2
+            })
+        );
+    }
+
+    #[test]
+    fn structural_limits() {
+        let mut req = SyncRequest {
+            proxy: String::new(),
+            instance: "i".into(),
+            seq: 1,
+            epoch: 0,
+            reports: vec![],
+        };
+        assert_eq!(req.check(), Err(ReportError::BadId("proxy")));
+        req.proxy = "p".into();
+        let r = RoleReport::from_stats("d", Role::Baseline, "v1", &stats(&[], 0));
+        req.reports = vec![r; MAX_REPORTS + 1];
+        assert_eq!(
+            req.check(),
+            Err(ReportError::TooManyReports(MAX_REPORTS + 1))
+        );
+        assert!(
+            serde_json::from_str::<SyncRequest>(
+                r#"{"proxy":"p","instance":"i","seq":-1,"epoch":0}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_outbox_resends_until_acknowledged() {
+        let mut out = Outbox::new("p".into(), "i".into());
+        let mut drained = 0;
+        let report = || RoleReport::from_stats("d", Role::Canary, "v2", &stats(&[5], 0));
+        let first = out
+            .body(0, || {
+                drained += 1;
+                vec![report()]
+            })
+            .to_vec();
+        // The call failed: the same bytes go again, the live stats are not drained.
+        let again = out
+            .body(7, || {
+                drained += 1;
+                vec![]
+            })
+            .to_vec();
+        assert_eq!(first, again);
+        assert_eq!(drained, 1);
+        let parsed: SyncRequest = serde_json::from_slice(&first).unwrap();
+        assert_eq!((parsed.seq, parsed.reports.len()), (1, 1));
+        out.acknowledged();
+        let next: SyncRequest = serde_json::from_slice(out.body(7, Vec::new)).unwrap();
+        assert_eq!((next.seq, next.epoch), (2, 7));
+    }
+
+    #[test]
+    fn the_lease_runs_from_start_then_from_each_renewal() {
+        assert!(!lease_expired(1_000, None, 0, 30_000));
+        assert!(!lease_expired(30_000, None, 0, 30_000));
+        assert!(lease_expired(30_001, None, 0, 30_000));
+        assert!(!lease_expired(40_000, Some(45_000), 0, 30_000));
+        assert!(lease_expired(45_001, Some(45_000), 0, 30_000));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(s in ".{0,300}") {
+            let _ = decode_histogram(&s);
+        }
+
+        #[test]
+        fn decode_never_panics_on_mangled_bytes(
+            latencies in prop::collection::vec(1u64..10_000_000, 0..50),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        ) {
+            let mut bytes = BASE64.decode(encode_histogram(stats(&latencies, 0).latency_us())).unwrap_or_default();
+            for (i, b) in flips {
+                if !bytes.is_empty() {
+                    let at = i.index(bytes.len());
+                    bytes[at] = b;
+                }
+            }
+            let _ = decode_histogram(&BASE64.encode(bytes));
+        }
+
+        #[test]
+        fn round_trip_preserves_every_count(latencies in prop::collection::vec(1u64..LATENCY_MAX_US, 0..200)) {
+            let s = stats(&latencies, 0);
+            let back = decode_histogram(&encode_histogram(s.latency_us())).unwrap();
+            prop_assert_eq!(back.len(), s.latency_us().len());
+            for q in [0.5, 0.95, 0.99] {
+                prop_assert_eq!(back.value_at_quantile(q), s.latency_us().value_at_quantile(q));
+            }
+        }
+    }
+}
