@@ -49,7 +49,8 @@ test-wasm: ## the pure core's tests compiled to wasm32-wasip1
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" \
 	  $(CARGO) test -p coalmine-protocol --target $(WASM_TARGET) --locked
 
-test-e2e: build-wasm ## end-to-end tests on the real Envoy
+test-e2e: build-wasm ## end-to-end tests on the real Envoy and controller
+	$(CARGO) build -p coalmine-controller --locked
 	$(CARGO) test -p coalmine-e2e --locked -- --nocapture
 
 test: setup lint validate test-unit test-wasm test-e2e ## everything CI runs

@@ -15,8 +15,9 @@ struct Stack {
     v2: Upstream,
 }
 
-/// Envoy with the shipped config, `heart-v1`/`heart-v2` on fresh upstreams,
-/// optionally another plugin configuration and without some HTTP filter.
+/// Envoy with the shipped config in standalone mode (or another plugin
+/// configuration), `heart-v1`/`heart-v2` on fresh upstreams, optionally
+/// without some HTTP filter.
 async fn stack(plugin: Option<Value>, drop_filter: Option<&str>) -> Result<Stack> {
     let (v1, v2) = (
         Upstream::start("heart-v1").await?,
@@ -25,9 +26,11 @@ async fn stack(plugin: Option<Value>, drop_filter: Option<&str>) -> Result<Stack
     let mut config = EnvoyConfig::shipped("envoy.yaml")?
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v2", v2.addr)?;
-    if let Some(plugin) = plugin {
-        config = config.plugin_config(&plugin)?;
-    }
+    let plugin = match plugin {
+        Some(p) => p,
+        None => config.standalone_plugin_config()?,
+    };
+    config = config.plugin_config(&plugin)?;
     if let Some(name) = drop_filter {
         config = config.without_http_filter(name)?;
     }
@@ -200,7 +203,7 @@ async fn twenty_percent_of_ten_thousand_requests_reach_the_canary() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sticky_user_never_changes_role() -> Result<()> {
-    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.standalone_plugin_config()?;
     plugin["deployments"][0]["sticky_header"] = json!("x-user-id");
     let s = stack(Some(plugin), None).await?;
     let users = 300;
@@ -246,7 +249,7 @@ async fn a_sticky_user_never_changes_role() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spoofed_coalmine_headers_never_choose_the_upstream() -> Result<()> {
     for drop_filter in [Some("coalmine.strip_client_headers"), None] {
-        let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+        let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.standalone_plugin_config()?;
         plugin["deployments"][0]["static"]["canary_percent"] = json!(0);
         let s = stack(Some(plugin), drop_filter).await?;
         let spoof = |_| {
@@ -304,7 +307,7 @@ async fn spoofed_coalmine_headers_never_choose_the_upstream() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_plugin_config_keeps_envoy_from_serving() -> Result<()> {
-    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.standalone_plugin_config()?;
     plugin["deployments"][0]["static"]["canary_percent"] = json!(150);
     let config = EnvoyConfig::shipped("envoy.yaml")?.plugin_config(&plugin)?;
     let (status, log) = Envoy::start_expecting_refusal(config).await?;
@@ -318,7 +321,7 @@ async fn an_invalid_plugin_config_keeps_envoy_from_serving() -> Result<()> {
         "the log does not name the field:\n{log}"
     );
 
-    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.standalone_plugin_config()?;
     plugin["deployments"][0]["match"]["colour"] = json!("red");
     let config = EnvoyConfig::shipped("envoy.yaml")?.plugin_config(&plugin)?;
     let (status, log) = Envoy::start_expecting_refusal(config).await?;

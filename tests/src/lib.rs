@@ -7,7 +7,11 @@
 //!   ports (learned from its admin endpoint, so nothing races for a port), and
 //!   killed when dropped.
 //! - [`Upstream`]: a small HTTP server on `127.0.0.1:0` that names itself in
-//!   every response and remembers the coalmine headers it was sent.
+//!   every response, remembers the coalmine headers it was sent, and can
+//!   answer a share of requests with 500s.
+//! - [`ControllerProc`]: the real controller binary with its own database;
+//!   it can be killed with SIGKILL and restarted on the same address.
+//! - [`Load`]: steady client traffic in the background, every response kept.
 //! - [`poll`]: wait for a condition with a deadline; tests never sleep a
 //!   fixed time.
 
@@ -18,7 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod controller;
+mod load;
 mod upstream;
+pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin};
+pub use load::{Load, Sample};
 pub use upstream::{SeenHeaders, Upstream};
 
 /// The repository root.
@@ -142,6 +150,16 @@ impl EnvoyConfig {
             .as_str()
             .ok_or_else(|| anyhow!("coalmine filter has no configuration value"))?;
         Ok(serde_json::from_str(text)?)
+    }
+
+    /// The shipped plugin configuration without its `controller` block
+    /// (standalone mode).
+    pub fn standalone_plugin_config(&mut self) -> Result<serde_json::Value> {
+        let mut plugin = self.shipped_plugin_config()?;
+        if let Some(o) = plugin.as_object_mut() {
+            o.remove("controller");
+        }
+        Ok(plugin)
     }
 
     /// Removes an HTTP filter by name (e.g. to test the coalmine filter alone).

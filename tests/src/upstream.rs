@@ -2,9 +2,10 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
@@ -20,6 +21,8 @@ pub struct SeenHeaders {
 struct Shared {
     name: &'static str,
     seen: Arc<Mutex<Vec<SeenHeaders>>>,
+    /// Every n-th request is answered with a 500 (0: never).
+    error_every: Arc<AtomicU64>,
 }
 
 /// An upstream on `127.0.0.1:0`; stops when dropped.
@@ -28,19 +31,22 @@ pub struct Upstream {
     pub name: &'static str,
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<SeenHeaders>>>,
+    error_every: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Upstream {
-    /// Serves every path with `200 {"served_by": name}` and an
-    /// `x-served-by: name` header.
+    /// Serves every path with `200 {"served_by": name}` (or a 500 when told
+    /// to fail) and an `x-served-by: name` header.
     pub async fn start(name: &'static str) -> anyhow::Result<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let error_every = Arc::new(AtomicU64::new(0));
         let app = Router::new().fallback(serve).with_state(Shared {
             name,
             seen: seen.clone(),
+            error_every: error_every.clone(),
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -49,8 +55,14 @@ impl Upstream {
             name,
             addr,
             seen,
+            error_every,
             task,
         })
+    }
+
+    /// From now on, answer every `n`-th request with a 500 (0: none).
+    pub fn fail_every(&self, n: u64) {
+        self.error_every.store(n, Ordering::SeqCst);
     }
 
     /// Every request received so far.
@@ -76,14 +88,25 @@ async fn serve(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    if let Ok(mut seen) = s.seen.lock() {
-        seen.push(SeenHeaders {
-            path: uri.path().to_string(),
-            role: get("x-coalmine-role"),
-            cluster: get("x-coalmine-cluster"),
-        });
-    }
+    let count = match s.seen.lock() {
+        Ok(mut seen) => {
+            seen.push(SeenHeaders {
+                path: uri.path().to_string(),
+                role: get("x-coalmine-role"),
+                cluster: get("x-coalmine-cluster"),
+            });
+            seen.len() as u64
+        }
+        Err(_) => 0,
+    };
+    let every = s.error_every.load(Ordering::SeqCst);
+    let status = if every > 0 && count % every == 0 {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
     (
+        status,
         [("x-served-by", HeaderValue::from_static(s.name))],
         axum::Json(serde_json::json!({ "served_by": s.name })),
     )

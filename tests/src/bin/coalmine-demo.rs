@@ -21,9 +21,11 @@ async fn main() -> Result<()> {
     println!("    heart-v1 on {}, heart-v2 on {}", v1.addr, v2.addr);
 
     step("starting Envoy 1.40 with the coalmine filter (envoy/envoy.yaml, canary at 20 %)");
-    let config = EnvoyConfig::shipped("envoy.yaml")?
+    let mut config = EnvoyConfig::shipped("envoy.yaml")?
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v2", v2.addr)?;
+    let standalone = config.standalone_plugin_config()?;
+    let config = config.plugin_config(&standalone)?;
     let envoy = Envoy::start(config).await?;
     println!(
         "    listener {}   admin {}",

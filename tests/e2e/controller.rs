@@ -1,0 +1,519 @@
+//! The controller syncs with every proxy, judges the canary and rolls back by
+//! itself: real Envoy, the real controller binary, upstreams on loopback.
+
+use anyhow::{Result, bail, ensure};
+use coalmine_e2e::{
+    ControllerProc, Envoy, EnvoyConfig, Load, SYNC_TOKEN, Upstream, poll, prometheus_value,
+};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const INTERVAL_MS: u64 = 1000;
+
+struct Stack {
+    controller: ControllerProc,
+    v1: Upstream,
+    v2: Upstream,
+}
+
+/// The shipped plugin configuration pointed at the test controller; no
+/// static split, so nothing reaches the canary before the controller says so.
+fn plugin(lease_ms: u64) -> Result<Value> {
+    let mut p = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    p["controller"]["token"] = json!(SYNC_TOKEN);
+    p["controller"]["interval_ms"] = json!(INTERVAL_MS);
+    p["controller"]["lease_ms"] = json!(lease_ms);
+    if let Some(d) = p["deployments"][0].as_object_mut() {
+        d.remove("static");
+    }
+    Ok(p)
+}
+
+impl Stack {
+    async fn start(lease_ms: u64) -> Result<Stack> {
+        Ok(Stack {
+            controller: ControllerProc::start(lease_ms).await?,
+            v1: Upstream::start("heart-v1").await?,
+            v2: Upstream::start("heart-v2").await?,
+        })
+    }
+
+    async fn envoy(&self, node: &str, lease_ms: u64) -> Result<Envoy> {
+        let config = EnvoyConfig::shipped("envoy.yaml")?
+            .upstream("heart-v1", self.v1.addr)?
+            .upstream("heart-v2", self.v2.addr)?
+            .upstream("coalmine_controller", self.controller.addr)?
+            .plugin_config(&plugin(lease_ms)?)?;
+        Envoy::start_as(config, node).await
+    }
+
+    /// heart-prod on v1 with `policy`, v2 registered.
+    async fn deployment(&self, policy: Value) -> Result<()> {
+        let c = &self.controller;
+        c.call(
+            "POST",
+            "/v1/deployments",
+            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}, "policy": policy}),
+        )
+        .await?;
+        c.call(
+            "POST",
+            "/v1/deployments/heart-prod/versions",
+            json!({"version": "v2", "cluster": "heart-v2", "metadata": {"test_accuracy": 0.72}}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn start_canary(&self, percent: f64) -> Result<Value> {
+        self.controller
+            .call(
+                "POST",
+                "/v1/deployments/heart-prod/canary",
+                json!({"version": "v2", "percent": percent}),
+            )
+            .await
+    }
+
+    async fn deployment_state(&self) -> Result<Value> {
+        self.controller.get("/v1/deployments/heart-prod").await
+    }
+}
+
+fn is_canary(s: &coalmine_e2e::Sample) -> bool {
+    s.role.as_deref() == Some("canary")
+}
+
+/// Waits until the last `quiet` of load saw no canary response (at least
+/// `min` responses in it); returns when the last canary response was seen.
+async fn canary_traffic_stops(
+    load: &Load,
+    quiet: Duration,
+    min: usize,
+    timeout: Duration,
+) -> Result<Option<Instant>> {
+    poll("canary traffic to stop", timeout, || {
+        let samples = load.samples();
+        let now = Instant::now();
+        let recent: Vec<_> = samples
+            .iter()
+            .filter(|s| now.duration_since(s.at) < quiet)
+            .collect();
+        let stopped = recent.len() >= min && !recent.iter().any(|s| is_canary(s));
+        let last = samples.iter().filter(|s| is_canary(s)).map(|s| s.at).max();
+        async move { Ok(stopped.then_some(last)) }
+    })
+    .await
+}
+
+async fn first_canary_response(load: &Load, after: Instant) -> Result<Instant> {
+    poll("the first canary response", Duration::from_secs(15), || {
+        let first = load.since(after).into_iter().find(is_canary).map(|s| s.at);
+        async move { Ok(first) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_is_rolled_back_automatically_and_then_gets_no_traffic() -> Result<()> {
+    let s = Stack::start(30_000).await?;
+    let envoy = s.envoy("proxy-a", 30_000).await?;
+    s.v2.fail_every(4); // 25 % of the canary's answers are 500s
+    s.deployment(json!({"check_interval_seconds": 1, "window_seconds": 60, "min_requests": 20}))
+        .await?;
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    let started = Instant::now();
+    s.start_canary(20.0).await?;
+    let first_canary = first_canary_response(&load, started).await?;
+
+    let decided = poll(
+        "the automatic rollback",
+        Duration::from_secs(30),
+        || async {
+            let d = s.deployment_state().await?;
+            Ok(d["canary"].is_null().then(Instant::now))
+        },
+    )
+    .await?;
+    let last_canary = canary_traffic_stops(
+        &load,
+        Duration::from_millis(1500),
+        100,
+        Duration::from_secs(15),
+    )
+    .await?
+    .unwrap_or(first_canary);
+    println!(
+        "first canary request → rollback decided: {:.2} s; → last canary request: {:.2} s",
+        decided.duration_since(first_canary).as_secs_f64(),
+        last_canary.duration_since(first_canary).as_secs_f64()
+    );
+
+    // From here on, no request reaches the canary.
+    let reached = s.v2.seen().len();
+    let after = Instant::now();
+    poll(
+        "two more seconds of traffic",
+        Duration::from_secs(10),
+        || {
+            let n = load.since(after).len();
+            async move { Ok((n >= 200).then_some(())) }
+        },
+    )
+    .await?;
+    ensure!(
+        s.v2.seen().len() == reached,
+        "the canary got {} requests after the rollback",
+        s.v2.seen().len() - reached
+    );
+    ensure!(
+        load.since(after)
+            .iter()
+            .all(|r| r.served_by == "heart-v1" && r.status == 200)
+    );
+
+    let kinds = s.controller.event_kinds("heart-prod").await?;
+    ensure!(
+        kinds
+            == [
+                "deployment_created",
+                "version_registered",
+                "version_registered",
+                "canary_started",
+                "health_check_failed",
+                "auto_rollback_triggered",
+                "rolled_back"
+            ],
+        "timeline: {kinds:?}"
+    );
+    let events = s
+        .controller
+        .get("/v1/deployments/heart-prod/events")
+        .await?;
+    let failed = &events[4];
+    let rate = failed["numbers"]["canary_error_rate"]
+        .as_f64()
+        .unwrap_or_default();
+    ensure!(
+        (0.15..=0.35).contains(&rate),
+        "canary error rate in the event: {rate}"
+    );
+    ensure!(failed["actor"] == "engine", "{failed}");
+    let versions = s
+        .controller
+        .get("/v1/deployments/heart-prod/versions")
+        .await?;
+    ensure!(
+        versions[1]["state"] == "rolled_back" && versions[1]["healthy"] == false,
+        "{versions}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_and_timeline_survive_kill_9() -> Result<()> {
+    let mut s = Stack::start(30_000).await?;
+    let envoy = s.envoy("proxy-a", 30_000).await?;
+    s.deployment(json!({"check_interval_seconds": 1})).await?;
+    s.start_canary(20.0).await?;
+    s.controller
+        .call(
+            "PUT",
+            "/v1/deployments/heart-prod/traffic",
+            json!({"canary_percent": 35}),
+        )
+        .await?;
+    s.controller
+        .call(
+            "POST",
+            "/v1/deployments/heart-prod/pause",
+            json!({"reason": "looking at logs"}),
+        )
+        .await?;
+    let strip = |mut d: Value| {
+        if let Some(o) = d.as_object_mut() {
+            o.remove("health");
+        }
+        d
+    };
+    let before = strip(s.deployment_state().await?);
+    let events_before = s
+        .controller
+        .get("/v1/deployments/heart-prod/events")
+        .await?;
+    let versions_before = s
+        .controller
+        .get("/v1/deployments/heart-prod/versions")
+        .await?;
+
+    s.controller.restart().await?; // SIGKILL, then start on the same database
+
+    ensure!(
+        strip(s.deployment_state().await?) == before,
+        "state changed across kill -9"
+    );
+    ensure!(
+        s.controller
+            .get("/v1/deployments/heart-prod/events")
+            .await?
+            == events_before
+    );
+    ensure!(
+        s.controller
+            .get("/v1/deployments/heart-prod/versions")
+            .await?
+            == versions_before
+    );
+    // The timeline continues without gaps or duplicates, and the proxy still
+    // routes by the restored split.
+    s.controller
+        .call("POST", "/v1/deployments/heart-prod/resume", json!({}))
+        .await?;
+    let events = s
+        .controller
+        .get("/v1/deployments/heart-prod/events")
+        .await?;
+    let ids: Vec<i64> = events
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["id"].as_i64()).collect())
+        .unwrap_or_default();
+    ensure!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids {ids:?}");
+    ensure!(events.as_array().map(Vec::len) == events_before.as_array().map(|a| a.len() + 1));
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    first_canary_response(&load, Instant::now()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_canary_steps_up_and_is_promoted() -> Result<()> {
+    let s = Stack::start(30_000).await?;
+    let envoy = s.envoy("proxy-a", 30_000).await?;
+    s.deployment(json!({
+        "check_interval_seconds": 1, "window_seconds": 30, "min_requests": 10,
+        "promote": {"min_canary_requests": 20}, "bake_seconds": 2, "steps": [20, 50, 100]
+    }))
+    .await?;
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    s.start_canary(20.0).await?;
+    poll("the promotion", Duration::from_secs(60), || async {
+        let d = s.deployment_state().await?;
+        Ok((d["baseline"]["version"] == "v2").then_some(()))
+    })
+    .await?;
+    let kinds = s.controller.event_kinds("heart-prod").await?;
+    let tail: Vec<&str> = kinds.iter().skip(3).map(String::as_str).collect();
+    ensure!(
+        tail == [
+            "canary_started",
+            "step_advanced",
+            "step_advanced",
+            "promoted"
+        ],
+        "timeline: {kinds:?}"
+    );
+    let events = s
+        .controller
+        .get("/v1/deployments/heart-prod/events")
+        .await?;
+    ensure!(
+        events[4]["numbers"]["to_percent"] == 50.0 && events[5]["numbers"]["to_percent"] == 100.0,
+        "{events}"
+    );
+    let d = s.deployment_state().await?;
+    ensure!(
+        d["pinned"]["version"] == "v1" && d["canary"].is_null(),
+        "{d}"
+    );
+
+    // All traffic now goes to v2, as the baseline.
+    let after = Instant::now();
+    let settled = poll(
+        "traffic on the new baseline",
+        Duration::from_secs(10),
+        || {
+            let recent = load.since(after);
+            let ok =
+                recent.len() >= 100
+                    && recent.iter().rev().take(100).all(|r| {
+                        r.served_by == "heart-v2" && r.role.as_deref() == Some("baseline")
+                    });
+            async move { Ok(ok.then_some(())) }
+        },
+    )
+    .await;
+    if let Err(e) = settled {
+        bail!("{e}: last {:?}", load.samples().last());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_controller_canary_traffic_stops_within_the_lease() -> Result<()> {
+    let lease_ms = 3000;
+    let mut s = Stack::start(lease_ms).await?;
+    let envoy = s.envoy("proxy-a", lease_ms).await?;
+    s.deployment(json!({"check_interval_seconds": 1})).await?;
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    let started = Instant::now();
+    s.start_canary(50.0).await?;
+    first_canary_response(&load, started).await?;
+
+    let killed = Instant::now();
+    s.controller.kill9();
+    let last = canary_traffic_stops(
+        &load,
+        Duration::from_millis(1000),
+        50,
+        Duration::from_secs(20),
+    )
+    .await?
+    .unwrap_or(killed);
+    let fallback = last.saturating_duration_since(killed);
+    println!(
+        "controller killed → last canary request: {:.2} s (lease {lease_ms} ms, sync every {INTERVAL_MS} ms)",
+        fallback.as_secs_f64()
+    );
+    // The lease was renewed at most one interval before the kill and is
+    // checked every interval: lease + interval, plus scheduling slack.
+    ensure!(
+        fallback <= Duration::from_millis(lease_ms + 2 * INTERVAL_MS),
+        "canary traffic went on for {fallback:?} after the controller died"
+    );
+    ensure!(
+        load.since(killed).iter().all(|r| r.status == 200),
+        "user traffic was disturbed"
+    );
+    let said = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let text = poll(
+        "the lease expiry metric",
+        Duration::from_secs(5),
+        || async {
+            let text = envoy.prometheus().await?;
+            let n = prometheus_value(
+                &text,
+                "coalmine_lease_expiries",
+                &[("deployment", "heart-prod")],
+            );
+            Ok((n >= 1.0).then_some(text))
+        },
+    )
+    .await?;
+    ensure!(
+        prometheus_value(
+            &text,
+            "coalmine_lease_expiries",
+            &[("deployment", "heart-prod")]
+        ) == 1.0
+    );
+    ensure!(
+        prometheus_value(
+            &text,
+            "coalmine_canary_share_bps",
+            &[("deployment", "heart-prod")]
+        ) == 0.0
+    );
+    ensure!(
+        said(&envoy.log(), "falls back to its baseline") == 1,
+        "one log line per proxy:\n{}",
+        envoy.log()
+    );
+
+    // The controller answers again: the canary split is back.
+    s.controller.restart().await?;
+    let back = Instant::now();
+    first_canary_response(&load, back).await?;
+    ensure!(said(&envoy.log(), "lease renewed") == 1);
+    Ok(())
+}
+
+/// Per role, the requests an Envoy's admin endpoint counted.
+async fn envoy_counts(envoy: &Envoy) -> Result<(f64, f64)> {
+    let text = envoy.prometheus().await?;
+    let role = |r| {
+        ["2xx", "4xx", "5xx", "reset"]
+            .iter()
+            .map(|c| {
+                prometheus_value(
+                    &text,
+                    "coalmine_requests",
+                    &[("deployment", "heart-prod"), ("role", r), ("class", c)],
+                )
+            })
+            .sum::<f64>()
+    };
+    Ok((role("baseline"), role("canary")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_proxies_reporting_to_one_controller_add_up() -> Result<()> {
+    let s = Stack::start(30_000).await?;
+    let (a, b) = (
+        s.envoy("proxy-a", 30_000).await?,
+        s.envoy("proxy-b", 30_000).await?,
+    );
+    s.deployment(json!({"check_interval_seconds": 1})).await?;
+    s.start_canary(20.0).await?;
+    let client = reqwest::Client::new();
+    // Each proxy routes by the controller's table once it has synced.
+    for envoy in [&a, &b] {
+        poll(
+            "the proxy to route heart-prod",
+            Duration::from_secs(10),
+            || async {
+                let r = client.get(envoy.url("/predict/heart")).send().await?;
+                Ok(r.headers().contains_key("x-coalmine-role").then_some(()))
+            },
+        )
+        .await?;
+    }
+    let before = (envoy_counts(&a).await?, envoy_counts(&b).await?);
+    for (envoy, n) in [(&a, 300), (&b, 500)] {
+        for _ in 0..n {
+            client
+                .get(envoy.url("/predict/heart"))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+    }
+    let (ab, ac) = envoy_counts(&a).await?;
+    let (bb, bc) = envoy_counts(&b).await?;
+    let ((ab0, ac0), (bb0, bc0)) = before;
+    ensure!(
+        ab + ac - ab0 - ac0 == 300.0 && bb + bc - bb0 - bc0 == 500.0,
+        "envoy counts {ab}+{ac}, {bb}+{bc}"
+    );
+    ensure!(ac > ac0 && bc > bc0, "both proxies split: {ac}, {bc}");
+    let h = poll(
+        "the controller to see both proxies' requests",
+        Duration::from_secs(10),
+        || async {
+            let h = s
+                .controller
+                .get("/v1/deployments/heart-prod/health")
+                .await?;
+            let total = h["baseline"]["requests"].as_f64().unwrap_or(0.0)
+                + h["canary"]["requests"].as_f64().unwrap_or(0.0);
+            Ok((total >= ab + ac + bb + bc).then_some(h))
+        },
+    )
+    .await?;
+    ensure!(
+        h["baseline"]["requests"].as_f64() == Some(ab + bb),
+        "baseline: controller {} vs envoys {ab}+{bb}",
+        h["baseline"]["requests"]
+    );
+    ensure!(
+        h["canary"]["requests"].as_f64() == Some(ac + bc),
+        "canary: controller {} vs envoys {ac}+{bc}",
+        h["canary"]["requests"]
+    );
+    println!(
+        "controller: baseline {} + canary {} = envoy a {} + envoy b {}",
+        ab + bb,
+        ac + bc,
+        ab + ac,
+        bb + bc
+    );
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The real `coalmine-controller` binary as a test process.
+
+use crate::poll;
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const OPERATOR_TOKEN: &str = "e2e-operator-token";
+pub const SYNC_TOKEN: &str = "e2e-sync-token";
+
+/// The controller binary (`make test-e2e` builds it).
+pub fn controller_bin() -> Result<PathBuf> {
+    let bin = std::env::var_os("COALMINE_CONTROLLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target/debug/coalmine-controller"));
+    if !bin.exists() {
+        bail!(
+            "{} is missing; run `cargo build -p coalmine-controller`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A running controller with its own database; killed on drop.
+#[derive(Debug)]
+pub struct ControllerProc {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    lease_ms: u64,
+    client: reqwest::Client,
+}
+
+impl ControllerProc {
+    /// Starts on a free port with a fresh database.
+    pub async fn start(lease_ms: u64) -> Result<ControllerProc> {
+        let dir = tempfile::Builder::new()
+            .prefix("coalmine-controller-")
+            .tempdir()?;
+        let mut c = ControllerProc {
+            child: None,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease_ms,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        };
+        c.spawn().await?;
+        Ok(c)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let address_file = self.dir.path().join("address");
+        let _ = std::fs::remove_file(&address_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("controller.log"))?;
+        let child = Command::new(controller_bin()?)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--db")
+            .arg(self.dir.path().join("coalmine.db"))
+            .arg("--lease-ms")
+            .arg(self.lease_ms.to_string())
+            .arg("--address-file")
+            .arg(&address_file)
+            .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN)
+            .env("COALMINE_LOG", "info,coalmine_controller=debug,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting coalmine-controller")?;
+        self.child = Some(child);
+        let log_path = self.dir.path().join("controller.log");
+        let addr: SocketAddr = poll("the controller to listen", Duration::from_secs(30), || {
+            let exited = self.child.as_mut().map(|c| c.try_wait());
+            let r = match exited {
+                Some(Ok(Some(status))) => Err(anyhow!(
+                    "controller exited with {status}:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                )),
+                _ => Ok(std::fs::read_to_string(&address_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())),
+            };
+            async move { r }
+        })
+        .await?;
+        self.addr = addr;
+        Ok(())
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same address and database.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn().await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET a JSON document; fails on a non-2xx status.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let resp = self.client.get(self.url(path)).send().await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// An operator call (with the operator token); fails on a non-2xx status.
+    pub async fn call(&self, method: &str, path: &str, body: Value) -> Result<Value> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let resp = self
+            .client
+            .request(method.clone(), self.url(path))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// The kinds of a deployment's events, oldest first.
+    pub async fn event_kinds(&self, deployment: &str) -> Result<Vec<String>> {
+        let events = self
+            .get(&format!("/v1/deployments/{deployment}/events"))
+            .await?;
+        Ok(events
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
