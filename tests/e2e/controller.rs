@@ -517,3 +517,48 @@ async fn two_proxies_reporting_to_one_controller_add_up() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_needs_its_tokens_keeps_them_out_of_logs_and_stops_on_sigterm() -> Result<()>
+{
+    // Without tokens (and without --insecure-dev) it refuses to start, and says why.
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new(coalmine_e2e::controller_bin()?)
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("x.db"))
+        .env_remove("COALMINE_OPERATOR_TOKEN")
+        .env_remove("COALMINE_SYNC_TOKEN")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "started without tokens");
+    ensure!(
+        stderr.contains("refusing to start without --operator-token")
+            && stderr.contains("--insecure-dev"),
+        "{stderr}"
+    );
+
+    let mut s = Stack::start(30_000).await?;
+    let envoy = s.envoy("proxy-a", 30_000).await?;
+    s.deployment(json!({})).await?;
+    s.start_canary(20.0).await?;
+    let load = Load::start(envoy.url("/predict/heart"), 50);
+    first_canary_response(&load, Instant::now() - Duration::from_secs(60)).await?;
+    let status = s.controller.terminate(Duration::from_secs(10)).await?;
+    ensure!(status.success(), "SIGTERM: {status}");
+    let log = s.controller.log();
+    ensure!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+    for token in [coalmine_e2e::OPERATOR_TOKEN, SYNC_TOKEN] {
+        ensure!(
+            !log.contains(token),
+            "a token appears in the controller's log"
+        );
+    }
+    ensure!(
+        !envoy.log().contains(SYNC_TOKEN),
+        "the sync token appears in Envoy's log"
+    );
+    Ok(())
+}

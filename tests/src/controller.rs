@@ -106,6 +106,23 @@ impl ControllerProc {
         }
     }
 
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let status = poll("the controller to exit", timeout, || {
+            let r = child.try_wait().map_err(anyhow::Error::from);
+            async move { r }
+        })
+        .await;
+        if status.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
     /// Starts again on the same address and database.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill9();
