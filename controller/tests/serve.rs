@@ -32,6 +32,12 @@ async fn serves_until_told_to_stop_then_returns() {
     assert!(reply.contains(r#"{"status":"ok"}"#), "{reply}");
     stop.send(()).unwrap();
     let done = tokio::time::timeout(Duration::from_secs(10), server).await;
-    assert!(matches!(done, Ok(Ok(Ok(())))), "serve did not return cleanly: {done:?}");
-    assert!(get(addr, "/healthz").await.is_err(), "still accepting after shutdown");
+    assert!(
+        matches!(done, Ok(Ok(Ok(())))),
+        "serve did not return cleanly: {done:?}"
+    );
+    assert!(
+        get(addr, "/healthz").await.is_err(),
+        "still accepting after shutdown"
+    );
 }
