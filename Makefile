@@ -10,7 +10,7 @@ ENVOY := .venv/bin/envoy
 # The pure core's tests also run compiled to wasm32, under Wasmtime.
 WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
 
-.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e demo clean
+.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e test-demo demo up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,11 +53,20 @@ test-e2e: build-wasm ## end-to-end tests on the real Envoy and controller
 	$(CARGO) build -p coalmine-controller --locked
 	$(CARGO) test -p coalmine-e2e --locked -- --nocapture
 
-test: setup lint validate test-unit test-wasm test-e2e ## everything CI runs
+test-demo: ## the demo, non-interactively; it fails unless its timeline is the expected one
+	$(MAKE) --no-print-directory demo
+
+test: setup lint validate test-unit test-wasm test-e2e test-demo ## everything CI runs
 	@echo "make test: all checks passed"
 
-demo: build ## the standalone stack on loopback, with live traffic
-	$(CARGO) run --release --quiet -p coalmine-e2e --bin coalmine-demo
+demo: build ## the heart-disease story on the local stack (KEEP=1 leaves it running)
+	target/release/coalmine-demo $(if $(KEEP),--keep)
+
+up: build ## start the local stack in the background (ports 10000, 9901, 8700, 8501, 8502)
+	@tools/stack.sh up
+
+down: ## stop the local stack
+	@tools/stack.sh down
 
 clean:
 	$(CARGO) clean

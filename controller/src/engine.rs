@@ -677,6 +677,8 @@ pub fn step(
     let verdict = evaluate(&d.policy, baseline, canary);
     let mut numbers = verdict.numbers();
     numbers.insert("canary_percent".into(), json!(percent_of(c.bps)));
+    numbers.insert("baseline".into(), json!(baseline));
+    numbers.insert("canary".into(), json!(canary));
     numbers.insert("window_seconds".into(), json!(d.policy.window_seconds));
     let summary = verdict.summary();
     match verdict.verdict {

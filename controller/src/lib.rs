@@ -14,7 +14,7 @@
 //! - [`service`]: the controller's state in memory, the evaluation loop, and
 //!   every change committed to the store before it takes effect;
 //! - [`api`]: the REST API (operator calls and `/v1/sync` for the filters);
-//! - [`auth`]: bearer tokens, compared in constant time.
+//! - [`auth`]: which tokens the API checks.
 
 pub mod api;
 pub mod auth;

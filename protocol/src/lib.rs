@@ -12,6 +12,9 @@
 //! - [`outcome`]: the outcome class of a finished request (2xx/3xx, 4xx, 5xx,
 //!   reset).
 //! - [`stats`]: per-role outcome counters and latency HdrHistograms.
+//! - [`sync`]: the messages between filter and controller, the histogram
+//!   encoding, the outbox that resends until acknowledged, the lease rule.
+//! - [`secret`]: bearer tokens compared in constant time, never printed.
 // Nothing on the request path may panic: a panic is a VM trap that fails
 // user traffic. (Tests may.)
 #![cfg_attr(
@@ -28,6 +31,7 @@ pub mod active;
 pub mod config;
 pub mod outcome;
 pub mod routing;
+pub mod secret;
 pub mod split;
 pub mod stats;
 pub mod sync;

@@ -291,10 +291,16 @@ async fn spoofed_coalmine_headers_never_choose_the_upstream() -> Result<()> {
             s.v2.seen().is_empty(),
             "the canary was reached at 0 % ({drop_filter:?})"
         );
-        let inside_seen =
+        let inside_seen: Vec<_> =
             s.v1.seen()
                 .into_iter()
-                .filter(|h| h.path == "/predict/heart");
+                .filter(|h| h.path == "/predict")
+                .collect();
+        ensure!(
+            inside_seen.len() == 200,
+            "{} requests arrived rewritten to /predict",
+            inside_seen.len()
+        );
         for h in inside_seen {
             ensure!(
                 h.cluster.as_deref() == Some("heart-v1") && h.role.as_deref() == Some("baseline"),

@@ -1,93 +1,378 @@
-//! `make demo` (standalone stage): a real Envoy with the coalmine filter in
-//! front of two upstreams on loopback, live traffic, the split it produced and
-//! the labelled metrics Envoy exposes for Prometheus.
+//! `make demo`: the heart-disease story end to end, on the local stack.
+//!
+//! Starts the stack (`tools/stack.sh up`: models trained on first use, two
+//! model servers, the controller, Envoy with the filter), puts v2 on a 20 %
+//! canary behind v1, sends live predictions built from real rows of the data
+//! set (some malformed, which the fragile v2 answers with 500s), shows the
+//! split and the health check as they happen, the automatic rollback, and
+//! the timeline. Exits 1 if the timeline is not the one expected; stops the
+//! stack unless `--keep`.
 
-use anyhow::Result;
-use coalmine_e2e::{Envoy, EnvoyConfig, Upstream, prometheus_value};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+const CONTROLLER: &str = "http://127.0.0.1:8700";
+const ENVOY: &str = "http://127.0.0.1:10000";
+const RPS: u32 = 200;
+/// One request in this many is malformed (a field missing or mistyped).
+const MALFORMED_EVERY: usize = 5;
 
 fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
 
+fn root() -> PathBuf {
+    coalmine_e2e::workspace_root()
+}
+
+fn stack(action: &str, db: Option<&Path>) -> Result<()> {
+    let mut cmd = Command::new(root().join("tools/stack.sh"));
+    cmd.arg(action).current_dir(root());
+    if let Some(db) = db {
+        cmd.env("COALMINE_DB", db);
+    }
+    let status = cmd.status().context("running tools/stack.sh")?;
+    if !status.success() {
+        bail!("tools/stack.sh {action} failed");
+    }
+    Ok(())
+}
+
+/// Real patients from the data set as prediction requests.
+fn patients() -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(root().join("data/uci-heart-cleveland/cleveland.tsv"))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    let mut out = Vec::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split('\t').collect();
+        if cells.contains(&"?") || cells.len() != header.len() {
+            continue;
+        }
+        let mut row = serde_json::Map::new();
+        for (name, cell) in header.iter().zip(&cells).take(13) {
+            row.insert(
+                name.to_string(),
+                json!(cell.parse::<f64>().unwrap_or_default()),
+            );
+        }
+        out.push(Value::Object(row));
+    }
+    Ok(out)
+}
+
+/// A malformed variant of a request: a field missing or of the wrong type.
+fn malform(mut row: Value, i: usize) -> Value {
+    if let Some(o) = row.as_object_mut() {
+        if i.is_multiple_of(2) {
+            o.remove("max_HR");
+        } else {
+            o.insert("age".into(), json!("sixty-three"));
+        }
+    }
+    row
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    by_role: HashMap<String, u64>,
+    errors_by_role: HashMap<String, u64>,
+    client_errors: u64,
+    sent: u64,
+}
+
+struct Api {
+    client: reqwest::Client,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value> {
+        let resp = self
+            .client
+            .request(method.clone(), format!("{CONTROLLER}{path}"))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {}", body["message"]);
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .client
+            .get(format!("{CONTROLLER}{path}"))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |x| format!("{:.1} %", x * 100.0))
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.1} ms"))
+}
+
+async fn story(keep: bool) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    step("models: v1 (the production model) and v2 (a new candidate)");
+    let mut models = HashMap::new();
+    for (v, port) in [("v1", 8501), ("v2", 8502)] {
+        let m: Value = client
+            .get(format!("http://127.0.0.1:{port}/model"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        println!(
+            "    {v}: test accuracy {:.3} on {} held-out patients ({} rows with missing values left out), sha256 {}…",
+            m["test_accuracy"].as_f64().unwrap_or_default(),
+            m["training"]["test_rows"],
+            m["training"]["rows_dropped_missing"],
+            &m["sha256"].as_str().unwrap_or_default()[..12]
+        );
+        models.insert(v, m);
+    }
+
+    let token = std::fs::read_to_string(root().join(".coalmine/operator-token"))?
+        .trim()
+        .to_string();
+    let api = Api {
+        client: client.clone(),
+        token,
+    };
+    step("deployment heart-prod: v1 serves /predict/heart; v2 registered with its metadata");
+    api.call(
+        reqwest::Method::POST,
+        "/v1/deployments",
+        json!({
+            "name": "heart-prod",
+            "baseline": {"version": "v1", "cluster": "heart-v1"},
+            "policy": {"check_interval_seconds": 1, "window_seconds": 60, "min_requests": 20}
+        }),
+    )
+    .await?;
+    let v2 = &models["v2"];
+    api.call(
+        reqwest::Method::POST,
+        "/v1/deployments/heart-prod/versions",
+        json!({"version": "v2", "cluster": "heart-v2", "metadata": {
+            "sha256": v2["sha256"], "test_accuracy": v2["test_accuracy"], "data_sha256": v2["training"]["data_sha256"]}}),
+    )
+    .await?;
+    println!(
+        "    policy: check every 1 s over a 60 s window; CRITICAL if canary errors > baseline + 5 pp or p95 > baseline + 100 ms"
+    );
+
+    step(&format!(
+        "canary: v2 gets 20 % of live traffic ({RPS} predictions/s from real patients, 1 in {MALFORMED_EVERY} malformed)"
+    ));
+    let patients = Arc::new(patients()?);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let traffic = {
+        let (client, patients, tally) = (client.clone(), patients.clone(), tally.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / RPS);
+            for i in 0usize.. {
+                tick.tick().await;
+                let row = patients[i % patients.len()].clone();
+                let body = if i % MALFORMED_EVERY == MALFORMED_EVERY - 1 {
+                    malform(row, i)
+                } else {
+                    row
+                };
+                let (client, tally) = (client.clone(), tally.clone());
+                tokio::spawn(async move {
+                    let Ok(resp) = client
+                        .post(format!("{ENVOY}/predict/heart"))
+                        .json(&body)
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    let role = resp
+                        .headers()
+                        .get("x-coalmine-role")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_string();
+                    if let Ok(mut t) = tally.lock() {
+                        t.sent += 1;
+                        *t.by_role.entry(role.clone()).or_default() += 1;
+                        if resp.status().is_server_error() {
+                            *t.errors_by_role.entry(role).or_default() += 1;
+                        } else if resp.status().is_client_error() {
+                            t.client_errors += 1;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    api.call(
+        reqwest::Method::POST,
+        "/v1/deployments/heart-prod/canary",
+        json!({"version": "v2", "percent": 20}),
+    )
+    .await?;
+
+    let mut rolled_back_at = None;
+    while started.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let d = api.get("/v1/deployments/heart-prod").await?;
+        let (line, done) = {
+            let t = tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let get = |m: &HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+            let (b, c) = (get(&t.by_role, "baseline"), get(&t.by_role, "canary"));
+            let share = if b + c > 0 {
+                c as f64 / (b + c) as f64 * 100.0
+            } else {
+                0.0
+            };
+            let h = &d["health"];
+            let line = format!(
+                "    t={:>4.1}s  sent {:>5}  baseline {:>5} ({} 5xx)  canary {:>4} ({} 5xx)  = {share:>4.1} % canary   split {:>4} %   verdict {}",
+                started.elapsed().as_secs_f64(),
+                t.sent,
+                b,
+                get(&t.errors_by_role, "baseline"),
+                c,
+                get(&t.errors_by_role, "canary"),
+                d["canary_percent"],
+                h["verdict"].as_str().unwrap_or("?"),
+            );
+            (line, d["canary"].is_null() && c > 0)
+        };
+        println!("{line}");
+        std::io::stdout().flush()?;
+        if done && rolled_back_at.is_none() {
+            rolled_back_at = Some(started.elapsed());
+        }
+        if let Some(at) = rolled_back_at
+            && started.elapsed() >= at + Duration::from_secs(3)
+        {
+            break;
+        }
+    }
+    traffic.abort();
+    let Some(at) = rolled_back_at else {
+        bail!("the canary was not rolled back within 40 s");
+    };
+
+    let events = api.get("/v1/deployments/heart-prod/events").await?;
+    let events = events.as_array().cloned().unwrap_or_default();
+    if let Some(failed) = events.iter().find(|e| e["kind"] == "health_check_failed") {
+        let n = &failed["numbers"];
+        step("health check: CRITICAL");
+        println!(
+            "    baseline: {} requests, error rate {}, p95 {}\n    canary:   {} requests, error rate {}, p95 {}",
+            n["baseline"]["requests"],
+            pct(&n["baseline"]["error_rate"]),
+            ms(&n["baseline"]["p95_ms"]),
+            n["canary"]["requests"],
+            pct(&n["canary"]["error_rate"]),
+            ms(&n["canary"]["p95_ms"]),
+        );
+        println!(
+            "    reason: {}",
+            failed["reason"].as_str().unwrap_or_default()
+        );
+    }
+    step(&format!(
+        "automatic rollback {:.1} s after the canary started; v2 is marked unhealthy, v1 serves everything",
+        at.as_secs_f64()
+    ));
+    let versions = api.get("/v1/deployments/heart-prod/versions").await?;
+    for v in versions.as_array().cloned().unwrap_or_default() {
+        println!(
+            "    {}  state {:<11} healthy {:<5} pinned {}",
+            v["version"].as_str().unwrap_or_default(),
+            v["state"].as_str().unwrap_or_default(),
+            v["healthy"],
+            v["pinned"]
+        );
+    }
+
+    step("the timeline (GET /v1/deployments/heart-prod/events)");
+    let t0 = events
+        .first()
+        .and_then(|e| e["at"].as_u64())
+        .unwrap_or_default();
+    println!("    {:>7}  {:<24} {:<9} reason", "t", "event", "actor");
+    for e in &events {
+        let reason = e["reason"].as_str().unwrap_or_default();
+        let reason: String = reason.chars().take(110).collect();
+        println!(
+            "    {:>6.2}s  {:<24} {:<9} {reason}",
+            (e["at"].as_u64().unwrap_or(t0) - t0) as f64 / 1000.0,
+            e["kind"].as_str().unwrap_or_default(),
+            e["actor"].as_str().unwrap_or_default()
+        );
+    }
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let expected = [
+        "canary_started",
+        "health_check_failed",
+        "auto_rollback_triggered",
+        "rolled_back",
+    ];
+    let story: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| expected.contains(k))
+        .collect();
+    if story != expected {
+        bail!("unexpected timeline: {kinds:?}");
+    }
+    if keep {
+        step(
+            "the stack keeps running (--keep): curl http://127.0.0.1:8700/v1/deployments/heart-prod ; stop it with `make down`",
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    step("starting two model upstreams on loopback (heart-v1 baseline, heart-v2 canary)");
-    let (v1, v2) = (
-        Upstream::start("heart-v1").await?,
-        Upstream::start("heart-v2").await?,
-    );
-    println!("    heart-v1 on {}, heart-v2 on {}", v1.addr, v2.addr);
-
-    step("starting Envoy 1.40 with the coalmine filter (envoy/envoy.yaml, canary at 20 %)");
-    let mut config = EnvoyConfig::shipped("envoy.yaml")?
-        .upstream("heart-v1", v1.addr)?
-        .upstream("heart-v2", v2.addr)?;
-    let standalone = config.standalone_plugin_config()?;
-    let config = config.plugin_config(&standalone)?;
-    let envoy = Envoy::start(config).await?;
-    println!(
-        "    listener {}   admin {}",
-        envoy.url(""),
-        envoy.admin_url("")
-    );
-
-    let total = 2000u32;
-    step(&format!("sending {total} requests to /predict/heart"));
-    let client = reqwest::Client::new();
-    let url = envoy.url("/predict/heart");
-    let (mut baseline, mut canary) = (0u32, 0u32);
-    let started = Instant::now();
-    for i in 1..=total {
-        let resp = client.get(&url).send().await?;
-        match resp
-            .headers()
-            .get("x-coalmine-role")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some("canary") => canary += 1,
-            _ => baseline += 1,
-        }
-        if i % 100 == 0 || i == total {
-            print!(
-                "\r    {i:>5}/{total}  baseline {baseline:>5}  canary {canary:>5}  ({:.1} % canary)",
-                f64::from(canary) / f64::from(i) * 100.0
-            );
-            std::io::stdout().flush()?;
-        }
-        // A steady trickle, so the progress is visible: 2000 requests ≈ 4 s.
-        tokio::time::sleep(Duration::from_micros(1500)).await;
+    let keep = std::env::args().any(|a| a == "--keep");
+    let db = root().join(".coalmine/demo.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
-    println!(
-        "\n    done in {:.1} s; every response says which model served it (x-coalmine-role, x-coalmine-version)",
-        started.elapsed().as_secs_f64()
+    step(
+        "starting the local stack: two model servers, the controller, Envoy with the coalmine filter",
     );
-
-    step("what Envoy reports on its admin endpoint (/stats/prometheus), as Prometheus scrapes it");
-    let text = envoy.prometheus().await?;
-    for line in text.lines().filter(|l| {
-        (l.starts_with("coalmine_requests{") && l.contains("2xx"))
-            || l.starts_with("coalmine_canary_share_bps")
-    }) {
-        println!("    {line}");
+    stack("up", Some(&db))?;
+    let result = story(keep).await;
+    if !keep || result.is_err() {
+        step("stopping the stack");
+        stack("down", None)?;
     }
-    let envoy_canary = prometheus_value(
-        &text,
-        "coalmine_requests",
-        &[
-            ("deployment", "heart-prod"),
-            ("role", "canary"),
-            ("class", "2xx"),
-        ],
-    );
-    println!(
-        "    the filter counted {envoy_canary} canary requests; the client saw {canary}; upstream heart-v2 served {}",
-        v2.seen().len()
-    );
-
-    step("stopping the stack");
-    drop(envoy);
-    println!("    done. Next: the controller judges the canary and rolls it back by itself.");
-    Ok(())
+    match result {
+        Ok(()) => {
+            println!("\ndemo complete: the bad canary was caught and rolled back automatically.");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
