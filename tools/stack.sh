@@ -124,6 +124,9 @@ down() {
     rm -f "$DIR/$s.pid"
   done
   [ -n "$any" ] || echo "    nothing was running"
+  local busy=""
+  for p in 10000 9901 8700 8501 8502; do port_busy "$p" && busy+=" $p"; done
+  [ -z "$busy" ] || die "still listening after make down:$busy (not started by make up?)"
 }
 
 status() {
