@@ -12,7 +12,7 @@ pub use error::ApiError;
 use crate::auth::Tokens;
 use crate::engine::{Canary, Command, Deployment, Millis, Version};
 use crate::policy::Policy;
-use crate::service::{Controller, Health, now_ms};
+use crate::service::{Controller, Health, Sample, now_ms};
 use crate::store::StoredEvent;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -44,6 +44,7 @@ pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
         tokens: tokens.clone(),
         body_limit: BODY_LIMIT,
     };
+    let metrics_state = controller.clone();
     let proxies = AppState {
         controller,
         tokens,
@@ -67,6 +68,7 @@ pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
         .route("/deployments/{name}/rollback", post(rollback))
         .route("/deployments/{name}/health", get(health))
         .route("/deployments/{name}/events", get(events))
+        .route("/deployments/{name}/history", get(history))
         .route(
             "/deployments/{name}/policy",
             get(get_policy).put(set_policy),
@@ -78,6 +80,8 @@ pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
         .layer(DefaultBodyLimit::max(SYNC_BODY_LIMIT))
         .with_state(proxies);
     Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics).with_state(metrics_state))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .nest("/v1", v1.merge(sync_routes))
         .fallback(|| async {
@@ -381,6 +385,42 @@ async fn events(
             .events(&name, q.since.unwrap_or(0), limit)
             .await?,
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default)]
+    since: Option<Millis>,
+}
+
+async fn history(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<Sample>>> {
+    let Query(q) =
+        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    Ok(Json(
+        s.controller.history(&name, q.since.unwrap_or(0)).await?,
+    ))
+}
+
+/// The dashboard: one self-contained page, embedded in the binary.
+const DASHBOARD: &str = include_str!("../dashboard/index.html");
+
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(DASHBOARD)
+}
+
+async fn metrics(State(c): State<Arc<Controller>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        c.metrics().encode(),
+    )
 }
 
 async fn get_policy(

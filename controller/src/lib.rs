@@ -13,12 +13,19 @@
 //!   with an append-only event log;
 //! - [`service`]: the controller's state in memory, the evaluation loop, and
 //!   every change committed to the store before it takes effect;
-//! - [`api`]: the REST API (operator calls and `/v1/sync` for the filters);
-//! - [`auth`]: which tokens the API checks.
+//! - [`api`]: the REST API (operator calls and `/v1/sync` for the filters),
+//!   `/metrics`, and the dashboard (`dashboard/`, embedded);
+//! - [`metrics`]: the controller's Prometheus metrics;
+//! - [`notify`]: webhooks for the events operators must not miss;
+//! - [`auth`]: which tokens the API checks;
+//! - [`cli`]: the `coalmine` operator CLI (`src/bin/coalmine.rs`).
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod engine;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod service;
 pub mod store;

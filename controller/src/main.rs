@@ -3,6 +3,8 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use coalmine_controller::auth::{Secret, Tokens};
+use coalmine_controller::metrics::Metrics;
+use coalmine_controller::notify::{NoNotifier, Notifier, RetryPolicy, Webhooks};
 use coalmine_controller::service::Settings;
 use coalmine_controller::store::SqliteStore;
 use coalmine_controller::{Controller, serve};
@@ -33,6 +35,13 @@ struct Args {
     /// The lease granted to proxies: without a successful sync for this long they fall back to baselines.
     #[arg(long, env = "COALMINE_LEASE_MS", default_value_t = 30_000)]
     lease_ms: u64,
+    /// POST the events operators must not miss (health_degraded,
+    /// auto_rollback_triggered, rolled_back, promoted) to this URL; repeatable.
+    #[arg(long = "webhook", env = "COALMINE_WEBHOOKS", value_delimiter = ',')]
+    webhooks: Vec<String>,
+    /// The controller's URL as operators reach it (links in webhooks); default http://<listen>.
+    #[arg(long, env = "COALMINE_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Write the bound address to this file once listening (useful with port 0).
     #[arg(long)]
     address_file: Option<PathBuf>,
@@ -102,24 +111,49 @@ async fn main() -> Result<()> {
     let store = SqliteStore::open(&args.db)
         .await
         .with_context(|| format!("opening the database {}", args.db.display()))?;
-    let controller = Controller::open(
-        Arc::new(store),
-        Settings {
-            lease_ms: args.lease_ms,
-        },
-    )
-    .await
-    .context("loading the stored state")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    let webhooks: Vec<String> = args
+        .webhooks
+        .iter()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    for url in &webhooks {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--webhook {url:?} is not an http(s) URL");
+        }
+    }
+    let notifier: Arc<dyn Notifier> = if webhooks.is_empty() {
+        Arc::new(NoNotifier)
+    } else {
+        tracing::info!("webhooks: {} URL(s)", webhooks.len());
+        let public_url = args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        Arc::new(Webhooks::start(
+            webhooks,
+            public_url,
+            RetryPolicy::default(),
+            metrics.clone(),
+        ))
+    };
+    let settings = Settings {
+        lease_ms: args.lease_ms,
+    };
+    let controller = Controller::open_with(Arc::new(store), settings, metrics, notifier)
+        .await
+        .context("loading the stored state")?;
     if let Some(path) = &args.address_file {
         std::fs::write(path, addr.to_string())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(
-        "coalmine controller listening on http://{addr} (database {}, {} deployment(s))",
+        "coalmine controller listening on http://{addr} (dashboard at /, database {}, {} deployment(s))",
         args.db.display(),
         controller.deployments().await.len()
     );

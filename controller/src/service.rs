@@ -6,6 +6,8 @@
 //! proxies fetch. A store that cannot be written leaves everything as it was.
 
 use crate::engine::{self, Command, Deployment, Millis, Refusal, Transition};
+use crate::metrics::{Metrics, SyncResult};
+use crate::notify::{NoNotifier, Notifier};
 use crate::policy::{Policy, Reason, Recommendation, Verdict, VerdictKind, evaluate};
 use crate::store::{Commit, Store, StoreError, StoredEvent};
 use crate::window::{RoleWindowStats, Windows};
@@ -13,7 +15,7 @@ use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
 use coalmine_protocol::{Role, SplitTable, Target};
 use serde::Serialize;
 use serde_json::Map;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +30,19 @@ pub fn now_ms() -> Millis {
 pub const EVALUATION_TICK: Duration = Duration::from_millis(250);
 /// Reporting instances not heard from for this long are forgotten.
 const INSTANCE_TTL_MS: u64 = 3_600_000;
+/// History samples kept per deployment (one a second: 15 minutes).
+pub const HISTORY_SAMPLES: usize = 900;
+
+/// One point of a deployment's history, for charts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    pub at: Millis,
+    pub canary_percent: f64,
+    pub canary_version: Option<String>,
+    pub verdict: VerdictKind,
+    pub baseline: RoleWindowStats,
+    pub canary: RoleWindowStats,
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -90,6 +105,9 @@ pub struct Controller {
     /// Last sequence number counted per (proxy, instance).
     instances: Mutex<HashMap<(String, String), Instance>>,
     table: RwLock<Arc<SplitTable>>,
+    history: Mutex<HashMap<String, VecDeque<Sample>>>,
+    metrics: Arc<Metrics>,
+    notifier: Arc<dyn Notifier>,
 }
 
 fn table_of(deployments: &BTreeMap<String, Deployment>, epoch: u64) -> SplitTable {
@@ -100,10 +118,26 @@ fn table_of(deployments: &BTreeMap<String, Deployment>, epoch: u64) -> SplitTabl
 }
 
 impl Controller {
-    /// Loads the stored state.
+    /// Loads the stored state; no notifications.
     pub async fn open(
         store: Arc<dyn Store>,
         settings: Settings,
+    ) -> Result<Arc<Controller>, StoreError> {
+        Controller::open_with(
+            store,
+            settings,
+            Arc::new(Metrics::default()),
+            Arc::new(NoNotifier),
+        )
+        .await
+    }
+
+    /// Loads the stored state, with these metrics and notifications.
+    pub async fn open_with(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        notifier: Arc<dyn Notifier>,
     ) -> Result<Arc<Controller>, StoreError> {
         let snapshot = store.load().await?;
         let deployments: BTreeMap<String, Deployment> = snapshot
@@ -112,6 +146,9 @@ impl Controller {
             .map(|d| (d.name.clone(), d))
             .collect();
         let table = table_of(&deployments, snapshot.epoch);
+        for d in deployments.values() {
+            metrics.observe_deployment(d, None);
+        }
         Ok(Arc::new(Controller {
             store,
             settings,
@@ -123,7 +160,14 @@ impl Controller {
             windows: Mutex::new(Windows::default()),
             instances: Mutex::new(HashMap::new()),
             table: RwLock::new(Arc::new(table)),
+            history: Mutex::new(HashMap::new()),
+            metrics,
+            notifier,
         }))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The split table as the proxies receive it.
@@ -162,7 +206,13 @@ impl Controller {
                 deployment = %e.deployment, event = e.event.kind.as_str(), actor = %e.event.actor,
                 "{}", e.event.reason
             );
+            self.metrics
+                .count_event(&e.deployment, e.event.kind, &e.event.actor);
+            self.notifier.notify(e);
         }
+        let verdict = self.health_of(&t.deployment, now).verdict;
+        self.metrics
+            .observe_deployment(&t.deployment, Some(verdict));
         state
             .deployments
             .insert(t.deployment.name.clone(), t.deployment);
@@ -318,13 +368,21 @@ impl Controller {
 
     /// A filter worker's sync: counts its report once, answers the table.
     pub fn sync(&self, req: &SyncRequest, now: Millis) -> Result<SyncResponse, ServiceError> {
-        req.check()?;
-        // Decode everything before touching any state: a bad report changes nothing.
-        let decoded = req
-            .reports
-            .iter()
-            .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let checked = req.check().and_then(|()| {
+            // Decode everything before touching any state: a bad report changes nothing.
+            req.reports
+                .iter()
+                .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let decoded = match checked {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.sync_report(SyncResult::Rejected);
+                tracing::debug!(proxy = %req.proxy, "report refused: {e}");
+                return Err(e.into());
+            }
+        };
         let key = (req.proxy.clone(), req.instance.clone());
         if let Ok(mut instances) = self.instances.lock() {
             let instance = instances.entry(key).or_insert(Instance {
@@ -335,12 +393,14 @@ impl Controller {
             // Sequence numbers start at 1; a number already counted is a resend.
             if req.seq > instance.seq {
                 instance.seq = req.seq;
+                self.metrics.sync_report(SyncResult::Accepted);
                 if let Ok(mut windows) = self.windows.lock() {
                     for (r, counts, h) in &decoded {
                         windows.add(&r.deployment, r.role, &r.version, now / 1000, counts, h);
                     }
                 }
             } else {
+                self.metrics.sync_report(SyncResult::Duplicate);
                 tracing::debug!(proxy = %req.proxy, instance = %req.instance, seq = req.seq, "report already counted");
             }
         }
@@ -373,17 +433,67 @@ impl Controller {
                 // E.g. after a restart: give the proxies one interval to report.
                 continue;
             }
+            let started = std::time::Instant::now();
             let (baseline, canary) = self.window_stats(&d, now);
             let s = engine::step(&d, &baseline, &canary, now);
-            if s.transition.deployment == d && s.transition.events.is_empty() {
-                continue;
+            if let Some(v) = &s.verdict {
+                self.metrics.observe_deployment(&d, Some(v.verdict));
             }
-            if let Err(e) = self.apply(&mut state, s.transition, now).await {
+            if !(s.transition.deployment == d && s.transition.events.is_empty())
+                && let Err(e) = self.apply(&mut state, s.transition, now).await
+            {
                 tracing::warn!(deployment = %name, "evaluation not applied: {e}");
             }
+            self.metrics.evaluation(started.elapsed().as_secs_f64());
         }
         drop(state);
         self.prune(now).await;
+    }
+
+    /// Records one history sample per deployment.
+    pub async fn sample(&self, now: Millis) {
+        let deployments = self.deployments().await;
+        let samples: Vec<(String, Sample)> = deployments
+            .iter()
+            .map(|d| {
+                let h = self.health_of(d, now);
+                self.metrics.observe_deployment(d, Some(h.verdict));
+                let sample = Sample {
+                    at: now,
+                    canary_percent: d.canary.as_ref().map_or(0.0, |c| c.bps.as_percent()),
+                    canary_version: d.canary.as_ref().map(|c| c.target.version.clone()),
+                    verdict: h.verdict,
+                    baseline: h.baseline,
+                    canary: h.canary,
+                };
+                (d.name.clone(), sample)
+            })
+            .collect();
+        if let Ok(mut history) = self.history.lock() {
+            history.retain(|name, _| deployments.iter().any(|d| d.name == *name));
+            for (name, sample) in samples {
+                let h = history.entry(name).or_default();
+                if h.len() == HISTORY_SAMPLES {
+                    h.pop_front();
+                }
+                h.push_back(sample);
+            }
+        }
+    }
+
+    /// A deployment's history samples after `since` (ms), oldest first.
+    pub async fn history(&self, name: &str, since: Millis) -> Result<Vec<Sample>, ServiceError> {
+        self.deployment(name).await?;
+        Ok(self
+            .history
+            .lock()
+            .map(|h| {
+                h.get(name)
+                    .map(|s| s.iter().filter(|s| s.at > since).cloned().collect())
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default())
     }
 
     async fn prune(&self, now: Millis) {
@@ -410,10 +520,18 @@ impl Controller {
         let mut tick = tokio::time::interval(EVALUATION_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let mut sampled_second = 0;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tick.tick() => self.evaluate_due(now_ms()).await,
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    self.evaluate_due(now).await;
+                    if now / 1000 != sampled_second {
+                        sampled_second = now / 1000;
+                        self.sample(now).await;
+                    }
+                }
             }
         }
     }

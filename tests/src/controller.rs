@@ -11,11 +11,9 @@ use std::time::Duration;
 pub const OPERATOR_TOKEN: &str = "e2e-operator-token";
 pub const SYNC_TOKEN: &str = "e2e-sync-token";
 
-/// The controller binary (`make test-e2e` builds it).
-pub fn controller_bin() -> Result<PathBuf> {
-    let bin = std::env::var_os("COALMINE_CONTROLLER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target/debug/coalmine-controller"));
+/// A binary of the controller package (`make test-e2e` builds them).
+pub fn package_bin(name: &str) -> Result<PathBuf> {
+    let bin = crate::workspace_root().join("target/debug").join(name);
     if !bin.exists() {
         bail!(
             "{} is missing; run `cargo build -p coalmine-controller`",
@@ -25,6 +23,11 @@ pub fn controller_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The controller binary.
+pub fn controller_bin() -> Result<PathBuf> {
+    package_bin("coalmine-controller")
+}
+
 /// A running controller with its own database; killed on drop.
 #[derive(Debug)]
 pub struct ControllerProc {
@@ -32,12 +35,18 @@ pub struct ControllerProc {
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
     lease_ms: u64,
+    extra_args: Vec<String>,
     client: reqwest::Client,
 }
 
 impl ControllerProc {
     /// Starts on a free port with a fresh database.
     pub async fn start(lease_ms: u64) -> Result<ControllerProc> {
+        ControllerProc::start_with(lease_ms, &[]).await
+    }
+
+    /// Starts with extra command-line arguments (e.g. `--webhook URL`).
+    pub async fn start_with(lease_ms: u64, extra_args: &[&str]) -> Result<ControllerProc> {
         let dir = tempfile::Builder::new()
             .prefix("coalmine-controller-")
             .tempdir()?;
@@ -46,6 +55,7 @@ impl ControllerProc {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             lease_ms,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -70,6 +80,7 @@ impl ControllerProc {
             .arg(self.lease_ms.to_string())
             .arg("--address-file")
             .arg(&address_file)
+            .args(&self.extra_args)
             .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN)
             .env("COALMINE_LOG", "info,coalmine_controller=debug,sqlx=warn")

@@ -12,6 +12,8 @@
 //! - [`ControllerProc`]: the real controller binary with its own database;
 //!   it can be killed with SIGKILL and restarted on the same address.
 //! - [`Load`]: steady client traffic in the background, every response kept.
+//! - [`Receiver`]: a webhook receiver that can fail or hang on purpose.
+//! - [`Browser`]: Debian's headless Chromium driven through chromedriver.
 //! - [`poll`]: wait for a condition with a deadline; tests never sleep a
 //!   fixed time.
 
@@ -22,11 +24,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod browser;
 mod controller;
 mod load;
+mod receiver;
 mod upstream;
-pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin};
+pub use browser::Browser;
+pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin};
 pub use load::{Load, Sample};
+pub use receiver::Receiver;
 pub use upstream::{SeenHeaders, Upstream};
 
 /// The repository root.

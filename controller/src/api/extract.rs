@@ -106,6 +106,10 @@ impl FromRequestParts<AppState> for SyncCaller {
         if let Some(token) = &state.tokens.sync {
             let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
             if !bearer_matches(token, header) {
+                state
+                    .controller
+                    .metrics()
+                    .sync_report(crate::metrics::SyncResult::Unauthorized);
                 return Err(ApiError::Unauthorized(
                     "sync needs `Authorization: Bearer <sync token>` with the controller's sync token".into(),
                 ));

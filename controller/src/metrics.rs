@@ -1,0 +1,210 @@
+//! The controller's Prometheus metrics (`GET /metrics`).
+
+use crate::engine::{Deployment, EventKind};
+use crate::policy::VerdictKind;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabel {
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    deployment: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActorLabels {
+    deployment: String,
+    actor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+/// Every metric, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    canary_share: Family<DeploymentLabel, Gauge<f64, AtomicU64>>,
+    verdict: Family<VerdictLabels, Gauge>,
+    rollbacks: Family<ActorLabels, Counter>,
+    promotions: Family<ActorLabels, Counter>,
+    sync_reports: Family<ResultLabel, Counter>,
+    evaluation_seconds: Histogram,
+    webhooks: Family<ResultLabel, Counter>,
+}
+
+const VERDICTS: [(VerdictKind, &str); 4] = [
+    (VerdictKind::Critical, "CRITICAL"),
+    (VerdictKind::Degraded, "DEGRADED"),
+    (VerdictKind::Healthy, "HEALTHY"),
+    (VerdictKind::InsufficientData, "INSUFFICIENT_DATA"),
+];
+
+/// How a sync report was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncResult {
+    Accepted,
+    Duplicate,
+    Rejected,
+    Unauthorized,
+}
+
+/// What became of a webhook delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    Retried,
+    Failed,
+    Dropped,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("coalmine_controller");
+        let m = Metrics {
+            canary_share: Family::default(),
+            verdict: Family::default(),
+            rollbacks: Family::default(),
+            promotions: Family::default(),
+            sync_reports: Family::default(),
+            evaluation_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            webhooks: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "canary_share_percent",
+            "The canary's share of traffic",
+            m.canary_share.clone(),
+        );
+        registry.register(
+            "verdict",
+            "1 for the deployment's current verdict, 0 for the others",
+            m.verdict.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Canary rollbacks and reverts to the pinned version",
+            m.rollbacks.clone(),
+        );
+        registry.register(
+            "promotions",
+            "Canaries promoted to baseline",
+            m.promotions.clone(),
+        );
+        registry.register(
+            "sync_reports",
+            "Sync reports from proxies by result",
+            m.sync_reports.clone(),
+        );
+        registry.register(
+            "evaluation_duration_seconds",
+            "Time to evaluate one deployment (window merge, policy, engine, commit)",
+            m.evaluation_seconds.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by result",
+            m.webhooks.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn observe_deployment(&self, d: &Deployment, verdict: Option<VerdictKind>) {
+        let label = DeploymentLabel {
+            deployment: d.name.clone(),
+        };
+        let share = d.canary.as_ref().map_or(0.0, |c| c.bps.as_percent());
+        self.canary_share.get_or_create(&label).set(share);
+        // Counters exist at 0 from the start, so rates and increases work
+        // before the first rollback or promotion.
+        for actor in [crate::engine::ENGINE, crate::engine::OPERATOR] {
+            let labels = ActorLabels {
+                deployment: d.name.clone(),
+                actor: actor.to_string(),
+            };
+            drop(self.rollbacks.get_or_create(&labels));
+            drop(self.promotions.get_or_create(&labels));
+        }
+        if let Some(verdict) = verdict {
+            for (kind, name) in VERDICTS {
+                let labels = VerdictLabels {
+                    deployment: d.name.clone(),
+                    verdict: name.to_string(),
+                };
+                self.verdict
+                    .get_or_create(&labels)
+                    .set(i64::from(kind == verdict));
+            }
+        }
+    }
+
+    pub fn count_event(&self, deployment: &str, kind: EventKind, actor: &str) {
+        let labels = ActorLabels {
+            deployment: deployment.to_string(),
+            actor: actor.to_string(),
+        };
+        match kind {
+            EventKind::RolledBack | EventKind::RevertedToPinned => {
+                self.rollbacks.get_or_create(&labels).inc();
+            }
+            EventKind::Promoted => {
+                self.promotions.get_or_create(&labels).inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn sync_report(&self, result: SyncResult) {
+        let result = match result {
+            SyncResult::Accepted => "accepted",
+            SyncResult::Duplicate => "duplicate",
+            SyncResult::Rejected => "rejected",
+            SyncResult::Unauthorized => "unauthorized",
+        };
+        self.sync_reports
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn evaluation(&self, seconds: f64) {
+        self.evaluation_seconds.observe(seconds);
+    }
+
+    pub fn webhook(&self, result: Delivery) {
+        let result = match result {
+            Delivery::Delivered => "delivered",
+            Delivery::Retried => "retried",
+            Delivery::Failed => "failed",
+            Delivery::Dropped => "dropped",
+        };
+        self.webhooks
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
