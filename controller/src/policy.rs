@@ -313,7 +313,11 @@ fn pct(rate: f64) -> String {
 }
 
 fn ms(v: f64) -> String {
-    format!("{v:.0} ms")
+    if v.abs() < 100.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.0} ms")
+    }
 }
 
 fn reason(code: &str, message: String, numbers: Value) -> Reason {
