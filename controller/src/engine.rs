@@ -808,20 +808,7 @@ mod tests {
         }
     }
 
-    fn stats(requests: u64, errors: u64, p95: f64) -> RoleWindowStats {
-        RoleWindowStats {
-            requests,
-            errors,
-            error_rate: if requests == 0 {
-                0.0
-            } else {
-                errors as f64 / requests as f64
-            },
-            p50_ms: Some(p95 / 2.0),
-            p95_ms: Some(p95),
-            p99_ms: Some(p95),
-        }
-    }
+    use crate::policy::tests::role as stats;
 
     fn kinds(t: &Transition) -> Vec<&'static str> {
         t.events.iter().map(|e| e.kind.as_str()).collect()

@@ -478,7 +478,7 @@ pub fn evaluate(policy: &Policy, baseline: &RoleWindowStats, canary: &RoleWindow
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -486,11 +486,7 @@ mod tests {
         RoleWindowStats {
             requests,
             errors,
-            error_rate: if requests == 0 {
-                0.0
-            } else {
-                errors as f64 / requests as f64
-            },
+            error_rate: crate::window::error_rate(errors, requests),
             p50_ms: Some(p95 / 2.0),
             p95_ms: Some(p95),
             p99_ms: Some(p95 * 1.2),

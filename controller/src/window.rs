@@ -26,6 +26,15 @@ pub struct RoleWindowStats {
     pub p99_ms: Option<f64>,
 }
 
+/// errors / requests, 0 without requests (never NaN).
+pub fn error_rate(errors: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        errors as f64 / requests as f64
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
     deployment: String,
@@ -155,11 +164,7 @@ impl Windows {
         RoleWindowStats {
             requests,
             errors,
-            error_rate: if requests == 0 {
-                0.0
-            } else {
-                errors as f64 / requests as f64
-            },
+            error_rate: error_rate(errors, requests),
             p50_ms: quantile(0.50),
             p95_ms: quantile(0.95),
             p99_ms: quantile(0.99),
