@@ -208,6 +208,7 @@ async fn the_cli_drives_a_canary_and_reports_errors_clearly() -> Result<()> {
         "{table}"
     );
     ensure!(ok(&cli(&c, None, &["completions", "bash"])?)?.contains("coalmine"));
+    watch_redraws_until_interrupted(&c).await?;
 
     // Each error class: one sentence, its own exit code.
     fails(
@@ -248,6 +249,63 @@ async fn the_cli_drives_a_canary_and_reports_errors_clearly() -> Result<()> {
         3,
         "cannot reach the controller at http://127.0.0.1:9",
     )?;
+    Ok(())
+}
+
+/// `coalmine watch` clears the screen and redraws until Ctrl-C (SIGINT).
+async fn watch_redraws_until_interrupted(c: &ControllerProc) -> Result<()> {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let mut child = std::process::Command::new(package_bin("coalmine")?)
+        .args([
+            "--url",
+            &c.url(""),
+            "watch",
+            "heart-prod",
+            "--interval",
+            "0.2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    let redraws = || {
+        seen.lock()
+            .map(|s| s.matches("\x1b[2J").count())
+            .unwrap_or(0)
+    };
+    poll("watch to redraw twice", Duration::from_secs(10), || {
+        let n = redraws();
+        async move { Ok((n >= 2).then_some(())) }
+    })
+    .await?;
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    let status = poll("watch to stop on Ctrl-C", Duration::from_secs(10), || {
+        let r = child.try_wait().map_err(anyhow::Error::from);
+        async move { r }
+    })
+    .await?;
+    let _ = reader.join();
+    ensure!(status.success(), "watch exited with {status}");
+    let out = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    ensure!(
+        out.contains("verdict") && out.contains("baseline   v1"),
+        "{out}"
+    );
     Ok(())
 }
 
