@@ -10,7 +10,7 @@ ENVOY := .venv/bin/envoy
 # The pure core's tests also run compiled to wasm32, under Wasmtime.
 WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
 
-.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e test-demo demo up down clean
+.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e test-demo test-decisions bench-decisions demo up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,7 +56,13 @@ test-e2e: build-wasm ## end-to-end tests on the real Envoy and controller
 test-demo: ## the demo, non-interactively; it fails unless its timeline is the expected one
 	$(MAKE) --no-print-directory demo
 
-test: setup lint validate test-unit test-wasm test-e2e test-demo ## everything CI runs
+test-decisions: build-native ## a quick decision simulation: A/A false rollbacks within their bound
+	target/release/coalmine-sim --quick --out target/bench/decisions-quick.json
+
+bench-decisions: setup build-native ## simulate 1000 A/A runs and detection times; writes target/bench/decisions.json
+	target/release/coalmine-sim --out target/bench/decisions.json
+
+test: setup lint validate test-unit test-wasm test-e2e test-demo test-decisions ## everything CI runs
 	@echo "make test: all checks passed"
 
 demo: build ## the heart-disease story on the local stack (KEEP=1 leaves it running)

@@ -8,8 +8,9 @@
 //! service around it persists the transition and its events in one
 //! transaction, and tests drive it with synthetic stats and a fake clock.
 
-use crate::policy::{Policy, PolicyError, Verdict, VerdictKind, evaluate, validate_steps};
-use crate::window::RoleWindowStats;
+use crate::policy::{
+    Observations, Policy, PolicyError, Verdict, VerdictKind, evaluate, validate_steps,
+};
 use coalmine_protocol::config::check_deployment_name;
 use coalmine_protocol::{Bps, DeploymentSplit, Target};
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,9 @@ pub struct Canary {
     /// Since when every verdict was HEALTHY (none: the last was not).
     pub healthy_since: Option<Millis>,
     pub paused: bool,
+    /// A sample-ratio mismatch was reported at the current share.
+    #[serde(default)]
+    pub mismatch_reported: bool,
 }
 
 impl Canary {
@@ -125,6 +129,7 @@ pub enum EventKind {
     Resumed,
     RevertedToPinned,
     PolicyChanged,
+    SampleRatioMismatch,
 }
 
 impl EventKind {
@@ -145,6 +150,7 @@ impl EventKind {
             EventKind::Resumed => "resumed",
             EventKind::RevertedToPinned => "reverted_to_pinned",
             EventKind::PolicyChanged => "policy_changed",
+            EventKind::SampleRatioMismatch => "sample_ratio_mismatch",
         }
     }
 }
@@ -448,6 +454,7 @@ pub fn command(
                 step_since: now,
                 healthy_since: None,
                 paused: false,
+                mismatch_reported: false,
             });
             next.health = HealthMark::Ok;
             next.set_version_state(&version, VersionState::Canary, true);
@@ -473,6 +480,7 @@ pub fn command(
             let from = c.bps;
             c.bps = bps;
             c.step_since = now;
+            c.mismatch_reported = false;
             events.push(event(
                 EventKind::TrafficChanged,
                 actor,
@@ -657,12 +665,7 @@ fn revert_to_pinned(
 }
 
 /// One evaluation: the engine's automatic decision for a deployment.
-pub fn step(
-    d: &Deployment,
-    baseline: &RoleWindowStats,
-    canary: &RoleWindowStats,
-    now: Millis,
-) -> Step {
+pub fn step(d: &Deployment, obs: &Observations, now: Millis) -> Step {
     let mut next = d.clone();
     let mut events = Vec::new();
     let Some(c) = d.canary.as_ref() else {
@@ -674,11 +677,27 @@ pub fn step(
             verdict: None,
         };
     };
-    let verdict = evaluate(&d.policy, baseline, canary);
+    let verdict = evaluate(&d.policy, obs);
     let mut numbers = verdict.numbers();
     numbers.insert("canary_percent".into(), json!(percent_of(c.bps)));
-    numbers.insert("baseline".into(), json!(baseline));
-    numbers.insert("canary".into(), json!(canary));
+    numbers.insert("baseline".into(), json!(obs.baseline));
+    numbers.insert("canary".into(), json!(obs.canary));
+    if let Some(srm) = verdict
+        .reasons
+        .iter()
+        .find(|r| r.code == "sample_ratio_mismatch")
+        && !c.mismatch_reported
+    {
+        events.push(event(
+            EventKind::SampleRatioMismatch,
+            ENGINE,
+            srm.message.clone(),
+            Value::Object(srm.numbers.clone()),
+        ));
+        if let Some(nc) = next.canary.as_mut() {
+            nc.mismatch_reported = true;
+        }
+    }
     numbers.insert("window_seconds".into(), json!(d.policy.window_seconds));
     let summary = verdict.summary();
     match verdict.verdict {
@@ -751,6 +770,7 @@ pub fn step(
                             let from = nc.bps;
                             nc.bps = to;
                             nc.step_since = now;
+                            nc.mismatch_reported = false;
                             numbers.insert("from_percent".into(), json!(percent_of(from)));
                             numbers.insert("to_percent".into(), json!(percent_of(to)));
                             events.push(event(
@@ -809,6 +829,12 @@ mod tests {
     }
 
     use crate::policy::tests::role as stats;
+    use crate::window::RoleWindowStats;
+
+    /// The engine on both roles' numbers only.
+    fn step(d: &Deployment, b: &RoleWindowStats, c: &RoleWindowStats, now: Millis) -> Step {
+        super::step(d, &Observations::of(b.clone(), c.clone()), now)
+    }
 
     fn kinds(t: &Transition) -> Vec<&'static str> {
         t.events.iter().map(|e| e.kind.as_str()).collect()
@@ -834,8 +860,9 @@ mod tests {
         command(&d, start, OPERATOR, T0).unwrap().deployment
     }
 
+    /// Healthy and, with the guard, shown non-inferior.
     fn good() -> (RoleWindowStats, RoleWindowStats) {
-        (stats(1000, 5, 100.0), stats(250, 1, 105.0))
+        (stats(10_000, 50, 100.0), stats(2000, 2, 105.0))
     }
 
     #[test]
@@ -865,7 +892,11 @@ mod tests {
     #[test]
     fn critical_by_latency_rolls_back() {
         let d = with_canary(Policy::default());
-        let s = step(&d, &stats(1000, 0, 80.0), &stats(100, 0, 250.0), T0 + 5000);
+        let obs = Observations {
+            canary_slow: 40,
+            ..Observations::of(stats(1000, 0, 80.0), stats(100, 0, 250.0))
+        };
+        let s = super::step(&d, &obs, T0 + 5000);
         assert_eq!(
             kinds(&s.transition),
             [
@@ -994,7 +1025,7 @@ mod tests {
             bake_seconds: 0,
             ..Policy::default()
         });
-        let s = step(&d, &stats(1000, 0, 50.0), &stats(19, 19, 50.0), T0 + 5000);
+        let s = step(&d, &stats(1000, 0, 50.0), &stats(19, 5, 50.0), T0 + 5000);
         assert!(s.transition.events.is_empty());
         assert_eq!(s.verdict.unwrap().verdict, VerdictKind::InsufficientData);
         assert_eq!(s.transition.deployment.canary, d.canary);
@@ -1220,6 +1251,31 @@ mod tests {
             command(&d0, bad_steps, OPERATOR, T0),
             Err(Refusal::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_sample_ratio_mismatch_is_an_event_once_per_step() {
+        let d = with_canary(Policy::default());
+        let (b, c) = good();
+        let obs = Observations {
+            step_canary_requests: 3000,
+            step_requests: 10_000,
+            configured_share: 0.2,
+            ..Observations::of(b, c)
+        };
+        let s = super::step(&d, &obs, T0 + 100_000);
+        assert_eq!(
+            kinds(&s.transition),
+            ["sample_ratio_mismatch"],
+            "reported, and no step while it lasts"
+        );
+        let d = s.transition.deployment;
+        assert!(
+            super::step(&d, &obs, T0 + 101_000)
+                .transition
+                .events
+                .is_empty()
+        );
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //!   verdict (CRITICAL / DEGRADED / HEALTHY / INSUFFICIENT_DATA) with reasons;
 //! - [`engine`]: the deployment state machine: `step` for the engine's own
 //!   decisions, `command` for an operator's, both pure;
+//! - [`significance`]: anytime-valid tests and confidence sequences for rates
+//!   (the policy's significance guard);
+//! - [`sim`]: the decision simulator (`coalmine-sim`, `make bench-decisions`);
 //!
 //! and around it:
 //! - [`store`]: persistence behind a small trait (SQLite in `store/sqlite.rs`),
@@ -28,6 +31,8 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod service;
+pub mod significance;
+pub mod sim;
 pub mod store;
 pub mod window;
 

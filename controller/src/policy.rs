@@ -24,12 +24,16 @@ pub struct Thresholds {
 #[serde(deny_unknown_fields, default)]
 pub struct PromoteRule {
     pub min_canary_requests: u64,
+    /// With the significance guard: promote only when the canary's error
+    /// rate is shown to exceed the baseline's by at most this much.
+    pub non_inferiority_margin: f64,
 }
 
 impl Default for PromoteRule {
     fn default() -> Self {
         PromoteRule {
             min_canary_requests: 100,
+            non_inferiority_margin: 0.05,
         }
     }
 }
@@ -48,7 +52,7 @@ pub enum Significance {
     /// The bare seed rules: thresholds on the observed numbers.
     #[default]
     None,
-    /// An anytime-valid test at this level (not available yet).
+    /// Anytime-valid tests at this level (see `significance`).
     Alpha(f64),
 }
 
@@ -128,7 +132,7 @@ impl Default for Policy {
             cooldown_seconds: 120,
             auto_rollback: true,
             auto_promote: true,
-            significance: Significance::None,
+            significance: Significance::Alpha(0.01),
             error_classes: vec![Outcome::ServerError, Outcome::Reset],
         }
     }
@@ -221,12 +225,18 @@ impl Policy {
         if self.cooldown_seconds > 86_400 {
             return Err(bad("cooldown_seconds", "must be at most 86400"));
         }
-        if let Significance::Alpha(_) = self.significance {
+        if let Significance::Alpha(a) = self.significance
+            && !(a > 0.0 && a <= 0.2)
+        {
             return Err(bad(
-                "significance",
-                "the anytime-valid significance guard is not available yet; use \"none\"",
+                "significance.alpha",
+                format!("must be in (0, 0.2], got {a}"),
             ));
         }
+        rate(
+            "promote.non_inferiority_margin",
+            self.promote.non_inferiority_margin,
+        )?;
         if self.error_classes.is_empty() {
             return Err(bad("error_classes", "must name at least one outcome class"));
         }
@@ -331,62 +341,226 @@ fn reason(code: &str, message: String, numbers: Value) -> Reason {
     }
 }
 
+/// What the policy looks at.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observations {
+    /// Both roles over the same window.
+    pub baseline: RoleWindowStats,
+    pub canary: RoleWindowStats,
+    /// Canary requests in the window slower than the baseline's p95 plus
+    /// `critical.p95_delta_ms` (read from the canary's histogram).
+    pub canary_slow: u64,
+    /// Since the current share was set: canary and all requests, and that
+    /// share (0 ..= 1), for the sample-ratio check.
+    pub step_canary_requests: u64,
+    pub step_requests: u64,
+    pub configured_share: f64,
+}
+
+impl Observations {
+    /// Both roles' numbers only (no latency test input, no ratio check).
+    pub fn of(baseline: RoleWindowStats, canary: RoleWindowStats) -> Observations {
+        Observations {
+            baseline,
+            canary,
+            ..Observations::default()
+        }
+    }
+}
+
+/// Overwhelming failure: this share of canary errors over at least
+/// [`VALVE_MIN_REQUESTS`] rolls back at once, whatever else is configured.
+pub const VALVE_ERROR_RATE: f64 = 0.5;
+pub const VALVE_MIN_REQUESTS: u64 = 10;
+/// "p95 above baseline p95 + Δ" means more than this share of canary
+/// requests slower than baseline p95 + Δ.
+pub const SLOW_SHARE: f64 = 0.05;
+
+fn alpha_of(policy: &Policy) -> Option<f64> {
+    match policy.significance {
+        Significance::None => None,
+        Significance::Alpha(a) => Some(a),
+    }
+}
+
 /// Compares canary and baseline over the same window.
-pub fn evaluate(policy: &Policy, baseline: &RoleWindowStats, canary: &RoleWindowStats) -> Verdict {
+pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
+    use crate::significance::{log_evidence_above, log_mixture, lower_bound, upper_bound};
+    let (baseline, canary) = (&obs.baseline, &obs.canary);
+    let guard = alpha_of(policy);
+    if canary.requests >= VALVE_MIN_REQUESTS && canary.error_rate >= VALVE_ERROR_RATE {
+        return Verdict {
+            verdict: VerdictKind::Critical,
+            recommendation: Recommendation::Rollback,
+            reasons: vec![reason(
+                "overwhelming_failure",
+                format!(
+                    "canary failing {} of {} requests ({}): rolled back without waiting for more data",
+                    canary.errors,
+                    canary.requests,
+                    pct(canary.error_rate)
+                ),
+                json!({"canary_errors": canary.errors, "canary_requests": canary.requests, "canary_error_rate": canary.error_rate}),
+            )],
+        };
+    }
+    // Sample-ratio mismatch: the split observed since the share was set is
+    // not what it was set to, beyond chance (two-sided, anytime-valid).
+    let srm_alpha = guard.unwrap_or(0.01);
+    let srm = (obs.step_requests > 0 && obs.configured_share > 0.0 && obs.configured_share < 1.0)
+        .then(|| log_mixture(obs.step_canary_requests, obs.step_requests, obs.configured_share))
+        .filter(|&e| e >= (1.0 / srm_alpha).ln())
+        .map(|e| {
+            let observed = obs.step_canary_requests as f64 / obs.step_requests as f64;
+            reason(
+                "sample_ratio_mismatch",
+                format!(
+                    "sample ratio mismatch: the canary received {} of requests, it was set to {} (e-value {:.0} ≥ 1/α = {:.0}); promotion is blocked",
+                    pct(observed),
+                    pct(obs.configured_share),
+                    e.exp().min(1e12),
+                    1.0 / srm_alpha
+                ),
+                json!({"observed_share": observed, "configured_share": obs.configured_share,
+                       "canary_requests": obs.step_canary_requests, "requests": obs.step_requests,
+                       "log_e_value": e, "alpha": srm_alpha}),
+            )
+        });
     let min = policy.min_requests;
     if canary.requests < min || baseline.requests < min {
         return Verdict {
             verdict: VerdictKind::InsufficientData,
             recommendation: Recommendation::Continue,
-            reasons: vec![reason(
+            reasons: std::iter::once(reason(
                 "insufficient_data",
                 format!(
                     "canary has {} requests and baseline {} in the last {} s; at least {min} each are needed",
                     canary.requests, baseline.requests, policy.window_seconds
                 ),
                 json!({"canary_requests": canary.requests, "baseline_requests": baseline.requests, "min_requests": min}),
-            )],
+            ))
+            .chain(srm)
+            .collect(),
         };
     }
-    let breaches = |t: &Thresholds, level: &str| {
-        let mut found = Vec::new();
-        let delta = canary.error_rate - baseline.error_rate;
-        if delta > t.error_rate_delta {
-            found.push(reason(
-                &format!("error_rate_{level}"),
-                format!(
-                    "canary error rate {} exceeds baseline {} by {:.1} pp (limit {:.1} pp)",
-                    pct(canary.error_rate),
-                    pct(baseline.error_rate),
-                    delta * 100.0,
-                    t.error_rate_delta * 100.0
-                ),
-                json!({
-                    "canary_error_rate": canary.error_rate, "baseline_error_rate": baseline.error_rate,
-                    "canary_errors": canary.errors, "canary_requests": canary.requests,
-                    "baseline_errors": baseline.errors, "baseline_requests": baseline.requests,
-                    "error_rate_delta_limit": t.error_rate_delta,
-                }),
-            ));
+    let mut critical = Vec::new();
+    let mut unproven = Vec::new();
+    let t = &policy.critical;
+    let delta = canary.error_rate - baseline.error_rate;
+    if delta > t.error_rate_delta {
+        let mut numbers = json!({
+            "canary_error_rate": canary.error_rate, "baseline_error_rate": baseline.error_rate,
+            "canary_errors": canary.errors, "canary_requests": canary.requests,
+            "baseline_errors": baseline.errors, "baseline_requests": baseline.requests,
+            "estimate": delta, "error_rate_delta_limit": t.error_rate_delta,
+        });
+        let mut message = format!(
+            "canary error rate {} exceeds baseline {} by {:.1} pp (limit {:.1} pp)",
+            pct(canary.error_rate),
+            pct(baseline.error_rate),
+            delta * 100.0,
+            t.error_rate_delta * 100.0
+        );
+        // With the guard: of all errors, the canary's share must be shown to
+        // exceed its share of traffic (its error rate above the baseline's).
+        let established = match guard {
+            None => true,
+            Some(a) => {
+                let (x, n) = (canary.errors, canary.errors + baseline.errors);
+                let share = canary.requests as f64 / (canary.requests + baseline.requests) as f64;
+                let e = log_evidence_above(x, n, share);
+                let bound = lower_bound(x, n, a / 2.0);
+                if let Value::Object(m) = &mut numbers {
+                    m.insert(
+                        "canary_share_of_errors".into(),
+                        json!(x as f64 / n.max(1) as f64),
+                    );
+                    m.insert("canary_share_of_traffic".into(), json!(share));
+                    m.insert("lower_bound".into(), json!(bound));
+                    m.insert("log_e_value".into(), json!(e));
+                    m.insert("alpha".into(), json!(a / 2.0));
+                }
+                let ok = e >= (2.0 / a).ln();
+                message.push_str(&format!(
+                    "; the canary made {x} of {n} errors ({}, lower bound {}) on {} of the traffic, {} at α = {}",
+                    pct(x as f64 / n.max(1) as f64),
+                    pct(bound),
+                    pct(share),
+                    if ok { "established" } else { "not yet established" },
+                    a / 2.0
+                ));
+                ok
+            }
+        };
+        let r = reason(
+            if established {
+                "error_rate_critical"
+            } else {
+                "error_rate_unproven"
+            },
+            message,
+            numbers,
+        );
+        if established {
+            critical.push(r)
+        } else {
+            unproven.push(r)
         }
-        if let (Some(c), Some(b)) = (canary.p95_ms, baseline.p95_ms)
-            && c > b + t.p95_delta_ms
-        {
-            found.push(reason(
-                &format!("latency_{level}"),
-                format!(
-                    "canary p95 {} exceeds baseline p95 {} by {} (limit {})",
-                    ms(c),
-                    ms(b),
-                    ms(c - b),
-                    ms(t.p95_delta_ms)
-                ),
-                json!({"canary_p95_ms": c, "baseline_p95_ms": b, "p95_delta_limit_ms": t.p95_delta_ms}),
-            ));
+    }
+    if let (Some(c), Some(b)) = (canary.p95_ms, baseline.p95_ms)
+        && c > b + t.p95_delta_ms
+    {
+        let mut numbers = json!({"canary_p95_ms": c, "baseline_p95_ms": b, "p95_delta_limit_ms": t.p95_delta_ms, "estimate": c - b});
+        let mut message = format!(
+            "canary p95 {} exceeds baseline p95 {} by {} (limit {})",
+            ms(c),
+            ms(b),
+            ms(c - b),
+            ms(t.p95_delta_ms)
+        );
+        let established = match guard {
+            None => true,
+            Some(a) => {
+                let (x, n) = (obs.canary_slow, canary.requests);
+                let e = log_evidence_above(x, n, SLOW_SHARE);
+                let bound = lower_bound(x, n, a / 2.0);
+                if let Value::Object(m) = &mut numbers {
+                    m.insert(
+                        "canary_slow_share".into(),
+                        json!(x as f64 / n.max(1) as f64),
+                    );
+                    m.insert("lower_bound".into(), json!(bound));
+                    m.insert("log_e_value".into(), json!(e));
+                    m.insert("alpha".into(), json!(a / 2.0));
+                }
+                let ok = e >= (2.0 / a).ln();
+                message.push_str(&format!(
+                    "; {x} of {n} canary requests ({}, lower bound {}) slower than {}: more than {} {} at α = {}",
+                    pct(x as f64 / n.max(1) as f64),
+                    pct(bound),
+                    ms(b + t.p95_delta_ms),
+                    pct(SLOW_SHARE),
+                    if ok { "established" } else { "not yet established" },
+                    a / 2.0
+                ));
+                ok
+            }
+        };
+        let r = reason(
+            if established {
+                "latency_critical"
+            } else {
+                "latency_unproven"
+            },
+            message,
+            numbers,
+        );
+        if established {
+            critical.push(r)
+        } else {
+            unproven.push(r)
         }
-        found
-    };
-    let mut critical = breaches(&policy.critical, "critical");
+    }
     if let Some(max) = policy.slo.max_error_rate
         && canary.error_rate > max
     {
@@ -413,67 +587,127 @@ pub fn evaluate(policy: &Policy, baseline: &RoleWindowStats, canary: &RoleWindow
         return Verdict {
             verdict: VerdictKind::Critical,
             recommendation: Recommendation::Rollback,
-            reasons: critical,
+            reasons: critical.into_iter().chain(srm).collect(),
         };
     }
-    let degraded = breaches(&policy.degraded, "degraded");
+    // DEGRADED: the seed rules at half the thresholds, and any breach of the
+    // critical thresholds not yet established (hold while evidence gathers).
+    let d = &policy.degraded;
+    let mut degraded = unproven;
+    if !degraded.iter().any(|r| r.code.starts_with("error_rate")) && delta > d.error_rate_delta {
+        degraded.push(reason(
+            "error_rate_degraded",
+            format!(
+                "canary error rate {} exceeds baseline {} by {:.1} pp (limit {:.1} pp)",
+                pct(canary.error_rate),
+                pct(baseline.error_rate),
+                delta * 100.0,
+                d.error_rate_delta * 100.0
+            ),
+            json!({"canary_error_rate": canary.error_rate, "baseline_error_rate": baseline.error_rate, "error_rate_delta_limit": d.error_rate_delta}),
+        ));
+    }
+    if !degraded.iter().any(|r| r.code.starts_with("latency"))
+        && let (Some(c), Some(b)) = (canary.p95_ms, baseline.p95_ms)
+        && c > b + d.p95_delta_ms
+    {
+        degraded.push(reason(
+            "latency_degraded",
+            format!(
+                "canary p95 {} exceeds baseline p95 {} by {} (limit {})",
+                ms(c),
+                ms(b),
+                ms(c - b),
+                ms(d.p95_delta_ms)
+            ),
+            json!({"canary_p95_ms": c, "baseline_p95_ms": b, "p95_delta_limit_ms": d.p95_delta_ms}),
+        ));
+    }
     if !degraded.is_empty() {
         return Verdict {
             verdict: VerdictKind::Degraded,
             recommendation: Recommendation::Hold,
-            reasons: degraded,
+            reasons: degraded.into_iter().chain(srm).collect(),
         };
     }
     let numbers = json!({
         "canary_requests": canary.requests, "canary_error_rate": canary.error_rate,
         "baseline_error_rate": baseline.error_rate, "min_canary_requests": policy.promote.min_canary_requests,
     });
-    let (recommendation, why) = if canary.requests < policy.promote.min_canary_requests {
-        (
-            Recommendation::Continue,
-            reason(
-                "healthy_collecting",
-                format!(
-                    "within thresholds; canary has {} of the {} requests needed to advance",
-                    canary.requests, policy.promote.min_canary_requests
-                ),
-                numbers,
-            ),
-        )
-    } else if canary.error_rate > baseline.error_rate {
-        (
-            Recommendation::Continue,
-            reason(
-                "healthy_not_better",
-                format!(
-                    "within thresholds, but canary error rate {} is above baseline {}",
-                    pct(canary.error_rate),
-                    pct(baseline.error_rate)
-                ),
-                numbers,
-            ),
-        )
-    } else {
-        (
-            Recommendation::Promote,
-            reason(
-                "healthy",
-                format!(
-                    "canary error rate {} ≤ baseline {} over {} canary requests; p95 {} vs {}",
-                    pct(canary.error_rate),
-                    pct(baseline.error_rate),
-                    canary.requests,
-                    canary.p95_ms.map_or("-".into(), ms),
-                    baseline.p95_ms.map_or("-".into(), ms)
-                ),
-                numbers,
-            ),
-        )
+    let continue_because = |code: &str, message: String, numbers: Value| Verdict {
+        verdict: VerdictKind::Healthy,
+        recommendation: Recommendation::Continue,
+        reasons: vec![reason(code, message, numbers)],
     };
+    if canary.requests < policy.promote.min_canary_requests {
+        return continue_because(
+            "healthy_collecting",
+            format!(
+                "within thresholds; canary has {} of the {} requests needed to advance",
+                canary.requests, policy.promote.min_canary_requests
+            ),
+            numbers,
+        );
+    }
+    if canary.error_rate > baseline.error_rate {
+        return continue_because(
+            "healthy_not_better",
+            format!(
+                "within thresholds, but canary error rate {} is above baseline {}",
+                pct(canary.error_rate),
+                pct(baseline.error_rate)
+            ),
+            numbers,
+        );
+    }
+    if let Some(r) = srm {
+        return Verdict {
+            verdict: VerdictKind::Healthy,
+            recommendation: Recommendation::Hold,
+            reasons: vec![r],
+        };
+    }
+    let mut message = format!(
+        "canary error rate {} ≤ baseline {} over {} canary requests; p95 {} vs {}",
+        pct(canary.error_rate),
+        pct(baseline.error_rate),
+        canary.requests,
+        canary.p95_ms.map_or("-".into(), ms),
+        baseline.p95_ms.map_or("-".into(), ms)
+    );
+    let mut numbers = numbers;
+    if let Some(a) = guard {
+        // Non-inferiority: upper bound of the canary's rate minus the lower
+        // bound of the baseline's, each at α/2.
+        let worst = upper_bound(canary.errors, canary.requests, a / 2.0)
+            - lower_bound(baseline.errors, baseline.requests, a / 2.0);
+        let margin = policy.promote.non_inferiority_margin;
+        if let Value::Object(m) = &mut numbers {
+            m.insert("worst_case_delta".into(), json!(worst));
+            m.insert("non_inferiority_margin".into(), json!(margin));
+            m.insert("alpha".into(), json!(a));
+        }
+        if worst > margin {
+            return continue_because(
+                "healthy_not_yet_non_inferior",
+                format!(
+                    "within thresholds; not yet shown non-inferior: the canary's error rate may still exceed the baseline's by up to {:.1} pp (margin {:.1} pp, α = {a})",
+                    worst * 100.0,
+                    margin * 100.0
+                ),
+                numbers,
+            );
+        }
+        message.push_str(&format!(
+            "; non-inferior: at most {:.1} pp worse (margin {:.1} pp, α = {a})",
+            worst.max(0.0) * 100.0,
+            margin * 100.0
+        ));
+    }
     Verdict {
         verdict: VerdictKind::Healthy,
-        recommendation,
-        reasons: vec![why],
+        recommendation: Recommendation::Promote,
+        reasons: vec![reason("healthy", message, numbers)],
     }
 }
 
@@ -493,13 +727,24 @@ pub(crate) mod tests {
         }
     }
 
+    fn eval(p: &Policy, b: &RoleWindowStats, c: &RoleWindowStats) -> Verdict {
+        evaluate(p, &Observations::of(b.clone(), c.clone()))
+    }
+
+    fn seed() -> Policy {
+        Policy {
+            significance: Significance::None,
+            ..Policy::default()
+        }
+    }
+
     #[test]
     fn the_seed_rules() {
-        let p = Policy::default();
+        let p = seed();
         let base = role(1000, 10, 100.0);
         let cases = [
             (
-                role(10, 10, 100.0),
+                role(10, 4, 100.0),
                 VerdictKind::InsufficientData,
                 Recommendation::Continue,
                 "insufficient_data",
@@ -548,7 +793,7 @@ pub(crate) mod tests {
             ),
         ];
         for (canary, verdict, rec, code) in cases {
-            let v = evaluate(&p, &base, &canary);
+            let v = eval(&p, &base, &canary);
             assert_eq!(
                 (v.verdict, v.recommendation),
                 (verdict, rec),
@@ -560,7 +805,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reasons_carry_the_numbers() {
-        let v = evaluate(
+        let v = eval(
             &Policy::default(),
             &role(1000, 0, 50.0),
             &role(100, 25, 50.0),
@@ -578,11 +823,11 @@ pub(crate) mod tests {
 
     #[test]
     fn slos_act_like_critical() {
-        let mut p = Policy::default();
+        let mut p = seed();
         p.slo.max_error_rate = Some(0.01);
         p.slo.max_p95_ms = Some(120.0);
         // Both roles equally bad: no relative breach, but the SLOs catch it.
-        let v = evaluate(&p, &role(1000, 20, 130.0), &role(200, 4, 130.0));
+        let v = eval(&p, &role(1000, 20, 130.0), &role(200, 4, 130.0));
         assert_eq!(v.verdict, VerdictKind::Critical);
         let codes: Vec<_> = v.reasons.iter().map(|r| r.code.as_str()).collect();
         assert_eq!(codes, ["slo_error_rate", "slo_p95"]);
@@ -614,9 +859,12 @@ pub(crate) mod tests {
             "check_interval_seconds"
         );
         assert_eq!(
-            field(json!({"significance": {"alpha": 0.01}})),
-            "significance"
+            field(json!({"significance": {"alpha": 0.9}})),
+            "significance.alpha"
         );
+        let none: Policy = serde_json::from_value(json!({"significance": "none"})).unwrap();
+        assert_eq!(none.significance, Significance::None);
+        assert_eq!(Policy::default().significance, Significance::Alpha(0.01));
         assert_eq!(
             field(json!({"degraded": {"error_rate_delta": 0.1, "p95_delta_ms": 50}})),
             "degraded.error_rate_delta"
@@ -624,6 +872,119 @@ pub(crate) mod tests {
         let round: Policy =
             serde_json::from_str(&serde_json::to_string(&Policy::default()).unwrap()).unwrap();
         assert_eq!(round, Policy::default());
+    }
+
+    fn codes(v: &Verdict) -> Vec<&str> {
+        v.reasons.iter().map(|r| r.code.as_str()).collect()
+    }
+
+    #[test]
+    fn the_guard_holds_an_unproven_error_breach_and_rolls_back_a_proven_one() {
+        let p = Policy::default();
+        // 3 of 20 canary errors against 2 of 100: 13 pp observed, but 3 of 5
+        // errors on a sixth of the traffic proves nothing yet.
+        let v = eval(&p, &role(100, 2, 50.0), &role(20, 3, 50.0));
+        assert_eq!(
+            (v.verdict, codes(&v)),
+            (VerdictKind::Degraded, vec!["error_rate_unproven"])
+        );
+        assert!(
+            v.reasons[0].message.contains("not yet established"),
+            "{}",
+            v.reasons[0].message
+        );
+        // The same rates on ten times the traffic: established.
+        let v = eval(&p, &role(1000, 20, 50.0), &role(200, 30, 50.0));
+        assert_eq!(
+            (v.verdict, codes(&v)),
+            (VerdictKind::Critical, vec!["error_rate_critical"])
+        );
+        let n = &v.reasons[0].numbers;
+        for key in ["estimate", "lower_bound", "log_e_value", "alpha"] {
+            assert!(n.contains_key(key), "{key} missing: {n:?}");
+        }
+        assert_eq!(n["alpha"], json!(0.005));
+        assert!(
+            n["lower_bound"].as_f64().unwrap() > n["canary_share_of_traffic"].as_f64().unwrap()
+        );
+    }
+
+    #[test]
+    fn latency_breaches_are_a_binomial_question() {
+        let p = Policy::default();
+        let obs = |slow| Observations {
+            canary_slow: slow,
+            ..Observations::of(role(1000, 0, 80.0), role(400, 0, 250.0))
+        };
+        // 30 of 400 slower than baseline p95 + 100 ms: 7.5 % but not shown > 5 %.
+        let v = evaluate(&p, &obs(30));
+        assert_eq!(
+            (v.verdict, codes(&v)),
+            (VerdictKind::Degraded, vec!["latency_unproven"])
+        );
+        let v = evaluate(&p, &obs(100));
+        assert_eq!(
+            (v.verdict, codes(&v)),
+            (VerdictKind::Critical, vec!["latency_critical"])
+        );
+    }
+
+    #[test]
+    fn overwhelming_failure_rolls_back_at_once() {
+        // Below min_requests and without significance: half of 10 failing is enough.
+        let v = eval(&Policy::default(), &role(5, 0, 50.0), &role(10, 5, 50.0));
+        assert_eq!(
+            (v.verdict, codes(&v)),
+            (VerdictKind::Critical, vec!["overwhelming_failure"])
+        );
+        let v = eval(&Policy::default(), &role(5, 0, 50.0), &role(9, 9, 50.0));
+        assert_eq!(v.verdict, VerdictKind::InsufficientData);
+    }
+
+    #[test]
+    fn promotion_needs_non_inferiority() {
+        let p = Policy::default();
+        let v = eval(&p, &role(5000, 10, 50.0), &role(100, 0, 50.0));
+        assert_eq!(
+            (v.recommendation, codes(&v)),
+            (
+                Recommendation::Continue,
+                vec!["healthy_not_yet_non_inferior"]
+            )
+        );
+        let v = eval(&p, &role(5000, 10, 50.0), &role(1000, 0, 50.0));
+        assert_eq!(
+            (v.recommendation, codes(&v)),
+            (Recommendation::Promote, vec!["healthy"])
+        );
+        assert!(v.reasons[0].numbers["worst_case_delta"].as_f64().unwrap() <= 0.05);
+    }
+
+    #[test]
+    fn a_sample_ratio_mismatch_is_reported_and_blocks_promotion() {
+        let base = Observations::of(role(5000, 10, 50.0), role(1000, 0, 50.0));
+        let split = |canary, all| Observations {
+            step_canary_requests: canary,
+            step_requests: all,
+            configured_share: 0.2,
+            ..base.clone()
+        };
+        let v = evaluate(&Policy::default(), &split(2010, 10_000));
+        assert_eq!(
+            v.recommendation,
+            Recommendation::Promote,
+            "20.1 % of 10 000 is chance"
+        );
+        let v = evaluate(&Policy::default(), &split(2600, 10_000));
+        assert_eq!(
+            (v.recommendation, codes(&v)),
+            (Recommendation::Hold, vec!["sample_ratio_mismatch"])
+        );
+        assert!(
+            v.reasons[0].message.contains("26.0 %"),
+            "{}",
+            v.reasons[0].message
+        );
     }
 
     proptest! {
@@ -634,7 +995,7 @@ pub(crate) mod tests {
         ) {
             let b = role(br, be.min(br), bp);
             let c = role(cr, ce.min(cr), cp);
-            let v = evaluate(&Policy::default(), &b, &c);
+            let v = eval(&Policy::default(), &b, &c);
             let json = serde_json::to_string(&v).unwrap();
             prop_assert!(!json.contains("NaN") && !json.contains("null"), "{json}");
         }

@@ -8,7 +8,7 @@
 use crate::engine::{self, Command, Deployment, Millis, Refusal, Transition};
 use crate::metrics::{Metrics, SyncResult};
 use crate::notify::{NoNotifier, Notifier};
-use crate::policy::{Policy, Reason, Recommendation, Verdict, VerdictKind, evaluate};
+use crate::policy::{Observations, Policy, Reason, Recommendation, Verdict, VerdictKind, evaluate};
 use crate::store::{Commit, Store, StoreError, StoredEvent};
 use crate::window::{RoleWindowStats, Windows};
 use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
@@ -18,6 +18,60 @@ use serde_json::Map;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What the policy looks at for `d` at `now`, read from the windows: both
+/// roles over the window, the canary's slow requests, and the split since the
+/// current share was set. The simulator calls this too.
+pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
+    let (second, window, classes) = (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
+    let baseline = windows.stats(
+        &d.name,
+        Role::Baseline,
+        &d.baseline.version,
+        second,
+        window,
+        classes,
+    );
+    let Some(c) = &d.canary else {
+        return Observations::of(baseline, RoleWindowStats::default());
+    };
+    let v = &c.target.version;
+    let canary = windows.stats(&d.name, Role::Canary, v, second, window, classes);
+    let canary_slow = baseline.p95_ms.map_or(0, |p95| {
+        windows.count_slower(
+            &d.name,
+            Role::Canary,
+            v,
+            second,
+            window,
+            p95 + d.policy.critical.p95_delta_ms,
+        )
+    });
+    // Whole seconds since the share was set (the first, partial one excluded).
+    let step_window = (now.saturating_sub(c.step_since) / 1000).min(window);
+    let (step_canary, step_all) = if step_window == 0 {
+        (0, 0)
+    } else {
+        let b = windows.stats(
+            &d.name,
+            Role::Baseline,
+            &d.baseline.version,
+            second - 1,
+            step_window,
+            classes,
+        );
+        let k = windows.stats(&d.name, Role::Canary, v, second - 1, step_window, classes);
+        (k.requests, k.requests + b.requests)
+    };
+    Observations {
+        baseline,
+        canary,
+        canary_slow,
+        step_canary_requests: step_canary,
+        step_requests: step_all,
+        configured_share: c.bps.as_percent() / 100.0,
+    }
+}
 
 /// The wall clock in milliseconds since the UNIX epoch.
 pub fn now_ms() -> Millis {
@@ -302,35 +356,12 @@ impl Controller {
         Ok(self.store.events(name, since, limit).await?)
     }
 
-    /// Both roles over the deployment's window ending now.
-    fn window_stats(&self, d: &Deployment, now: Millis) -> (RoleWindowStats, RoleWindowStats) {
+    /// What the policy looks at for a deployment, ending now.
+    pub fn observations(&self, d: &Deployment, now: Millis) -> Observations {
         let Ok(windows) = self.windows.lock() else {
-            return Default::default();
+            return Observations::default();
         };
-        let (second, window, classes) =
-            (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
-        let baseline = windows.stats(
-            &d.name,
-            Role::Baseline,
-            &d.baseline.version,
-            second,
-            window,
-            classes,
-        );
-        let canary = d
-            .canary
-            .as_ref()
-            .map_or_else(RoleWindowStats::default, |c| {
-                windows.stats(
-                    &d.name,
-                    Role::Canary,
-                    &c.target.version,
-                    second,
-                    window,
-                    classes,
-                )
-            });
-        (baseline, canary)
+        observe(&windows, d, now)
     }
 
     /// The current verdict and statistics.
@@ -340,9 +371,9 @@ impl Controller {
     }
 
     pub fn health_of(&self, d: &Deployment, now: Millis) -> Health {
-        let (baseline, canary) = self.window_stats(d, now);
+        let obs = self.observations(d, now);
         let verdict = match &d.canary {
-            Some(_) => evaluate(&d.policy, &baseline, &canary),
+            Some(_) => evaluate(&d.policy, &obs),
             None => Verdict {
                 verdict: VerdictKind::InsufficientData,
                 recommendation: Recommendation::Continue,
@@ -361,8 +392,8 @@ impl Controller {
             recommendation: verdict.recommendation,
             reasons: verdict.reasons,
             window_seconds: d.policy.window_seconds,
-            baseline,
-            canary,
+            baseline: obs.baseline,
+            canary: obs.canary,
         }
     }
 
@@ -434,8 +465,8 @@ impl Controller {
                 continue;
             }
             let started = std::time::Instant::now();
-            let (baseline, canary) = self.window_stats(&d, now);
-            let s = engine::step(&d, &baseline, &canary, now);
+            let obs = self.observations(&d, now);
+            let s = engine::step(&d, &obs, now);
             if let Some(v) = &s.verdict {
                 self.metrics.observe_deployment(&d, Some(v.verdict));
             }

@@ -171,6 +171,38 @@ impl Windows {
         }
     }
 
+    /// How many requests of the series in the window took longer than
+    /// `threshold_ms` (to HdrHistogram precision).
+    pub fn count_slower(
+        &self,
+        deployment: &str,
+        role: Role,
+        version: &str,
+        now_second: u64,
+        window_seconds: u64,
+        threshold_ms: f64,
+    ) -> u64 {
+        let key = SeriesKey {
+            deployment: deployment.to_string(),
+            role,
+            version: version.to_string(),
+        };
+        let Some(buckets) = self.series.get(&key) else {
+            return 0;
+        };
+        let threshold_us = (threshold_ms * 1000.0).max(0.0) as u64;
+        let from = now_second.saturating_sub(window_seconds.saturating_sub(1));
+        buckets
+            .iter()
+            .filter(|b| (from..=now_second).contains(&b.second))
+            .flat_map(|b| {
+                b.latency_us
+                    .range(threshold_us.saturating_add(1)..)
+                    .map(|(_, c)| *c)
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Forgets buckets older than `keep_seconds` before `now_second`, and
     /// series left empty.
     pub fn prune(&mut self, now_second: u64, keep_seconds: u64) {
@@ -241,6 +273,9 @@ mod tests {
         assert!((50.5..=51.6).contains(&p50), "{p50}");
         let p99 = s.p99_ms.unwrap();
         assert!((99.0..=101.0).contains(&p99), "{p99}");
+        // 2 of the 101 took longer than 99 ms (100 ms and 500 ms).
+        assert_eq!(w.count_slower("d", Role::Canary, "v2", 101, 300, 99.5), 2);
+        assert_eq!(w.count_slower("d", Role::Canary, "v2", 101, 300, 1000.0), 0);
         // Which classes are errors is the policy's choice.
         let s = w.stats("d", Role::Canary, "v2", 101, 300, &[Outcome::ServerError]);
         assert_eq!(s.errors, 1);
