@@ -992,12 +992,33 @@ pub(crate) mod tests {
         fn never_nan_never_panics(
             br in 0u64..1_000_000, be in 0u64..1_000_000, cr in 0u64..1_000_000, ce in 0u64..1_000_000,
             bp in 0.0f64..100_000.0, cp in 0.0f64..100_000.0,
+            slow in 0u64..2_000_000, step_all in 0u64..u64::MAX / 4, step_share in 0.0f64..=1.0,
+            share in 0.0f64..=1.0, guard in any::<bool>(),
         ) {
-            let b = role(br, be.min(br), bp);
-            let c = role(cr, ce.min(cr), cp);
-            let v = eval(&Policy::default(), &b, &c);
+            let obs = Observations {
+                baseline: role(br, be.min(br), bp),
+                canary: role(cr, ce.min(cr), cp),
+                canary_slow: slow,
+                step_requests: step_all,
+                step_canary_requests: (step_all as f64 * step_share) as u64,
+                configured_share: share,
+            };
+            let p = if guard { Policy::default() } else { seed() };
+            let v = evaluate(&p, &obs);
             let json = serde_json::to_string(&v).unwrap();
-            prop_assert!(!json.contains("NaN") && !json.contains("null"), "{json}");
+            prop_assert!(!json.contains("NaN") && !json.contains("null") && !json.contains("inf"), "{json}");
+        }
+
+        #[test]
+        fn tiny_and_empty_counts_are_fine(br in 0u64..3, be in 0u64..3, cr in 0u64..3, ce in 0u64..3) {
+            let obs = Observations {
+                step_requests: br + cr,
+                step_canary_requests: cr,
+                configured_share: 0.2,
+                ..Observations::of(role(br, be.min(br), 1.0), role(cr, ce.min(cr), 1.0))
+            };
+            let v = evaluate(&Policy::default(), &obs);
+            prop_assert!(!serde_json::to_string(&v).unwrap().contains("NaN"));
         }
     }
 }
