@@ -172,9 +172,17 @@ async fn a_failing_canary_is_rolled_back_automatically_and_then_gets_no_traffic(
             .all(|r| r.served_by == "heart-v1" && r.status == 200)
     );
 
+    // With the significance guard, the breach may first hold as DEGRADED
+    // while the evidence gathers; then failure, trigger and rollback follow
+    // one another.
     let kinds = s.controller.event_kinds("heart-prod").await?;
+    let story: Vec<&str> = kinds
+        .iter()
+        .map(String::as_str)
+        .filter(|k| *k != "health_degraded")
+        .collect();
     ensure!(
-        kinds
+        story
             == [
                 "deployment_created",
                 "version_registered",
@@ -186,11 +194,23 @@ async fn a_failing_canary_is_rolled_back_automatically_and_then_gets_no_traffic(
             ],
         "timeline: {kinds:?}"
     );
+    ensure!(
+        kinds.ends_with(&[
+            "health_check_failed".to_string(),
+            "auto_rollback_triggered".into(),
+            "rolled_back".into()
+        ]),
+        "{kinds:?}"
+    );
     let events = s
         .controller
         .get("/v1/deployments/heart-prod/events")
         .await?;
-    let failed = &events[4];
+    let failed = events
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["kind"] == "health_check_failed"))
+        .cloned()
+        .unwrap_or_default();
     let rate = failed["numbers"]["canary_error_rate"]
         .as_f64()
         .unwrap_or_default();
@@ -199,6 +219,10 @@ async fn a_failing_canary_is_rolled_back_automatically_and_then_gets_no_traffic(
         "canary error rate in the event: {rate}"
     );
     ensure!(failed["actor"] == "engine", "{failed}");
+    ensure!(
+        failed["numbers"]["log_e_value"].as_f64().unwrap_or(0.0) >= (200.0f64).ln(),
+        "established at α/2: {failed}"
+    );
     let versions = s
         .controller
         .get("/v1/deployments/heart-prod/versions")
