@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Seconds after a change of share before the observed split is compared
+/// with it (the proxies' sync interval and reporting lag, with margin).
+pub const SPLIT_SETTLE_SECONDS: u64 = 5;
+
 /// What the policy looks at for `d` at `now`, read from the windows: both
 /// roles over the window, the canary's slow requests, and the split since the
 /// current share was set. The simulator calls this too.
@@ -47,20 +51,24 @@ pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
             p95 + d.policy.critical.p95_delta_ms,
         )
     });
-    // Whole seconds since the share was set (the first, partial one excluded).
-    let step_window = (now.saturating_sub(c.step_since) / 1000).min(window);
-    let (step_canary, step_all) = if step_window == 0 {
+    // The split since the share was set, after it settled: for a few
+    // seconds, proxies still route by the old table and report traffic they
+    // split before the change.
+    let from = c.step_since / 1000 + SPLIT_SETTLE_SECONDS + 1;
+    let to = second.saturating_sub(1);
+    let (step_canary, step_all) = if to < from {
         (0, 0)
     } else {
+        let span = (to - from + 1).min(window);
         let b = windows.stats(
             &d.name,
             Role::Baseline,
             &d.baseline.version,
-            second - 1,
-            step_window,
+            to,
+            span,
             classes,
         );
-        let k = windows.stats(&d.name, Role::Canary, v, second - 1, step_window, classes);
+        let k = windows.stats(&d.name, Role::Canary, v, to, span, classes);
         (k.requests, k.requests + b.requests)
     };
     Observations {
