@@ -376,6 +376,50 @@ pub const VALVE_MIN_REQUESTS: u64 = 10;
 /// requests slower than baseline p95 + Δ.
 pub const SLOW_SHARE: f64 = 0.05;
 
+/// The guard's one-sided test that a rate exceeds `p0` (at `alpha`), with
+/// what the verdict's reasons show of it.
+struct RateAbove {
+    estimate: f64,
+    bound: f64,
+    log_e: f64,
+    alpha: f64,
+    established: bool,
+}
+
+impl RateAbove {
+    fn test(x: u64, n: u64, p0: f64, alpha: f64) -> RateAbove {
+        use crate::significance::{log_evidence_above, lower_bound};
+        let log_e = log_evidence_above(x, n, p0);
+        RateAbove {
+            estimate: x as f64 / n.max(1) as f64,
+            bound: lower_bound(x, n, alpha),
+            log_e,
+            alpha,
+            established: log_e >= (1.0 / alpha).ln(),
+        }
+    }
+
+    /// Adds the estimate (under `estimate_key`), the bound, the e-value and
+    /// the α spent to a reason's numbers.
+    fn record(&self, numbers: &mut Value, estimate_key: &str) {
+        if let Value::Object(m) = numbers {
+            m.insert(estimate_key.into(), json!(self.estimate));
+            m.insert("lower_bound".into(), json!(self.bound));
+            m.insert("log_e_value".into(), json!(self.log_e));
+            m.insert("alpha".into(), json!(self.alpha));
+        }
+    }
+
+    fn conclusion(&self) -> String {
+        let state = if self.established {
+            "established"
+        } else {
+            "not yet established"
+        };
+        format!("{state} at α = {}", self.alpha)
+    }
+}
+
 fn alpha_of(policy: &Policy) -> Option<f64> {
     match policy.significance {
         Significance::None => None,
@@ -385,7 +429,7 @@ fn alpha_of(policy: &Policy) -> Option<f64> {
 
 /// Compares canary and baseline over the same window.
 pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
-    use crate::significance::{log_evidence_above, log_mixture, lower_bound, upper_bound};
+    use crate::significance::{log_mixture, lower_bound, upper_bound};
     let (baseline, canary) = (&obs.baseline, &obs.canary);
     let guard = alpha_of(policy);
     if canary.requests >= VALVE_MIN_REQUESTS && canary.error_rate >= VALVE_ERROR_RATE {
@@ -468,28 +512,19 @@ pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
             Some(a) => {
                 let (x, n) = (canary.errors, canary.errors + baseline.errors);
                 let share = canary.requests as f64 / (canary.requests + baseline.requests) as f64;
-                let e = log_evidence_above(x, n, share);
-                let bound = lower_bound(x, n, a / 2.0);
+                let test = RateAbove::test(x, n, share, a / 2.0);
+                test.record(&mut numbers, "canary_share_of_errors");
                 if let Value::Object(m) = &mut numbers {
-                    m.insert(
-                        "canary_share_of_errors".into(),
-                        json!(x as f64 / n.max(1) as f64),
-                    );
                     m.insert("canary_share_of_traffic".into(), json!(share));
-                    m.insert("lower_bound".into(), json!(bound));
-                    m.insert("log_e_value".into(), json!(e));
-                    m.insert("alpha".into(), json!(a / 2.0));
                 }
-                let ok = e >= (2.0 / a).ln();
                 message.push_str(&format!(
-                    "; the canary made {x} of {n} errors ({}, lower bound {}) on {} of the traffic, {} at α = {}",
-                    pct(x as f64 / n.max(1) as f64),
-                    pct(bound),
+                    "; the canary made {x} of {n} errors ({}, lower bound {}) on {} of the traffic, {}",
+                    pct(test.estimate),
+                    pct(test.bound),
                     pct(share),
-                    if ok { "established" } else { "not yet established" },
-                    a / 2.0
+                    test.conclusion()
                 ));
-                ok
+                test.established
             }
         };
         let r = reason(
@@ -522,28 +557,17 @@ pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
             None => true,
             Some(a) => {
                 let (x, n) = (obs.canary_slow, canary.requests);
-                let e = log_evidence_above(x, n, SLOW_SHARE);
-                let bound = lower_bound(x, n, a / 2.0);
-                if let Value::Object(m) = &mut numbers {
-                    m.insert(
-                        "canary_slow_share".into(),
-                        json!(x as f64 / n.max(1) as f64),
-                    );
-                    m.insert("lower_bound".into(), json!(bound));
-                    m.insert("log_e_value".into(), json!(e));
-                    m.insert("alpha".into(), json!(a / 2.0));
-                }
-                let ok = e >= (2.0 / a).ln();
+                let test = RateAbove::test(x, n, SLOW_SHARE, a / 2.0);
+                test.record(&mut numbers, "canary_slow_share");
                 message.push_str(&format!(
-                    "; {x} of {n} canary requests ({}, lower bound {}) slower than {}: more than {} {} at α = {}",
-                    pct(x as f64 / n.max(1) as f64),
-                    pct(bound),
+                    "; {x} of {n} canary requests ({}, lower bound {}) slower than {}: more than {} {}",
+                    pct(test.estimate),
+                    pct(test.bound),
                     ms(b + t.p95_delta_ms),
                     pct(SLOW_SHARE),
-                    if ok { "established" } else { "not yet established" },
-                    a / 2.0
+                    test.conclusion()
                 ));
-                ok
+                test.established
             }
         };
         let r = reason(

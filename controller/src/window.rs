@@ -121,6 +121,29 @@ impl Windows {
         }
     }
 
+    /// The buckets of one series within the `window_seconds` ending at
+    /// `now_second` (inclusive).
+    fn buckets_in<'a>(
+        &'a self,
+        deployment: &str,
+        role: Role,
+        version: &str,
+        now_second: u64,
+        window_seconds: u64,
+    ) -> impl Iterator<Item = &'a Bucket> + 'a {
+        let key = SeriesKey {
+            deployment: deployment.to_string(),
+            role,
+            version: version.to_string(),
+        };
+        let from = now_second.saturating_sub(window_seconds.saturating_sub(1));
+        self.series
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(move |b| (from..=now_second).contains(&b.second))
+    }
+
     /// One role and version's statistics over the `window_seconds` ending at
     /// `now_second` (inclusive).
     pub fn stats(
@@ -132,24 +155,12 @@ impl Windows {
         window_seconds: u64,
         error_classes: &[Outcome],
     ) -> RoleWindowStats {
-        let key = SeriesKey {
-            deployment: deployment.to_string(),
-            role,
-            version: version.to_string(),
-        };
-        let Some(buckets) = self.series.get(&key) else {
-            return RoleWindowStats::default();
-        };
-        let from = now_second.saturating_sub(window_seconds.saturating_sub(1));
         let mut counts = OutcomeCounts::default();
         let Ok(mut merged) = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
         else {
             return RoleWindowStats::default();
         };
-        for b in buckets
-            .iter()
-            .filter(|b| (from..=now_second).contains(&b.second))
-        {
+        for b in self.buckets_in(deployment, role, version, now_second, window_seconds) {
             counts.merge(&b.counts);
             for (&v, &c) in &b.latency_us {
                 merged.saturating_record_n(v, c);
@@ -182,19 +193,8 @@ impl Windows {
         window_seconds: u64,
         threshold_ms: f64,
     ) -> u64 {
-        let key = SeriesKey {
-            deployment: deployment.to_string(),
-            role,
-            version: version.to_string(),
-        };
-        let Some(buckets) = self.series.get(&key) else {
-            return 0;
-        };
         let threshold_us = (threshold_ms * 1000.0).max(0.0) as u64;
-        let from = now_second.saturating_sub(window_seconds.saturating_sub(1));
-        buckets
-            .iter()
-            .filter(|b| (from..=now_second).contains(&b.second))
+        self.buckets_in(deployment, role, version, now_second, window_seconds)
             .flat_map(|b| {
                 b.latency_us
                     .range(threshold_us.saturating_add(1)..)
