@@ -57,6 +57,38 @@ pub(crate) fn names(deployment: &str) -> Vec<(MetricType, String)> {
     out
 }
 
+/// The VM's own gauge: its linear memory in bytes. Every worker's VM sets
+/// it on its tick, so it shows one worker's memory (they are alike).
+#[derive(Debug, Clone)]
+pub(crate) struct VmMetrics {
+    memory_bytes: u32,
+}
+
+impl VmMetrics {
+    pub(crate) fn define() -> Result<VmMetrics, String> {
+        let name = "coalmine.vm_memory_bytes";
+        let memory_bytes = hostcalls::define_metric(MetricType::Gauge, name)
+            .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
+        Ok(VmMetrics { memory_bytes })
+    }
+
+    pub(crate) fn publish_memory(&self) {
+        let _ = hostcalls::record_metric(self.memory_bytes, linear_memory_bytes());
+    }
+}
+
+/// The size of this VM's linear memory (0 off wasm, where there is none).
+fn linear_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 impl DeploymentMetrics {
     /// Defines (or looks up) the deployment's metrics.
     pub(crate) fn define(deployment: &Deployment) -> Result<DeploymentMetrics, String> {

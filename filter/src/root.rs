@@ -1,31 +1,23 @@
 //! The root context: configuration, the worker's state, request contexts,
 //! and (with a controller) the sync loop.
 
-use crate::metrics::DeploymentMetrics;
+use crate::metrics::{DeploymentMetrics, VmMetrics};
 use crate::random::RandomPool;
 use crate::request::RequestContext;
 use crate::sync::Syncer;
 use coalmine_protocol::active::{ActiveSplits, Observed};
 use coalmine_protocol::stats::RoleStats;
-use coalmine_protocol::sync::RoleReport;
+use coalmine_protocol::sync::{PendingReports, RoleReport};
 use coalmine_protocol::{Outcome, PluginConfig, Role};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Where the controller's split table lives in proxy shared data.
 pub(crate) const SPLIT_TABLE_KEY: &str = "coalmine.split_table";
-
-/// One role's statistics for one version, since the last report.
-#[derive(Debug)]
-pub(crate) struct StatsEntry {
-    deployment: usize,
-    role: Role,
-    version: String,
-    stats: RoleStats,
-}
 
 /// Everything a worker's request contexts share. Wasm VMs are single-threaded,
 /// so `Rc<RefCell<_>>` is enough; borrows never outlive one callback.
@@ -35,7 +27,7 @@ pub(crate) struct Worker {
     pub(crate) splits: ActiveSplits,
     pub(crate) metrics: Vec<DeploymentMetrics>,
     /// Statistics since the last report, per deployment, role and version.
-    stats: Vec<StatsEntry>,
+    pending: PendingReports,
     pub(crate) random: RandomPool,
 }
 
@@ -53,7 +45,7 @@ impl Worker {
             config,
             splits,
             metrics,
-            stats: Vec::new(),
+            pending: PendingReports::default(),
             random: RandomPool::default(),
         };
         worker.publish_split_metrics();
@@ -98,25 +90,8 @@ impl Worker {
         outcome: Outcome,
         latency_us: u64,
     ) {
-        let found = self
-            .stats
-            .iter()
-            .position(|e| e.deployment == deployment && e.role == role && e.version == version);
-        let entry = match found {
-            Some(i) => self.stats.get_mut(i),
-            None => RoleStats::try_new().ok().and_then(|stats| {
-                self.stats.push(StatsEntry {
-                    deployment,
-                    role,
-                    version: version.to_string(),
-                    stats,
-                });
-                self.stats.last_mut()
-            }),
-        };
-        if let Some(e) = entry {
-            e.stats.record(outcome, latency_us);
-        }
+        self.pending
+            .record(deployment, role, version, outcome, latency_us);
         if let Some(m) = self.metrics.get(deployment) {
             m.record(role, outcome, latency_us);
         }
@@ -125,33 +100,28 @@ impl Worker {
     /// The reports of everything recorded since the last call, which starts
     /// afresh. Entries of versions no longer in play are dropped once empty.
     pub(crate) fn drain_reports(&mut self) -> Vec<RoleReport> {
-        let mut reports = Vec::new();
-        for e in &mut self.stats {
-            if e.stats.requests() == 0 {
-                continue;
-            }
-            if let Some(d) = self.config.deployments.get(e.deployment) {
-                reports.push(RoleReport::from_stats(
-                    &d.name, e.role, &e.version, &e.stats,
-                ));
-            }
-            e.stats.clear();
-        }
+        let deployments = &self.config.deployments;
         let splits = &self.splits;
-        self.stats.retain(|e| {
-            splits
-                .get(e.deployment)
-                .and_then(|s| s.target(e.role))
-                .is_some_and(|t| t.version == e.version)
-        });
-        reports
+        self.pending.drain(
+            |i| deployments.get(i).map(|d| d.name.as_str()),
+            |i, role, version| {
+                splits
+                    .get(i)
+                    .and_then(|s| s.target(role))
+                    .is_some_and(|t| t.version == version)
+            },
+        )
     }
 }
+
+/// How often a VM without a controller publishes its memory gauge.
+const STANDALONE_TICK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 pub(crate) struct CoalmineRoot {
     worker: Option<Rc<RefCell<Worker>>>,
     syncer: Option<Syncer>,
+    vm: Option<VmMetrics>,
 }
 
 impl Context for CoalmineRoot {
@@ -186,6 +156,16 @@ impl RootContext for CoalmineRoot {
         };
         let controller = config.controller.clone();
         let count = config.deployments.len();
+        match VmMetrics::define() {
+            Ok(vm) => {
+                vm.publish_memory();
+                self.vm = Some(vm);
+            }
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                return false;
+            }
+        }
         let worker = match Worker::new(config) {
             Ok(worker) => worker,
             Err(e) => {
@@ -208,12 +188,20 @@ impl RootContext for CoalmineRoot {
                     return false;
                 }
             }
-            None => log::info!("configured {count} deployment(s), standalone mode"),
+            None => {
+                log::info!("configured {count} deployment(s), standalone mode");
+                if hostcalls::set_tick_period(STANDALONE_TICK).is_err() {
+                    log::warn!("cannot start the timer; the memory gauge will not be updated");
+                }
+            }
         }
         true
     }
 
     fn on_tick(&mut self) {
+        if let Some(vm) = &self.vm {
+            vm.publish_memory();
+        }
         if let (Some(syncer), Some(Ok(mut worker))) = (
             self.syncer.as_mut(),
             self.worker.as_ref().map(|w| w.try_borrow_mut()),
