@@ -57,6 +57,9 @@ enum Cmd {
         /// Token for POST /admin/faults (disabled without one).
         #[arg(long, env = "COALMINE_MODELS_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Write the address actually bound (useful with port 0) to this file.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
 }
 
@@ -122,6 +125,7 @@ async fn main() -> Result<()> {
             extra_latency_ms,
             crash_on_malformed,
             admin_token,
+            address_file,
         } => {
             let bytes =
                 std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
@@ -141,6 +145,10 @@ async fn main() -> Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
+            if let Some(path) = &address_file {
+                std::fs::write(path, listener.local_addr()?.to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             tracing::info!(
                 "serving model {} (test accuracy {:.3}) on http://{}; faults {:?}; fault switch {}",
                 m.version,

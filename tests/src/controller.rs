@@ -31,6 +31,9 @@ pub fn controller_bin() -> Result<PathBuf> {
 /// A running controller with its own database; killed on drop.
 #[derive(Debug)]
 pub struct ControllerProc {
+    bin: PathBuf,
+    /// A `taskset` CPU list to run on (benchmarks).
+    cpus: Option<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -47,10 +50,23 @@ impl ControllerProc {
 
     /// Starts with extra command-line arguments (e.g. `--webhook URL`).
     pub async fn start_with(lease_ms: u64, extra_args: &[&str]) -> Result<ControllerProc> {
+        ControllerProc::start_from(controller_bin()?, None, lease_ms, extra_args).await
+    }
+
+    /// Starts the given controller binary (e.g. a release build), optionally
+    /// confined to `cpus` (a `taskset` list).
+    pub async fn start_from(
+        bin: PathBuf,
+        cpus: Option<&str>,
+        lease_ms: u64,
+        extra_args: &[&str],
+    ) -> Result<ControllerProc> {
         let dir = tempfile::Builder::new()
             .prefix("coalmine-controller-")
             .tempdir()?;
         let mut c = ControllerProc {
+            bin,
+            cpus: cpus.map(str::to_string),
             child: None,
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -71,7 +87,15 @@ impl ControllerProc {
             .create(true)
             .append(true)
             .open(self.dir.path().join("controller.log"))?;
-        let child = Command::new(controller_bin()?)
+        let mut command = match &self.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--db")
@@ -107,6 +131,11 @@ impl ControllerProc {
         .await?;
         self.addr = addr;
         Ok(())
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `kill -9`: no shutdown, no flush.

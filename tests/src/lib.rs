@@ -32,6 +32,7 @@ mod upstream;
 pub use browser::Browser;
 pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin};
 pub use load::{Load, Sample};
+pub mod bench;
 pub use receiver::Receiver;
 pub use upstream::{SeenHeaders, Upstream};
 
@@ -59,6 +60,31 @@ pub fn filter_wasm() -> Result<PathBuf> {
         bail!("{} is missing; run `make build`", wasm.display());
     }
     Ok(wasm)
+}
+
+/// Real patients from the UCI Cleveland data set as prediction requests
+/// (the rows without missing values, the 13 features by name).
+pub fn patients() -> Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(workspace_root().join("data/uci-heart-cleveland/cleveland.tsv"))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    let mut out = Vec::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split('\t').collect();
+        if cells.contains(&"?") || cells.len() != header.len() {
+            continue;
+        }
+        let mut row = serde_json::Map::new();
+        for (name, cell) in header.iter().zip(&cells).take(13) {
+            row.insert(
+                name.to_string(),
+                serde_json::json!(cell.parse::<f64>().unwrap_or_default()),
+            );
+        }
+        out.push(serde_json::Value::Object(row));
+    }
+    Ok(out)
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`
@@ -168,6 +194,20 @@ impl EnvoyConfig {
         Ok(plugin)
     }
 
+    /// Replaces the routes of the first listener's first virtual host.
+    pub fn routes(mut self, routes: serde_json::Value) -> Result<EnvoyConfig> {
+        let vhost = self
+            .listeners()?
+            .get_mut(0)
+            .map(|l| {
+                &mut l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                    ["virtual_hosts"][0]
+            })
+            .ok_or_else(|| anyhow!("no listener"))?;
+        vhost["routes"] = serde_yaml_ng::to_value(routes)?;
+        Ok(self)
+    }
+
     /// Removes an HTTP filter by name (e.g. to test the coalmine filter alone).
     pub fn without_http_filter(mut self, name: &str) -> Result<EnvoyConfig> {
         let filters = self.http_filters()?;
@@ -186,10 +226,31 @@ impl EnvoyConfig {
         for l in self.listeners()? {
             l["address"]["socket_address"]["port_value"] = Value::from(0);
         }
-        let filter = self.coalmine_filter()?;
-        filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
-            Value::from(wasm.display().to_string());
+        // A config without the filter (a benchmark's baseline) has no code.
+        if let Ok(filter) = self.coalmine_filter() {
+            filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+                Value::from(wasm.display().to_string());
+        }
         Ok(serde_yaml_ng::to_string(&self.doc)?)
+    }
+}
+
+/// How to run Envoy: its node id, worker threads, and (optionally) the CPUs
+/// it may run on (a `taskset` list such as `"1"`), for benchmarks.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    pub node_id: String,
+    pub concurrency: u32,
+    pub cpus: Option<String>,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> EnvoyOptions {
+        EnvoyOptions {
+            node_id: "coalmine-e2e".to_string(),
+            concurrency: 2,
+            cpus: None,
+        }
     }
 }
 
@@ -204,23 +265,29 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    fn spawn(config: EnvoyConfig, node_id: &str) -> Result<(Child, tempfile::TempDir)> {
+    fn spawn(config: EnvoyConfig, opts: &EnvoyOptions) -> Result<(Child, tempfile::TempDir)> {
         let dir = tempfile::Builder::new()
             .prefix("coalmine-envoy-")
             .tempdir()?;
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config.render()?)?;
         let log = std::fs::File::create(dir.path().join("envoy.log"))?;
-        let child = Command::new(envoy_bin()?)
+        let mut command = match &opts.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(envoy_bin()?);
+                c
+            }
+            None => Command::new(envoy_bin()?),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
-            .args(["--disable-hot-restart", "--concurrency", "2", "-l", "info"])
-            .args([
-                "--service-node",
-                node_id,
-                "--service-cluster",
-                "coalmine-e2e",
-            ])
+            .args(["--disable-hot-restart", "-l", "info"])
+            .arg("--concurrency")
+            .arg(opts.concurrency.to_string())
+            .args(["--service-node", &opts.node_id])
+            .args(["--service-cluster", "coalmine-e2e"])
             .arg("--admin-address-path")
             .arg(dir.path().join("admin.address"))
             .current_dir(dir.path())
@@ -239,7 +306,16 @@ impl Envoy {
 
     /// Starts Envoy with the given node id.
     pub async fn start_as(config: EnvoyConfig, node_id: &str) -> Result<Envoy> {
-        let (child, dir) = Envoy::spawn(config, node_id)?;
+        let opts = EnvoyOptions {
+            node_id: node_id.to_string(),
+            ..EnvoyOptions::default()
+        };
+        Envoy::start_with(config, &opts).await
+    }
+
+    /// Starts Envoy as `opts` say.
+    pub async fn start_with(config: EnvoyConfig, opts: &EnvoyOptions) -> Result<Envoy> {
+        let (child, dir) = Envoy::spawn(config, opts)?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
@@ -310,7 +386,7 @@ impl Envoy {
     /// Runs Envoy with a configuration it must refuse: returns its exit status
     /// and log once it exits (within 30 s).
     pub async fn start_expecting_refusal(config: EnvoyConfig) -> Result<(ExitStatus, String)> {
-        let (mut child, dir) = Envoy::spawn(config, "coalmine-e2e")?;
+        let (mut child, dir) = Envoy::spawn(config, &EnvoyOptions::default())?;
         let status = poll("envoy to exit", Duration::from_secs(30), || {
             let r = child.try_wait().map_err(anyhow::Error::from);
             async move { r }
@@ -325,6 +401,11 @@ impl Envoy {
                 Err(e.context(format!("envoy kept running:\n{}", tail_text(&log, 30))))
             }
         }
+    }
+
+    /// The process id (with `cpus`, `taskset` has exec'd into Envoy).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://<listener>` + `path`.

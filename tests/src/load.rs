@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 /// What the client saw of one response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
+    /// When the request was sent.
+    pub sent: Instant,
+    /// When its response (or failure) arrived.
     pub at: Instant,
     pub status: u16,
     pub served_by: String,
@@ -22,6 +25,11 @@ pub struct Load {
 impl Load {
     /// GETs `url` `rps` times a second, over a few connections.
     pub fn start(url: String, rps: u32) -> Load {
+        Load::start_with(url, rps, None)
+    }
+
+    /// `rps` requests a second to `url`: POSTs of `body` if given, else GETs.
+    pub fn start_with(url: String, rps: u32, body: Option<serde_json::Value>) -> Load {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let out = samples.clone();
         let task = tokio::spawn(async move {
@@ -34,8 +42,13 @@ impl Load {
             loop {
                 tick.tick().await;
                 let (client, url, out) = (client.clone(), url.clone(), out.clone());
+                let request = match &body {
+                    Some(b) => client.post(&url).json(b),
+                    None => client.get(&url),
+                };
                 tokio::spawn(async move {
-                    let sample = match client.get(&url).send().await {
+                    let sent = Instant::now();
+                    let sample = match request.send().await {
                         Ok(r) => {
                             let h = |n: &str| {
                                 r.headers()
@@ -44,6 +57,7 @@ impl Load {
                                     .map(str::to_string)
                             };
                             Sample {
+                                sent,
                                 at: Instant::now(),
                                 status: r.status().as_u16(),
                                 served_by: h("x-served-by").unwrap_or_default(),
@@ -51,6 +65,7 @@ impl Load {
                             }
                         }
                         Err(_) => Sample {
+                            sent,
                             at: Instant::now(),
                             status: 0,
                             served_by: String::new(),

@@ -20,6 +20,9 @@ pub struct SeenHeaders {
 #[derive(Debug, Clone)]
 struct Shared {
     name: &'static str,
+    /// Remember every request's headers (off for benchmarks: count only).
+    record: bool,
+    count: Arc<AtomicU64>,
     seen: Arc<Mutex<Vec<SeenHeaders>>>,
     /// Every n-th request is answered with a 500 (0: never).
     error_every: Arc<AtomicU64>,
@@ -32,6 +35,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<SeenHeaders>>>,
     error_every: Arc<AtomicU64>,
+    count: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -39,12 +43,25 @@ impl Upstream {
     /// Serves every path with `200 {"served_by": name}` (or a 500 when told
     /// to fail) and an `x-served-by: name` header.
     pub async fn start(name: &'static str) -> anyhow::Result<Upstream> {
+        Upstream::start_on(name, true).await
+    }
+
+    /// The same server, counting requests without remembering them (for
+    /// benchmarks, where the upstream must cost as little as possible).
+    pub async fn start_counting(name: &'static str) -> anyhow::Result<Upstream> {
+        Upstream::start_on(name, false).await
+    }
+
+    async fn start_on(name: &'static str, record: bool) -> anyhow::Result<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let error_every = Arc::new(AtomicU64::new(0));
+        let count = Arc::new(AtomicU64::new(0));
         let app = Router::new().fallback(serve).with_state(Shared {
             name,
+            record,
+            count: count.clone(),
             seen: seen.clone(),
             error_every: error_every.clone(),
         });
@@ -56,6 +73,7 @@ impl Upstream {
             addr,
             seen,
             error_every,
+            count,
             task,
         })
     }
@@ -63,6 +81,11 @@ impl Upstream {
     /// From now on, answer every `n`-th request with a 500 (0: none).
     pub fn fail_every(&self, n: u64) {
         self.error_every.store(n, Ordering::SeqCst);
+    }
+
+    /// How many requests arrived so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Every request received so far.
@@ -88,17 +111,16 @@ async fn serve(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let count = match s.seen.lock() {
-        Ok(mut seen) => {
-            seen.push(SeenHeaders {
-                path: uri.path().to_string(),
-                role: get("x-coalmine-role"),
-                cluster: get("x-coalmine-cluster"),
-            });
-            seen.len() as u64
-        }
-        Err(_) => 0,
-    };
+    let count = s.count.fetch_add(1, Ordering::SeqCst) + 1;
+    if s.record
+        && let Ok(mut seen) = s.seen.lock()
+    {
+        seen.push(SeenHeaders {
+            path: uri.path().to_string(),
+            role: get("x-coalmine-role"),
+            cluster: get("x-coalmine-cluster"),
+        });
+    }
     let every = s.error_every.load(Ordering::SeqCst);
     let status = if every > 0 && count % every == 0 {
         StatusCode::INTERNAL_SERVER_ERROR

@@ -44,29 +44,6 @@ fn stack(action: &str, db: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Real patients from the data set as prediction requests.
-fn patients() -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(root().join("data/uci-heart-cleveland/cleveland.tsv"))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
-    let mut out = Vec::new();
-    for line in lines {
-        let cells: Vec<&str> = line.split('\t').collect();
-        if cells.contains(&"?") || cells.len() != header.len() {
-            continue;
-        }
-        let mut row = serde_json::Map::new();
-        for (name, cell) in header.iter().zip(&cells).take(13) {
-            row.insert(
-                name.to_string(),
-                json!(cell.parse::<f64>().unwrap_or_default()),
-            );
-        }
-        out.push(Value::Object(row));
-    }
-    Ok(out)
-}
-
 /// A malformed variant of a request: a field missing or of the wrong type.
 fn malform(mut row: Value, i: usize) -> Value {
     if let Some(o) = row.as_object_mut() {
@@ -185,7 +162,7 @@ async fn story(keep: bool) -> Result<()> {
     step(&format!(
         "canary: v2 gets 20 % of live traffic ({RPS} predictions/s from real patients, 1 in {MALFORMED_EVERY} malformed)"
     ));
-    let patients = Arc::new(patients()?);
+    let patients = Arc::new(coalmine_e2e::patients()?);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
     let traffic = {
