@@ -10,7 +10,7 @@ ENVOY := .venv/bin/envoy
 # The pure core's tests also run compiled to wasm32, under Wasmtime.
 WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
 
-.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e test-demo test-decisions bench-decisions demo up down clean
+.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e test-demo test-decisions test-bench bench bench-decisions demo up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,10 +59,16 @@ test-demo: ## the demo, non-interactively; it fails unless its timeline is the e
 test-decisions: build-native ## a quick decision simulation: A/A false rollbacks within their bound
 	target/release/coalmine-sim --quick --out target/bench/decisions-quick.json
 
+test-bench: build-wasm build-native ## a seconds-long smoke of `make bench`, so the harness never rots
+	target/release/coalmine-bench --smoke --out target/bench/perf-smoke.json
+
+bench: build ## data-plane cost, split accuracy, propagation, time to rollback, controller capacity; writes target/bench/perf.json and BENCHMARKS.md
+	target/release/coalmine-bench --out target/bench/perf.json --markdown BENCHMARKS.md
+
 bench-decisions: setup build-native ## simulate 1000 A/A runs and detection times; writes target/bench/decisions.json
 	target/release/coalmine-sim --out target/bench/decisions.json
 
-test: setup lint validate test-unit test-wasm test-e2e test-demo test-decisions ## everything CI runs
+test: setup lint validate test-unit test-wasm test-e2e test-demo test-decisions test-bench ## everything CI runs
 	@echo "make test: all checks passed"
 
 demo: build ## the heart-disease story on the local stack (KEEP=1 leaves it running)

@@ -8,7 +8,7 @@ step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages the tests and demo use (binary name → package); Chromium
 # and its WebDriver drive the dashboard test.
-declare -A APT=([curl]=curl [jq]=jq [chromium]=chromium [chromedriver]=chromium-driver)
+declare -A APT=([curl]=curl [jq]=jq [chromium]=chromium [chromedriver]=chromium-driver [wrk]=wrk [valgrind]=valgrind [taskset]=util-linux)
 missing=()
 for bin in "${!APT[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("${APT[$bin]}")
