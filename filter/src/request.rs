@@ -38,14 +38,18 @@ impl RequestContext {
 /// role and cluster headers; outside every deployment, strips them.
 fn route(worker: &mut Worker) -> Option<Routed> {
     let path = host::request_header(":path").unwrap_or_default();
-    let authority = host::request_header(":authority");
+    // One host call fewer per request when no deployment matches on host.
+    let authority = if worker.match_on_host {
+        host::request_header(":authority")
+    } else {
+        None
+    };
     let index = find_match(
         worker.config.deployments.iter().map(|d| &d.matcher),
         &path,
         authority.as_deref(),
     );
     let routed = index.and_then(|index| {
-        worker.refresh_splits();
         let Worker {
             config,
             splits,

@@ -29,6 +29,8 @@ pub(crate) struct Worker {
     /// Statistics since the last report, per deployment, role and version.
     pending: PendingReports,
     pub(crate) random: RandomPool,
+    /// Whether any deployment matches on host (else `:authority` is not read).
+    pub(crate) match_on_host: bool,
 }
 
 impl Worker {
@@ -41,19 +43,23 @@ impl Worker {
         // Fail at load, not on the request path, if histograms cannot be made.
         RoleStats::try_new().map_err(|e| e.to_string())?;
         let splits = ActiveSplits::from_static(&config.deployments);
+        let match_on_host = config.deployments.iter().any(|d| d.matcher.host.is_some());
         let worker = Worker {
             config,
             splits,
             metrics,
             pending: PendingReports::default(),
             random: RandomPool::default(),
+            match_on_host,
         };
         worker.publish_split_metrics();
         Ok(worker)
     }
 
     /// With a controller, takes in the split table from shared data when it
-    /// changed (one host call per request; decoding only on change).
+    /// changed (decoding only on change). Called on every tick and after this
+    /// worker's own sync answer, never per request: the request path reads
+    /// no shared data.
     pub(crate) fn refresh_splits(&mut self) {
         if self.config.controller.is_none() {
             return;

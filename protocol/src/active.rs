@@ -1,9 +1,9 @@
 //! What each configured deployment routes by right now.
 //!
-//! The filter asks proxy shared data for the split table on every request,
-//! but decodes it only when the shared-data CAS changed since the last look;
-//! a table that does not decode is remembered as seen (so it is not decoded
-//! again per request) and the last good splits stay in force.
+//! The filter asks proxy shared data for the split table on every sync tick
+//! (never per request), but decodes it only when the shared-data CAS changed
+//! since the last look; a table that does not decode is remembered as seen
+//! (so it is not decoded again) and the last good splits stay in force.
 
 use crate::config::Deployment;
 use crate::split::{DeploymentSplit, SplitTable, SplitTableError};

@@ -1,8 +1,8 @@
 //! The filter's request path without Envoy: the pure work one request costs
-//! in the filter, in the filter's order — find the deployment, look at the
-//! split table (unchanged, so nothing is decoded), draw the role, class the
-//! outcome, record the statistics, and every thousand requests drain a
-//! report as a sync would.
+//! in the filter, in the filter's order — find the deployment, take the split
+//! in force, draw the role, class the outcome, record the statistics, and
+//! every thousand requests drain a report as a sync would. (The split table
+//! is taken in from shared data on the sync tick, not per request.)
 //!
 //! `coalmine-request-path N` runs N requests. `make bench` counts its
 //! instructions under callgrind for N and 2N; the difference divided by N is
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("usage: coalmine-request-path <requests>"))?;
     let plugin = coalmine_e2e::EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
     let config = PluginConfig::parse(plugin.to_string().as_bytes())?;
-    let mut splits = ActiveSplits::from_static(&config.deployments);
+    let splits = ActiveSplits::from_static(&config.deployments);
     let mut pending = PendingReports::default();
     // A fixed xorshift stream stands in for the host's entropy.
     let mut draw: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -38,8 +38,6 @@ fn main() -> anyhow::Result<()> {
         ) else {
             continue;
         };
-        // The table's CAS is unchanged: nothing to read or decode.
-        let _ = splits.observe(&config.deployments, None, || None);
         let Some(split) = splits.get(index).cloned() else {
             continue;
         };
