@@ -18,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use coalmine_protocol::sync::{SyncRequest, SyncResponse};
+use coalmine_protocol::sync::{MAX_WAIT_MS, SyncRequest, SyncResponse};
 use coalmine_protocol::{Bps, Target};
 use extract::{JsonBody, Operator, OptionalJsonBody, SyncCaller};
 use serde::{Deserialize, Serialize};
@@ -439,12 +439,30 @@ async fn set_policy(
     run(&s, &name, Command::SetPolicy { policy }, &actor).await
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncQuery {
+    /// Hold the answer up to this long while the caller's table is current.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
 async fn sync(
     State(s): State<AppState>,
     _caller: SyncCaller,
+    query: Result<Query<SyncQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(req): JsonBody<SyncRequest>,
 ) -> ApiResult<Json<SyncResponse>> {
-    Ok(Json(s.controller.sync(&req, now_ms())?))
+    let Query(q) =
+        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    if q.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::BadRequest(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}, got {}",
+            q.wait_ms
+        )));
+    }
+    let wait = std::time::Duration::from_millis(q.wait_ms);
+    Ok(Json(s.controller.sync_held(&req, now_ms(), wait).await?))
 }
 
 #[cfg(test)]

@@ -57,9 +57,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = watch::channel(false);
+    let releasing = controller.clone();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
+        // Held sync calls would otherwise keep the drain waiting.
+        releasing.release_held_syncs();
     });
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&s| s).await;

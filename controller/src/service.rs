@@ -16,8 +16,10 @@ use coalmine_protocol::{Role, SplitTable, Target};
 use serde::Serialize;
 use serde_json::Map;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// Seconds after a change of share before the observed split is compared
 /// with it (the proxies' sync interval and reporting lag, with margin).
@@ -166,7 +168,10 @@ pub struct Controller {
     windows: Mutex<Windows>,
     /// Last sequence number counted per (proxy, instance).
     instances: Mutex<HashMap<(String, String), Instance>>,
-    table: RwLock<Arc<SplitTable>>,
+    /// The split table; held sync calls wait for it to change.
+    table: watch::Sender<Arc<SplitTable>>,
+    /// Set on shutdown: held sync calls answer at once.
+    closing: AtomicBool,
     history: Mutex<HashMap<String, VecDeque<Sample>>>,
     metrics: Arc<Metrics>,
     notifier: Arc<dyn Notifier>,
@@ -221,7 +226,8 @@ impl Controller {
             }),
             windows: Mutex::new(Windows::default()),
             instances: Mutex::new(HashMap::new()),
-            table: RwLock::new(Arc::new(table)),
+            table: watch::Sender::new(Arc::new(table)),
+            closing: AtomicBool::new(false),
             history: Mutex::new(HashMap::new()),
             metrics,
             notifier,
@@ -234,7 +240,13 @@ impl Controller {
 
     /// The split table as the proxies receive it.
     pub fn table(&self) -> Arc<SplitTable> {
-        self.table.read().map(|t| t.clone()).unwrap_or_default()
+        self.table.borrow().clone()
+    }
+
+    /// Answers held sync calls now and holds no more (on shutdown).
+    pub fn release_held_syncs(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.table.send_modify(|_| {});
     }
 
     /// Commits a transition, then applies it. The epoch moves when the split
@@ -281,9 +293,7 @@ impl Controller {
         if epoch != state.epoch {
             state.epoch = epoch;
             let table = Arc::new(table_of(&state.deployments, epoch));
-            if let Ok(mut slot) = self.table.write() {
-                *slot = table;
-            }
+            self.table.send_replace(table);
         }
         Ok(stored)
     }
@@ -406,6 +416,31 @@ impl Controller {
     }
 
     /// A filter worker's sync: counts its report once, answers the table.
+    /// [`Controller::sync`], then, when the worker already holds the
+    /// current table, holds the answer for up to `wait` until the table
+    /// changes (or shutdown). The report is counted before the hold.
+    pub async fn sync_held(
+        &self,
+        req: &SyncRequest,
+        now: Millis,
+        wait: Duration,
+    ) -> Result<SyncResponse, ServiceError> {
+        // Subscribed before the report is taken in, so no change is missed.
+        let mut changes = self.table.subscribe();
+        let answer = self.sync(req, now)?;
+        if wait.is_zero() || answer.table.epoch != req.epoch || self.closing.load(Ordering::SeqCst)
+        {
+            return Ok(answer);
+        }
+        if tokio::time::timeout(wait, changes.changed()).await.is_err() {
+            return Ok(answer);
+        }
+        Ok(SyncResponse {
+            table: SplitTable::clone(&self.table()),
+            ..answer
+        })
+    }
+
     pub fn sync(&self, req: &SyncRequest, now: Millis) -> Result<SyncResponse, ServiceError> {
         let checked = req.check().and_then(|()| {
             // Decode everything before touching any state: a bad report changes nothing.
@@ -663,6 +698,93 @@ mod tests {
         };
         c.sync(&good, now_ms()).unwrap();
         assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 10);
+    }
+
+    fn held_request(epoch: u64) -> SyncRequest {
+        SyncRequest {
+            proxy: "envoy-1".into(),
+            instance: format!("worker-at-epoch-{epoch}"),
+            seq: 1,
+            epoch,
+            reports: vec![report(Role::Baseline, "v1", 3, 0)],
+        }
+    }
+
+    /// Holds are 30 s; each step must end long before that, so an answer
+    /// that only came from the hold running out fails the test.
+    const HOLD: Duration = Duration::from_secs(30);
+    const PROMPT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_held_sync_answers_when_the_table_changes() {
+        let c = controller().await;
+        c.create("heart-prod", target("v1"), Policy::default(), "operator")
+            .await
+            .unwrap();
+        let current = c.epoch().await;
+
+        // A worker behind the table gets its answer at once.
+        let behind = held_request(0);
+        let behind = tokio::time::timeout(PROMPT, c.sync_held(&behind, now_ms(), HOLD));
+        assert_eq!(behind.await.unwrap().unwrap().table.epoch, current);
+
+        // A current worker is held until the table changes, then gets it.
+        let held = {
+            let c = c.clone();
+            tokio::spawn(async move { c.sync_held(&held_request(current), now_ms(), HOLD).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished());
+        let reg = Command::RegisterVersion {
+            version: "v2".into(),
+            cluster: "heart-v2".into(),
+            metadata: serde_json::json!({}),
+        };
+        c.command("heart-prod", reg, "operator").await.unwrap();
+        let start = Command::StartCanary {
+            version: "v2".into(),
+            percent: Some(20.0),
+            steps: None,
+            bake_seconds: None,
+        };
+        c.command("heart-prod", start, "operator").await.unwrap();
+        let answer = tokio::time::timeout(PROMPT, held)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.table.epoch, current + 1);
+        assert_eq!(answer.table.deployments[0].canary_bps.get(), 2000);
+        // The report was counted when the call came in, not when it ended.
+        assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 6);
+    }
+
+    #[tokio::test]
+    async fn a_held_sync_ends_after_its_wait_or_at_shutdown() {
+        let c = controller().await;
+        c.create("heart-prod", target("v1"), Policy::default(), "operator")
+            .await
+            .unwrap();
+        let current = c.epoch().await;
+        let t0 = std::time::Instant::now();
+        let short = Duration::from_millis(200);
+        let unchanged = c.sync_held(&held_request(current), now_ms(), short).await;
+        assert_eq!(unchanged.unwrap().table.epoch, current);
+        assert!(t0.elapsed() >= short);
+
+        let held = {
+            let c = c.clone();
+            tokio::spawn(async move { c.sync_held(&held_request(current), now_ms(), HOLD).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished());
+        c.release_held_syncs();
+        let released = tokio::time::timeout(PROMPT, held).await.unwrap().unwrap();
+        assert_eq!(released.unwrap().table.epoch, current);
+        // After shutdown began nothing is held.
+        let late = held_request(current);
+        let late = tokio::time::timeout(PROMPT, c.sync_held(&late, now_ms(), HOLD));
+        assert_eq!(late.await.unwrap().unwrap().table.epoch, current);
     }
 
     #[tokio::test]

@@ -1,15 +1,19 @@
 //! The sync loop of one worker (driven by the root context's tick).
 //!
-//! Every `interval_ms`: check the lease, then send the next report (or the
-//! unacknowledged one again) to the controller. A good answer puts the table
-//! into shared data, where every worker of the proxy sees it on its next
-//! request, and renews the lease for all of them. A failed, timed-out or
-//! unparsable answer keeps the last good table and the pending report.
+//! Every `interval_ms`: check the lease, take in the table other workers put
+//! into shared data, then send the next report (or the unacknowledged one
+//! again) to the controller, asking it to hold the answer until shortly
+//! before the next tick unless the split table changes first (`wait_ms`).
+//! So a change reaches every worker as soon as the controller makes it, not
+//! on the next tick. A good answer renews the lease for all workers and puts
+//! a new table into shared data; an answer that came early (the table
+//! changed) is followed at once by the next held call. A failed, timed-out
+//! or unparsable answer keeps the last good table and the pending report.
 
 use crate::host;
 use crate::root::{SPLIT_TABLE_KEY, Worker};
 use coalmine_protocol::config::ControllerConfig;
-use coalmine_protocol::sync::{Outbox, SyncResponse, lease_expired};
+use coalmine_protocol::sync::{Outbox, SyncResponse, hold_ms, lease_expired, sync_path};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
@@ -19,13 +23,21 @@ const LEASE_KEY: &str = "coalmine.lease_until_ms";
 /// `expired` or `ok`: lets exactly one worker per proxy log a transition.
 const LEASE_STATE_KEY: &str = "coalmine.lease_state";
 
+/// At most this many sync calls per tick interval (one regular, the rest
+/// following early answers).
+const MAX_CALLS_PER_TICK: u32 = 4;
+
 #[derive(Debug)]
 pub(crate) struct Syncer {
     controller: ControllerConfig,
     outbox: Outbox,
-    /// The call under way: its token and when it was sent.
-    in_flight: Option<(u32, u64)>,
+    /// The call under way: its token, when it was sent and how long the
+    /// controller may hold it.
+    in_flight: Option<(u32, u64, u64)>,
     started_ms: u64,
+    last_tick_ms: u64,
+    /// Calls sent since the last tick; bounds early re-sends.
+    calls_this_tick: u32,
     failing: bool,
 }
 
@@ -56,39 +68,54 @@ impl Syncer {
             outbox: Outbox::new(proxy, instance_id()),
             in_flight: None,
             started_ms: now_ms(),
+            last_tick_ms: 0,
+            calls_this_tick: 0,
             failing: false,
         }
     }
 
     pub(crate) fn on_tick(&mut self, worker: &mut Worker) {
         let now = now_ms();
+        self.last_tick_ms = now;
+        self.calls_this_tick = 0;
         self.check_lease(worker, now);
-        if let Some((_, sent)) = self.in_flight {
+        worker.refresh_splits();
+        if let Some((_, sent, wait)) = self.in_flight {
             // Envoy answers every call (a timeout is an answer); this only
             // guards against a lost callback.
             let limit = self.controller.timeout + self.controller.interval;
-            if now.saturating_sub(sent) < u64::try_from(limit.as_millis()).unwrap_or(u64::MAX) {
+            let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+            if now.saturating_sub(sent) < limit.saturating_add(wait) {
                 return;
             }
             self.in_flight = None;
             self.failed(worker, "no answer");
         }
-        worker.refresh_splits();
+        self.send(worker, now);
+    }
+
+    /// Sends the next report, held until shortly before the next tick.
+    fn send(&mut self, worker: &mut Worker, now: u64) {
+        let interval = u64::try_from(self.controller.interval.as_millis()).unwrap_or(u64::MAX);
+        let wait = hold_ms(interval, now.saturating_sub(self.last_tick_ms));
         let epoch = worker.splits.epoch().unwrap_or(0);
         let body = self.outbox.body(epoch, || worker.drain_reports()).to_vec();
         let c = &self.controller;
+        let path = sync_path(&c.path, wait);
         let auth = c.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
             (":method", "POST"),
-            (":path", c.path.as_str()),
+            (":path", path.as_str()),
             (":authority", c.authority.as_str()),
             ("content-type", "application/json"),
         ];
         if let Some(auth) = auth.as_deref() {
             headers.push(("authorization", auth));
         }
-        match hostcalls::dispatch_http_call(&c.cluster, headers, Some(&body), vec![], c.timeout) {
-            Ok(token) => self.in_flight = Some((token, now)),
+        let timeout = c.timeout + Duration::from_millis(wait);
+        self.calls_this_tick = self.calls_this_tick.saturating_add(1);
+        match hostcalls::dispatch_http_call(&c.cluster, headers, Some(&body), vec![], timeout) {
+            Ok(token) => self.in_flight = Some((token, now, wait)),
             Err(status) => {
                 let why = format!("cannot call cluster {:?}: {status:?}", c.cluster);
                 self.failed(worker, &why);
@@ -98,7 +125,7 @@ impl Syncer {
 
     pub(crate) fn on_response(&mut self, worker: &mut Worker, token: u32, body_size: usize) {
         match self.in_flight {
-            Some((t, _)) if t == token => self.in_flight = None,
+            Some((t, _, _)) if t == token => self.in_flight = None,
             _ => return,
         }
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
@@ -144,6 +171,16 @@ impl Syncer {
                 "sync with the controller restored (seq {})",
                 self.outbox.seq()
             );
+        }
+        // An answer that came early (the table changed): hold the next call
+        // now, so a further change also arrives at once. The bound keeps a
+        // controller that never holds from being called in a loop.
+        let now = now_ms();
+        let interval = u64::try_from(self.controller.interval.as_millis()).unwrap_or(u64::MAX);
+        if self.calls_this_tick < MAX_CALLS_PER_TICK
+            && hold_ms(interval, now.saturating_sub(self.last_tick_ms)) > 0
+        {
+            self.send(worker, now);
         }
     }
 

@@ -313,6 +313,37 @@ pub fn lease_expired(
     now_ms > until
 }
 
+/// The longest a sync call may ask the controller to hold its answer.
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// A held sync call comes back this long before the worker's next tick, so
+/// the tick finds no call in flight and sends the next report on time.
+pub const HOLD_MARGIN_MS: u64 = 100;
+/// Below this a hold is not worth a call of its own.
+pub const MIN_HOLD_MS: u64 = 100;
+
+/// How long the controller may hold a sync call sent `since_tick_ms` after
+/// the worker's last tick (`?wait_ms=`): until shortly before the next tick.
+/// The controller answers at once when the split table differs from the
+/// worker's epoch and otherwise as soon as it changes, so operator changes
+/// and rollbacks reach every worker without waiting for its next tick.
+/// 0 (an ordinary call) when too little time is left.
+pub fn hold_ms(interval_ms: u64, since_tick_ms: u64) -> u64 {
+    let hold = interval_ms
+        .saturating_sub(since_tick_ms)
+        .saturating_sub(HOLD_MARGIN_MS)
+        .min(MAX_WAIT_MS);
+    if hold < MIN_HOLD_MS { 0 } else { hold }
+}
+
+/// `path` with the hold as a query parameter (none for 0).
+pub fn sync_path(path: &str, wait_ms: u64) -> String {
+    if wait_ms == 0 {
+        return path.to_string();
+    }
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}wait_ms={wait_ms}")
+}
+
 /// One worker's statistics since its last report, per deployment (by its
 /// index in the configuration), role and version.
 #[derive(Debug, Default)]
@@ -388,6 +419,24 @@ impl PendingReports {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_ends_before_the_next_tick() {
+        assert_eq!(hold_ms(1000, 0), 900);
+        assert_eq!(hold_ms(1000, 350), 550);
+        // Too close to the next tick, or past it: an ordinary call.
+        assert_eq!(hold_ms(1000, 850), 0);
+        assert_eq!(hold_ms(1000, 5000), 0);
+        assert_eq!(hold_ms(100, 0), 0);
+        assert_eq!(hold_ms(3_600_000, 0), MAX_WAIT_MS);
+    }
+
+    #[test]
+    fn hold_goes_into_the_query() {
+        assert_eq!(sync_path("/v1/sync", 0), "/v1/sync");
+        assert_eq!(sync_path("/v1/sync", 900), "/v1/sync?wait_ms=900");
+        assert_eq!(sync_path("/sync?x=1", 900), "/sync?x=1&wait_ms=900");
+    }
     use proptest::prelude::*;
 
     fn stats(latencies: &[u64], errors: u64) -> RoleStats {

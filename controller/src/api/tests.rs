@@ -596,9 +596,34 @@ async fn sync_reports_and_dedup() {
         "bad_request",
         "2xx",
     );
+    let held = json!({"proxy": "p", "instance": "i", "seq": 1, "epoch": 0, "reports": [report]});
+    for (query, needle) in [
+        ("?wait_ms=60001", "at most 60000"),
+        ("?wait_ms=-1", "wait_ms"),
+        ("?hold=5", "unknown field"),
+    ] {
+        let path = format!("/v1/sync{query}");
+        assert_error(
+            &call(&app, "POST", &path, Some(SYNC), Some(held.clone())).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            needle,
+        );
+    }
     let (_, health) = call(&app, "GET", "/v1/deployments/heart-prod/health", None, None).await;
     assert_eq!(
         health["baseline"]["requests"], 25,
         "refused reports change nothing"
     );
+    // A worker behind the table is answered at once, hold or not.
+    let (status, resp) = call(
+        &app,
+        "POST",
+        "/v1/sync?wait_ms=60000",
+        Some(SYNC),
+        Some(held),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["table"]["epoch"], 1);
 }
