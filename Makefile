@@ -21,11 +21,11 @@ setup: ## install what the build and tests need (idempotent)
 build: setup build-wasm build-native ## build the filter (wasm) and the native binaries
 
 build-wasm:
-	$(CARGO) build --release -p coalmine-filter --target $(WASM_TARGET)
+	$(CARGO) build --release -p coalmine-filter -p coalmine-empty-filter --target $(WASM_TARGET)
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
 build-native:
-	$(CARGO) build --release --workspace --exclude coalmine-filter --bins
+	$(CARGO) build --release --workspace --exclude coalmine-filter --exclude coalmine-empty-filter --bins
 
 fmt: ## format the code
 	$(CARGO) fmt --all
@@ -33,7 +33,7 @@ fmt: ## format the code
 lint: ## rustfmt check, clippy -D warnings natively and on wasm32
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) clippy -p coalmine-filter -p coalmine-protocol --target $(WASM_TARGET) --locked -- -D warnings
+	$(CARGO) clippy -p coalmine-filter -p coalmine-empty-filter -p coalmine-protocol --target $(WASM_TARGET) --locked -- -D warnings
 
 validate: build-wasm ## envoy --mode validate on every shipped Envoy config
 	@for f in envoy/*.yaml; do \

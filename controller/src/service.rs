@@ -700,6 +700,25 @@ mod tests {
         assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 10);
     }
 
+    async fn register_v2(c: &Controller) {
+        let reg = Command::RegisterVersion {
+            version: "v2".into(),
+            cluster: "heart-v2".into(),
+            metadata: serde_json::json!({}),
+        };
+        c.command("heart-prod", reg, "operator").await.unwrap();
+    }
+
+    async fn start_v2(c: &Controller, percent: Option<f64>) {
+        let start = Command::StartCanary {
+            version: "v2".into(),
+            percent,
+            steps: None,
+            bake_seconds: None,
+        };
+        c.command("heart-prod", start, "operator").await.unwrap();
+    }
+
     fn held_request(epoch: u64) -> SyncRequest {
         SyncRequest {
             proxy: "envoy-1".into(),
@@ -735,19 +754,8 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!held.is_finished());
-        let reg = Command::RegisterVersion {
-            version: "v2".into(),
-            cluster: "heart-v2".into(),
-            metadata: serde_json::json!({}),
-        };
-        c.command("heart-prod", reg, "operator").await.unwrap();
-        let start = Command::StartCanary {
-            version: "v2".into(),
-            percent: Some(20.0),
-            steps: None,
-            bake_seconds: None,
-        };
-        c.command("heart-prod", start, "operator").await.unwrap();
+        register_v2(&c).await;
+        start_v2(&c, Some(20.0)).await;
         let answer = tokio::time::timeout(PROMPT, held)
             .await
             .unwrap()
@@ -794,20 +802,9 @@ mod tests {
             .await
             .unwrap();
         let e1 = c.epoch().await;
-        let reg = Command::RegisterVersion {
-            version: "v2".into(),
-            cluster: "heart-v2".into(),
-            metadata: serde_json::json!({}),
-        };
-        c.command("heart-prod", reg, "operator").await.unwrap();
+        register_v2(&c).await;
         assert_eq!(c.epoch().await, e1);
-        let start = Command::StartCanary {
-            version: "v2".into(),
-            percent: Some(20.0),
-            steps: None,
-            bake_seconds: None,
-        };
-        c.command("heart-prod", start, "operator").await.unwrap();
+        start_v2(&c, Some(20.0)).await;
         assert_eq!(c.epoch().await, e1 + 1);
         assert_eq!(c.table().deployments[0].canary_bps.get(), 2000);
     }
@@ -822,19 +819,8 @@ mod tests {
         c.create("heart-prod", target("v1"), policy, "operator")
             .await
             .unwrap();
-        let reg = Command::RegisterVersion {
-            version: "v2".into(),
-            cluster: "heart-v2".into(),
-            metadata: serde_json::json!({}),
-        };
-        c.command("heart-prod", reg, "operator").await.unwrap();
-        let start = Command::StartCanary {
-            version: "v2".into(),
-            percent: None,
-            steps: None,
-            bake_seconds: None,
-        };
-        c.command("heart-prod", start, "operator").await.unwrap();
+        register_v2(&c).await;
+        start_v2(&c, None).await;
         let now = now_ms();
         let req = SyncRequest {
             proxy: "p".into(),

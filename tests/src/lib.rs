@@ -55,7 +55,16 @@ pub fn envoy_bin() -> Result<PathBuf> {
 
 /// The release build of the filter.
 pub fn filter_wasm() -> Result<PathBuf> {
-    let wasm = workspace_root().join("target/wasm32-wasip1/release/coalmine_filter.wasm");
+    built_wasm("coalmine_filter")
+}
+
+/// The release build of the filter that does nothing (for benchmarks).
+pub fn empty_filter_wasm() -> Result<PathBuf> {
+    built_wasm("coalmine_empty_filter")
+}
+
+fn built_wasm(name: &str) -> Result<PathBuf> {
+    let wasm = workspace_root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
     if !wasm.exists() {
         bail!("{} is missing; run `make build`", wasm.display());
     }
@@ -115,6 +124,8 @@ where
 #[derive(Debug, Clone)]
 pub struct EnvoyConfig {
     doc: Value,
+    /// The module the coalmine filter runs (default: the built filter).
+    wasm: Option<PathBuf>,
 }
 
 impl EnvoyConfig {
@@ -125,7 +136,7 @@ impl EnvoyConfig {
             .with_context(|| format!("reading {}", path.display()))?;
         let doc = serde_yaml_ng::from_str(&text)
             .with_context(|| format!("parsing {}", path.display()))?;
-        Ok(EnvoyConfig { doc })
+        Ok(EnvoyConfig { doc, wasm: None })
     }
 
     fn listeners(&mut self) -> Result<&mut Vec<Value>> {
@@ -219,9 +230,18 @@ impl EnvoyConfig {
         Ok(self)
     }
 
+    /// Runs another module in the coalmine filter's place.
+    pub fn wasm_module(mut self, path: PathBuf) -> EnvoyConfig {
+        self.wasm = Some(path);
+        self
+    }
+
     /// The final bootstrap: ports 0 (Envoy picks), the built filter.
     fn render(mut self) -> Result<String> {
-        let wasm = filter_wasm()?;
+        let wasm = match self.wasm.take() {
+            Some(path) => path,
+            None => filter_wasm()?,
+        };
         self.doc["admin"]["address"]["socket_address"]["port_value"] = Value::from(0);
         for l in self.listeners()? {
             l["address"]["socket_address"]["port_value"] = Value::from(0);

@@ -45,6 +45,8 @@ pub struct Capacity {
     pub p99_limit_ms: f64,
     pub steps: Vec<Step>,
     pub controller_reports_per_s: u32,
+    /// Whether a step failed; if not, the ceiling lies above the last step.
+    pub ceiling_found: bool,
 }
 
 /// One worker's report for one second: both roles of both deployments,
@@ -169,7 +171,10 @@ pub async fn run(b: &Bench) -> Result<Capacity> {
     let (rates, seconds): (&[u32], u64) = if b.smoke {
         (&[200], 1)
     } else {
-        (&[500, 1000, 2000, 4000, 6000, 8000, 12000, 16000], 5)
+        (
+            &[500, 1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000],
+            5,
+        )
     };
     let controller = b.controller(b.cpus.proxy.as_deref()).await?;
     let pid = controller
@@ -211,11 +216,13 @@ pub async fn run(b: &Bench) -> Result<Capacity> {
     let url = controller.url("/v1/sync");
     let mut steps = Vec::new();
     let mut best = 0;
+    let mut ceiling_found = false;
     for &rate in rates {
         let s = step(b, &url, pid, rate, seconds, &pool).await?;
         let sustained = s.sustained;
         steps.push(s);
         if !sustained {
+            ceiling_found = true;
             break;
         }
         best = rate;
@@ -226,5 +233,6 @@ pub async fn run(b: &Bench) -> Result<Capacity> {
         p99_limit_ms: P99_LIMIT_MS,
         steps,
         controller_reports_per_s: best,
+        ceiling_found,
     })
 }

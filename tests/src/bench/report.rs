@@ -212,12 +212,12 @@ impl Perf {
         let d = &self.dataplane;
         let _ = writeln!(
             o,
-            "\n### Data plane\n\nwrk, 1 thread, {} connections, {} × {} s per configuration, interleaved; Envoy with {} worker on its own core; medians.\n",
-            d.connections, d.repetitions, d.seconds_per_run, d.envoy_workers
+            "\n### Data plane\n\nwrk, 1 thread; per configuration {} × ({} s with {} connections for requests/s and CPU, then {} connection for latency), interleaved; Envoy with {} worker on its own core; medians.\n",
+            d.repetitions, d.seconds_per_run, d.connections, d.latency_connections, d.envoy_workers
         );
         let _ = writeln!(
             o,
-            "| configuration | requests/s | p50 | p99 | Envoy CPU per request |\n|---|---|---|---|---|"
+            "| configuration | requests/s | p50 (1 connection) | p99 (1 connection) | Envoy CPU per request |\n|---|---|---|---|---|"
         );
         for v in &d.variants {
             let _ = writeln!(
@@ -228,12 +228,14 @@ impl Perf {
         }
         let _ = writeln!(
             o,
-            "\nThe filter vs plain Envoy: throughput × {}, p50 {:+} µs, p99 {:+} µs, CPU {:+} µs per request. Against native weighted clusters: throughput × {}.",
+            "\nThe filter vs plain Envoy: throughput × {}, p50 {:+} µs, p99 {:+} µs, CPU {:+} µs per request. Against native weighted clusters: throughput × {}. Of that, a wasm filter that does nothing already costs throughput × {} (the wasm VM); coalmine's own work, against that empty filter, × {}.",
             d.throughput_ratio_filter_vs_plain,
             d.p50_added_us,
             d.p99_added_us,
             d.cpu_us_added_per_request,
-            d.throughput_ratio_filter_vs_weighted
+            d.throughput_ratio_filter_vs_weighted,
+            d.throughput_ratio_empty_wasm_vs_plain,
+            d.throughput_ratio_filter_vs_empty_wasm
         );
         let p = &self.profile;
         let _ = writeln!(
@@ -322,6 +324,12 @@ impl Perf {
                 } else {
                     "not sustained"
                 }
+            );
+        }
+        if !c.ceiling_found {
+            let _ = writeln!(
+                o,
+                "\nEvery step was sustained: the controller's ceiling on one core lies above the largest step tried."
             );
         }
         let f = &self.footprint;

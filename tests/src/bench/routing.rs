@@ -180,14 +180,18 @@ pub async fn run(b: &Bench) -> Result<(Routing, u64)> {
     for percent in [20.0, 50.0, 100.0] {
         b.set_traffic(&controller, percent).await?;
         b.wait_share(&envoy, (percent * 100.0) as u32).await?;
-        // Warm both workers onto the new table before counting.
-        Wrk {
+        // Warm both workers onto the new table before counting; the warm-up
+        // rate bounds the counted run (wrk waits out its whole duration even
+        // after the last response, so the duration should not be generous).
+        let warm = Wrk {
             url: &url,
             connections: 16,
             duration: Duration::from_secs(1),
             limit: None,
         }
         .run(b.dir())?;
+        let at_half_rate = 2.0 * per_level as f64 / warm.requests_per_s().max(100.0);
+        let duration = Duration::from_secs_f64(at_half_rate.ceil() + 1.0);
         let settled = || async {
             let mut last = (v1.count(), v2.count());
             poll(
@@ -209,7 +213,7 @@ pub async fn run(b: &Bench) -> Result<(Routing, u64)> {
         let w = Wrk {
             url: &url,
             connections: 16,
-            duration: Duration::from_secs(if b.smoke { 5 } else { 120 }),
+            duration,
             limit: Some(per_level),
         }
         .run(b.dir())?;
