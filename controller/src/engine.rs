@@ -23,7 +23,7 @@ pub type Millis = u64;
 pub const ENGINE: &str = "engine";
 pub const OPERATOR: &str = "operator";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionState {
     Registered,
@@ -34,7 +34,7 @@ pub enum VersionState {
 }
 
 /// A model version in a deployment's registry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Version {
     pub version: String,
     pub cluster: String,
@@ -43,6 +43,7 @@ pub struct Version {
     /// The last known good version, which a rollback after a promotion
     /// returns to.
     pub pinned: bool,
+    #[schema(value_type = Object)]
     pub metadata: Value,
     pub registered_at: Millis,
 }
@@ -111,7 +112,7 @@ pub struct Deployment {
     pub versions: Vec<Version>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     DeploymentCreated,
@@ -156,11 +157,12 @@ impl EventKind {
 }
 
 /// Something that happened, why, and the numbers behind it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub kind: EventKind,
     pub actor: String,
     pub reason: String,
+    #[schema(value_type = Object)]
     pub numbers: Map<String, Value>,
 }
 
@@ -413,7 +415,7 @@ pub fn command(
                 )));
             }
             let v = d.version(&version).ok_or_else(|| {
-                Refusal::NotFound(format!(
+                Refusal::Conflict(format!(
                     "version {version} is not registered for {}; register it with POST /v1/deployments/{}/versions",
                     d.name, d.name
                 ))
@@ -1210,7 +1212,7 @@ mod tests {
         };
         assert!(matches!(
             command(&d, missing, OPERATOR, T0),
-            Err(Refusal::NotFound(_))
+            Err(Refusal::Conflict(_))
         ));
         let dup = Command::RegisterVersion {
             version: "v1".into(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// Thresholds a canary is compared against its baseline with.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     /// Canary error rate above baseline's by more than this (0.05 = 5 pp).
@@ -20,7 +20,7 @@ pub struct Thresholds {
     pub p95_delta_ms: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromoteRule {
     pub min_canary_requests: u64,
@@ -39,7 +39,7 @@ impl Default for PromoteRule {
 }
 
 /// Absolute service levels; a breach counts as CRITICAL.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Slo {
     pub max_error_rate: Option<f64>,
@@ -64,6 +64,33 @@ impl Serialize for Significance {
         }
     }
 }
+
+/// As JSON: `"none"` or `{"alpha": 0.01}`.
+impl utoipa::PartialSchema for Significance {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["none"])),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .property("alpha", ObjectBuilder::new().schema_type(Type::Number))
+                    .required("alpha")
+                    .additional_properties(Some(
+                        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                    )),
+            )
+            .description(Some(
+                "The statistical guard: \"none\" (the bare thresholds) or {\"alpha\": level}",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Significance {}
 
 impl<'de> Deserialize<'de> for Significance {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -90,7 +117,7 @@ impl<'de> Deserialize<'de> for Significance {
 
 /// A deployment's policy. Every field is optional in JSON; the defaults are
 /// the seed rule set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     pub window_seconds: u64,
@@ -265,7 +292,7 @@ pub fn validate_steps(field: &str, steps: &[f64]) -> Result<(), PolicyError> {
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum VerdictKind {
     Critical,
@@ -274,7 +301,7 @@ pub enum VerdictKind {
     InsufficientData,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Recommendation {
     Rollback,
@@ -284,10 +311,11 @@ pub enum Recommendation {
 }
 
 /// One finding, with the numbers behind it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reason {
     pub code: String,
     pub message: String,
+    #[schema(value_type = Object)]
     pub numbers: Map<String, Value>,
 }
 

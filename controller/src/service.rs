@@ -98,7 +98,7 @@ const INSTANCE_TTL_MS: u64 = 3_600_000;
 pub const HISTORY_SAMPLES: usize = 900;
 
 /// One point of a deployment's history, for charts.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Sample {
     pub at: Millis,
     pub canary_percent: f64,
@@ -135,7 +135,7 @@ pub enum ServiceError {
 }
 
 /// A verdict with the statistics it was made from.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub verdict: VerdictKind,
     pub recommendation: Recommendation,

@@ -29,7 +29,7 @@ pub struct Commit<'a> {
 }
 
 /// An event as stored: with its id, deployment and time.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub id: i64,
     pub deployment: String,

@@ -444,7 +444,8 @@ fn check_header_name(name: &str) -> Result<(), String> {
 }
 
 /// Deployment names appear in metric names and labels: 1–63 characters of
-/// `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
+/// `a-z`, `0-9`, `-` and `_`, starting with a letter or digit (the API's
+/// schema says so as `^[a-z0-9][a-z0-9_-]{0,62}$`).
 pub fn check_deployment_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63

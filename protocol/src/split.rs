@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Which side of a canary comparison served a request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -45,6 +46,11 @@ impl fmt::Display for Role {
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(try_from = "u16", into = "u16")]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = u16, maximum = 10_000)
+)]
 pub struct Bps(u16);
 
 impl Bps {
@@ -100,10 +106,13 @@ impl fmt::Display for Bps {
 
 /// One model version as the proxy reaches it: the version label and the
 /// Envoy cluster that serves it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[!-~]{1,256}$"))]
     pub version: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[!-~]{1,256}$"))]
     pub cluster: String,
 }
 
@@ -133,6 +142,7 @@ pub(crate) fn check_token(what: &str, value: &str) -> Result<(), String> {
 }
 
 /// How one deployment is split right now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSplit {
@@ -164,6 +174,7 @@ impl DeploymentSplit {
 }
 
 /// Every deployment's split, stamped with the controller's epoch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitTable {

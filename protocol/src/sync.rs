@@ -23,6 +23,7 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MAX_HISTOGRAM_BYTES: usize = 64 * 1024;
 
 /// What a filter worker sends.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
@@ -39,6 +40,7 @@ pub struct SyncRequest {
 }
 
 /// One deployment role's delta since the last acknowledged report.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleReport {
@@ -52,6 +54,7 @@ pub struct RoleReport {
 }
 
 /// Requests per outcome class.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomeCounts {
@@ -99,6 +102,7 @@ impl OutcomeCounts {
 }
 
 /// What the controller answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncResponse {

@@ -11,12 +11,14 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
 
 /// A JSON body; unknown fields are refused by the target types.
 #[derive(Debug)]
 pub(super) struct JsonBody<T>(pub T);
 
-/// A JSON body that may be left out entirely (then `T::default()`).
+/// A JSON body that may be left out entirely, or be `null` (then
+/// `T::default()`).
 #[derive(Debug)]
 pub(super) struct OptionalJsonBody<T>(pub T);
 
@@ -32,7 +34,19 @@ async fn bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
         })
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Checks a body against its type's schema in the published OpenAPI
+/// document, then reads it into the type: what the document says is what
+/// the API accepts (a struct as an array, say, is refused).
+fn parse<T: DeserializeOwned + ToSchema>(bytes: &[u8], state: &AppState) -> Result<T, ApiError> {
+    let value: serde_json::Value = parse_as(bytes)?;
+    match state.schemas.get() {
+        Some(schemas) => schemas.check(&T::name(), &value)?,
+        None => return Err(ApiError::Unavailable("the controller is starting".into())),
+    }
+    parse_as(bytes)
+}
+
+fn parse_as<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -46,7 +60,7 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T: DeserializeOwned + ToSchema> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = bytes(req, state).await?;
@@ -55,18 +69,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 "a JSON request body is required".into(),
             ));
         }
-        parse(&bytes).map(JsonBody)
+        parse(&bytes, state).map(JsonBody)
     }
 }
 
-impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + ToSchema + Default> FromRequest<AppState> for OptionalJsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
         }
-        parse(&bytes).map(OptionalJsonBody)
+        if serde_json::from_slice::<()>(&bytes).is_ok() {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse(&bytes, state).map(OptionalJsonBody)
     }
 }
 
