@@ -538,8 +538,9 @@ pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
         let established = match guard {
             None => true,
             Some(a) => {
-                let (x, n) = (canary.errors, canary.errors + baseline.errors);
-                let share = canary.requests as f64 / (canary.requests + baseline.requests) as f64;
+                let (x, n) = (canary.errors, canary.errors.saturating_add(baseline.errors));
+                let share =
+                    canary.requests as f64 / (canary.requests as f64 + baseline.requests as f64);
                 let test = RateAbove::test(x, n, share, a / 2.0);
                 test.record(&mut numbers, "canary_share_of_errors");
                 if let Value::Object(m) = &mut numbers {
@@ -788,6 +789,25 @@ pub(crate) mod tests {
             significance: Significance::None,
             ..Policy::default()
         }
+    }
+
+    #[test]
+    fn counts_at_the_limit_of_u64_do_not_overflow() {
+        // Found by the policy fuzz target: the significance guard added both
+        // roles' counts.
+        let p = Policy::default();
+        let v = eval(
+            &p,
+            &role(u64::MAX, u64::MAX, 10.0),
+            &role(u64::MAX, u64::MAX, 10.0),
+        );
+        assert!(!v.reasons.is_empty());
+        let v = eval(
+            &p,
+            &role(u64::MAX, 0, 10.0),
+            &role(u64::MAX, u64::MAX / 10, 10.0),
+        );
+        assert_eq!(v.verdict, VerdictKind::Critical, "{v:?}");
     }
 
     #[test]

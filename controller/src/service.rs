@@ -71,7 +71,7 @@ pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
             classes,
         );
         let k = windows.stats(&d.name, Role::Canary, v, to, span, classes);
-        (k.requests, k.requests + b.requests)
+        (k.requests, k.requests.saturating_add(b.requests))
     };
     Observations {
         baseline,

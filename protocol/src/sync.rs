@@ -21,6 +21,10 @@ pub const MAX_REPORTS: usize = 1024;
 pub const MAX_ID_LEN: usize = 256;
 /// An encoded histogram longer than this is refused before decoding.
 pub const MAX_HISTOGRAM_BYTES: usize = 64 * 1024;
+/// One report claiming more requests than this is refused: about three
+/// hours of a million requests a second, far above anything a worker
+/// accumulates, and far enough below `u64::MAX` that sums cannot overflow.
+pub const MAX_REPORT_REQUESTS: u64 = 1 << 40;
 
 /// What a filter worker sends.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -126,6 +130,8 @@ pub enum ReportError {
     Histogram(String),
     #[error("counts say {counts} requests but the latency histogram holds {histogram}")]
     CountMismatch { counts: u64, histogram: u64 },
+    #[error("{0} requests in one report is more than the limit of {MAX_REPORT_REQUESTS}")]
+    TooManyRequests(u64),
 }
 
 /// Encodes a latency histogram for a report.
@@ -212,8 +218,11 @@ impl RoleReport {
 
     /// Decodes the histogram and checks it agrees with the counts.
     pub fn decode(&self) -> Result<(OutcomeCounts, Histogram<u64>), ReportError> {
-        let h = decode_histogram(&self.latency_us)?;
         let total = self.counts.total();
+        if total > MAX_REPORT_REQUESTS {
+            return Err(ReportError::TooManyRequests(total));
+        }
+        let h = decode_histogram(&self.latency_us)?;
         if h.len() != total {
             return Err(ReportError::CountMismatch {
                 counts: total,
@@ -532,6 +541,26 @@ mod tests {
                 histogram: 2
             })
         );
+    }
+
+    #[test]
+    fn absurd_counts_are_refused_before_the_histogram_is_read() {
+        // A histogram's counts are varints: a few bytes can claim 2^63
+        // requests. Refused, so window sums can never overflow.
+        let mut h = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG).unwrap();
+        h.record_n(1000, 1 << 62).unwrap();
+        let mut r = RoleReport::from_stats("d", Role::Canary, "v2", &stats(&[], 0));
+        r.latency_us = encode_histogram(&h);
+        r.counts.server_error = 1 << 62;
+        assert_eq!(r.decode(), Err(ReportError::TooManyRequests(1 << 62)));
+        r.counts.server_error = MAX_REPORT_REQUESTS + 1;
+        assert!(matches!(r.decode(), Err(ReportError::TooManyRequests(_))));
+        r.counts = OutcomeCounts {
+            success: u64::MAX,
+            client_error: u64::MAX,
+            ..OutcomeCounts::default()
+        };
+        assert_eq!(r.decode(), Err(ReportError::TooManyRequests(u64::MAX)));
     }
 
     #[test]
