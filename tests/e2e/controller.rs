@@ -3,116 +3,11 @@
 
 use anyhow::{Result, bail, ensure};
 use coalmine_e2e::{
-    ControllerProc, Envoy, EnvoyConfig, Load, SYNC_TOKEN, Upstream, poll, prometheus_value,
+    INTERVAL_MS, Load, SYNC_TOKEN, Stack, canary_traffic_stops, first_canary_response, poll,
+    prometheus_value, role_counts,
 };
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-const INTERVAL_MS: u64 = 1000;
-
-struct Stack {
-    controller: ControllerProc,
-    v1: Upstream,
-    v2: Upstream,
-}
-
-/// The shipped plugin configuration pointed at the test controller; no
-/// static split, so nothing reaches the canary before the controller says so.
-fn plugin(lease_ms: u64) -> Result<Value> {
-    let mut p = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
-    p["controller"]["token"] = json!(SYNC_TOKEN);
-    p["controller"]["interval_ms"] = json!(INTERVAL_MS);
-    p["controller"]["lease_ms"] = json!(lease_ms);
-    if let Some(d) = p["deployments"][0].as_object_mut() {
-        d.remove("static");
-    }
-    Ok(p)
-}
-
-impl Stack {
-    async fn start(lease_ms: u64) -> Result<Stack> {
-        Ok(Stack {
-            controller: ControllerProc::start(lease_ms).await?,
-            v1: Upstream::start("heart-v1").await?,
-            v2: Upstream::start("heart-v2").await?,
-        })
-    }
-
-    async fn envoy(&self, node: &str, lease_ms: u64) -> Result<Envoy> {
-        let config = EnvoyConfig::shipped("envoy.yaml")?
-            .upstream("heart-v1", self.v1.addr)?
-            .upstream("heart-v2", self.v2.addr)?
-            .upstream("coalmine_controller", self.controller.addr)?
-            .plugin_config(&plugin(lease_ms)?)?;
-        Envoy::start_as(config, node).await
-    }
-
-    /// heart-prod on v1 with `policy`, v2 registered.
-    async fn deployment(&self, policy: Value) -> Result<()> {
-        let c = &self.controller;
-        c.call(
-            "POST",
-            "/v1/deployments",
-            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}, "policy": policy}),
-        )
-        .await?;
-        c.call(
-            "POST",
-            "/v1/deployments/heart-prod/versions",
-            json!({"version": "v2", "cluster": "heart-v2", "metadata": {"test_accuracy": 0.72}}),
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn start_canary(&self, percent: f64) -> Result<Value> {
-        self.controller
-            .call(
-                "POST",
-                "/v1/deployments/heart-prod/canary",
-                json!({"version": "v2", "percent": percent}),
-            )
-            .await
-    }
-
-    async fn deployment_state(&self) -> Result<Value> {
-        self.controller.get("/v1/deployments/heart-prod").await
-    }
-}
-
-fn is_canary(s: &coalmine_e2e::Sample) -> bool {
-    s.role.as_deref() == Some("canary")
-}
-
-/// Waits until the last `quiet` of load saw no canary response (at least
-/// `min` responses in it); returns when the last canary response was seen.
-async fn canary_traffic_stops(
-    load: &Load,
-    quiet: Duration,
-    min: usize,
-    timeout: Duration,
-) -> Result<Option<Instant>> {
-    poll("canary traffic to stop", timeout, || {
-        let samples = load.samples();
-        let now = Instant::now();
-        let recent: Vec<_> = samples
-            .iter()
-            .filter(|s| now.duration_since(s.at) < quiet)
-            .collect();
-        let stopped = recent.len() >= min && !recent.iter().any(|s| is_canary(s));
-        let last = samples.iter().filter(|s| is_canary(s)).map(|s| s.at).max();
-        async move { Ok(stopped.then_some(last)) }
-    })
-    .await
-}
-
-async fn first_canary_response(load: &Load, after: Instant) -> Result<Instant> {
-    poll("the first canary response", Duration::from_secs(15), || {
-        let first = load.since(after).into_iter().find(is_canary).map(|s| s.at);
-        async move { Ok(first) }
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_canary_is_rolled_back_automatically_and_then_gets_no_traffic() -> Result<()> {
@@ -450,24 +345,6 @@ async fn without_the_controller_canary_traffic_stops_within_the_lease() -> Resul
     Ok(())
 }
 
-/// Per role, the requests an Envoy's admin endpoint counted.
-async fn envoy_counts(envoy: &Envoy) -> Result<(f64, f64)> {
-    let text = envoy.prometheus().await?;
-    let role = |r| {
-        ["2xx", "4xx", "5xx", "reset"]
-            .iter()
-            .map(|c| {
-                prometheus_value(
-                    &text,
-                    "coalmine_requests",
-                    &[("deployment", "heart-prod"), ("role", r), ("class", c)],
-                )
-            })
-            .sum::<f64>()
-    };
-    Ok((role("baseline"), role("canary")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_proxies_reporting_to_one_controller_add_up() -> Result<()> {
     let s = Stack::start(30_000).await?;
@@ -490,7 +367,7 @@ async fn two_proxies_reporting_to_one_controller_add_up() -> Result<()> {
         )
         .await?;
     }
-    let before = (envoy_counts(&a).await?, envoy_counts(&b).await?);
+    let before = (role_counts(&a).await?, role_counts(&b).await?);
     for (envoy, n) in [(&a, 300), (&b, 500)] {
         for _ in 0..n {
             client
@@ -500,8 +377,8 @@ async fn two_proxies_reporting_to_one_controller_add_up() -> Result<()> {
                 .error_for_status()?;
         }
     }
-    let (ab, ac) = envoy_counts(&a).await?;
-    let (bb, bc) = envoy_counts(&b).await?;
+    let (ab, ac) = role_counts(&a).await?;
+    let (bb, bc) = role_counts(&b).await?;
     let ((ab0, ac0), (bb0, bc0)) = before;
     ensure!(
         ab + ac - ab0 - ac0 == 300.0 && bb + bc - bb0 - bc0 == 500.0,

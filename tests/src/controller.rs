@@ -99,7 +99,7 @@ impl ControllerProc {
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--db")
-            .arg(self.dir.path().join("coalmine.db"))
+            .arg(self.db_path())
             .arg("--lease-ms")
             .arg(self.lease_ms.to_string())
             .arg("--address-file")
@@ -163,6 +163,33 @@ impl ControllerProc {
         status
     }
 
+    /// Freezes the process (SIGSTOP): it holds its port and connections but
+    /// answers nothing, like a controller stuck or starved of CPU.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("not running"))?;
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {signal} {pid}: {status}");
+        }
+        Ok(())
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("coalmine.db")
+    }
+
     /// Starts again on the same address and database.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill9();
@@ -190,20 +217,37 @@ impl ControllerProc {
 
     /// An operator call (with the operator token); fails on a non-2xx status.
     pub async fn call(&self, method: &str, path: &str, body: Value) -> Result<Value> {
+        let (status, body) = self.call_status(method, path, body).await?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// An operator call; its status and JSON body, whatever the status.
+    pub async fn call_status(&self, method: &str, path: &str, body: Value) -> Result<(u16, Value)> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let resp = self
             .client
-            .request(method.clone(), self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(OPERATOR_TOKEN)
             .json(&body)
             .send()
             .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("{method} {path}: {status} {body}");
-        }
-        Ok(body)
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
+    }
+
+    /// The controller's Prometheus metrics, as text.
+    pub async fn metrics_text(&self) -> Result<String> {
+        Ok(self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// The kinds of a deployment's events, oldest first.

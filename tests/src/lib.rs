@@ -12,6 +12,8 @@
 //! - [`ControllerProc`]: the real controller binary with its own database;
 //!   it can be killed with SIGKILL and restarted on the same address.
 //! - [`Load`]: steady client traffic in the background, every response kept.
+//! - [`Stack`]: the controller and both upstreams, and Envoys pointed at
+//!   them.
 //! - [`Receiver`]: a webhook receiver that can fail or hang on purpose.
 //! - [`Browser`]: Debian's headless Chromium driven through chromedriver.
 //! - [`poll`]: wait for a condition with a deadline; tests never sleep a
@@ -28,12 +30,16 @@ mod browser;
 mod controller;
 mod load;
 mod receiver;
+mod stack;
 mod upstream;
 pub use browser::Browser;
 pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin};
 pub use load::{Load, Sample};
 pub mod bench;
 pub use receiver::Receiver;
+pub use stack::{
+    INTERVAL_MS, Stack, canary_traffic_stops, first_canary_response, is_canary, plugin, role_counts,
+};
 pub use upstream::{SeenHeaders, Upstream};
 
 /// The repository root.

@@ -1,0 +1,383 @@
+//! Faults on the real stack: a stalled controller, a restarted Envoy, a
+//! canary upstream that refuses connections, and a database that cannot be
+//! written. (A controller killed mid-canary and one restarted on its database
+//! are in `controller.rs`.)
+
+use anyhow::{Context, Result, ensure};
+use coalmine_e2e::{
+    INTERVAL_MS, Load, Stack, first_canary_response, is_canary, poll, prometheus_value,
+    role_counts, workspace_root,
+};
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const LEASE_MS: u64 = 30_000;
+
+/// heart-prod with a paused canary at `percent`: the split stays where it is
+/// whatever the numbers say, so only the fault under test moves anything.
+async fn paused_canary(s: &Stack, percent: f64) -> Result<()> {
+    s.deployment(json!({"check_interval_seconds": 1})).await?;
+    s.start_canary(percent).await?;
+    s.controller
+        .call("POST", "/v1/deployments/heart-prod/pause", json!({}))
+        .await?;
+    Ok(())
+}
+
+/// The milliseconds from send to response at quantile `q` (0..=1).
+fn latency_ms(samples: &[coalmine_e2e::Sample], q: f64) -> f64 {
+    let mut ms: Vec<f64> = samples
+        .iter()
+        .map(|s| s.at.duration_since(s.sent).as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let i = ((ms.len() as f64 - 1.0) * q).round() as usize;
+    ms.get(i).copied().unwrap_or(0.0)
+}
+
+fn canary_share(samples: &[coalmine_e2e::Sample]) -> f64 {
+    samples.iter().filter(|s| is_canary(s)).count() as f64 / samples.len().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_controller_adds_no_latency_and_resent_reports_count_once() -> Result<()> {
+    let s = Stack::start(LEASE_MS).await?;
+    let envoy = s.envoy("proxy-a", LEASE_MS).await?;
+    paused_canary(&s, 50.0).await?;
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    first_canary_response(&load, Instant::now()).await?;
+    let sync_failures = || async {
+        let text = envoy.prometheus().await?;
+        anyhow::Ok(prometheus_value(
+            &text,
+            "coalmine_sync_failures",
+            &[("deployment", "heart-prod")],
+        ))
+    };
+    let failures_before = sync_failures().await?;
+
+    // Frozen: the controller keeps its port, so sync calls connect and then
+    // hang until the filter's timeout, again and again.
+    let frozen = Instant::now();
+    s.controller.freeze()?;
+    let stalled = poll(
+        "sync calls to time out",
+        Duration::from_secs(20),
+        || async {
+            let n = sync_failures().await?;
+            let long_enough = frozen.elapsed() >= Duration::from_secs(3);
+            Ok((long_enough && n >= failures_before + 2.0).then_some(n - failures_before))
+        },
+    )
+    .await;
+    let thawed = Instant::now();
+    s.controller.thaw()?;
+    let stalled = stalled?;
+
+    let before: Vec<_> = load
+        .samples()
+        .into_iter()
+        .filter(|r| r.sent < frozen)
+        .collect();
+    let during: Vec<_> = load
+        .since(frozen)
+        .into_iter()
+        .filter(|r| r.sent < thawed)
+        .collect();
+    println!(
+        "controller frozen {:.1} s, {stalled} sync calls timed out; user requests p50/p99: {:.1}/{:.1} ms before, {:.1}/{:.1} ms during ({} requests, canary share {:.2})",
+        thawed.duration_since(frozen).as_secs_f64(),
+        latency_ms(&before, 0.5),
+        latency_ms(&before, 0.99),
+        latency_ms(&during, 0.5),
+        latency_ms(&during, 0.99),
+        during.len(),
+        canary_share(&during),
+    );
+    ensure!(during.len() >= 100, "too few requests while frozen");
+    ensure!(
+        during.iter().all(|r| r.status == 200),
+        "user requests failed while the controller was frozen"
+    );
+    // A request that waited on the sync would take the sync timeout
+    // (500 ms); these are the user's own round trips.
+    ensure!(
+        latency_ms(&during, 0.99) < 250.0,
+        "user requests were slowed while the controller was frozen"
+    );
+    ensure!(
+        (0.35..0.65).contains(&canary_share(&during)),
+        "the split did not hold while the controller was frozen"
+    );
+
+    // The reports that timed out were sent again with the same sequence
+    // numbers; the controller counts every request exactly once.
+    drop(load);
+    let (envoy_counts, controller_counts) = poll(
+        "the controller to count what Envoy counted",
+        Duration::from_secs(20),
+        || async {
+            let (b, c) = role_counts(&envoy).await?;
+            let h = s
+                .controller
+                .get("/v1/deployments/heart-prod/health")
+                .await?;
+            let seen = (
+                h["baseline"]["requests"].as_f64().unwrap_or(-1.0),
+                h["canary"]["requests"].as_f64().unwrap_or(-1.0),
+            );
+            Ok((seen == (b, c)).then_some(((b, c), seen)))
+        },
+    )
+    .await?;
+    let duplicates = prometheus_value(
+        &s.controller.metrics_text().await?,
+        "coalmine_controller_sync_reports_total",
+        &[("result", "duplicate")],
+    );
+    println!(
+        "Envoy counted {envoy_counts:?} (baseline, canary), the controller {controller_counts:?}; {duplicates} resent reports refused as duplicates"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_envoy_routes_by_the_split_after_one_sync() -> Result<()> {
+    let s = Stack::start(LEASE_MS).await?;
+    let first = s.envoy("proxy-a", LEASE_MS).await?;
+    paused_canary(&s, 30.0).await?;
+    let load = Load::start(first.url("/predict/heart"), 100);
+    first_canary_response(&load, Instant::now()).await?;
+    drop(load);
+    drop(first); // killed
+
+    let started = Instant::now();
+    let envoy = s.envoy("proxy-a", LEASE_MS).await?;
+    let ready = Instant::now();
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    let restored = first_canary_response(&load, ready).await?;
+    println!(
+        "Envoy restarted: ready after {:.2} s, first canary response {:.2} s after that (sync every {INTERVAL_MS} ms)",
+        ready.duration_since(started).as_secs_f64(),
+        restored.duration_since(ready).as_secs_f64()
+    );
+    // The first tick comes one interval after start, and its sync is
+    // answered at once (the new worker holds no table).
+    ensure!(
+        restored.duration_since(ready) <= Duration::from_millis(2 * INTERVAL_MS),
+        "the split took {:?} to come back",
+        restored.duration_since(ready)
+    );
+    let settled = poll(
+        "300 requests on the restored split",
+        Duration::from_secs(20),
+        || {
+            let recent = load.since(restored);
+            async move { Ok((recent.len() >= 300).then_some(recent)) }
+        },
+    )
+    .await?;
+    let share = canary_share(&settled);
+    println!("canary share after the restart: {share:.3} (split 30 %)");
+    ensure!((0.2..0.4).contains(&share), "share {share}");
+    ensure!(settled.iter().all(|r| r.status == 200));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_whose_upstream_refuses_connections_is_rolled_back() -> Result<()> {
+    let s = Stack::start(LEASE_MS).await?;
+    // A port nothing listens on: every connection is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let config = s.envoy_config(LEASE_MS)?.upstream("heart-v2", dead)?;
+    let envoy = coalmine_e2e::Envoy::start_as(config, "proxy-a").await?;
+    s.deployment(json!({"check_interval_seconds": 1, "window_seconds": 30}))
+        .await?;
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    let started = Instant::now();
+    s.start_canary(20.0).await?;
+    poll(
+        "the automatic rollback",
+        Duration::from_secs(30),
+        || async {
+            let kinds = s.controller.event_kinds("heart-prod").await?;
+            Ok(kinds.iter().any(|k| k == "rolled_back").then_some(()))
+        },
+    )
+    .await?;
+    let rolled_back = Instant::now();
+    let events = s
+        .controller
+        .get("/v1/deployments/heart-prod/events")
+        .await?;
+    let trigger = events
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["kind"] == "auto_rollback_triggered"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    println!(
+        "canary upstream refusing connections: rolled back {:.1} s after the start; {}",
+        rolled_back.duration_since(started).as_secs_f64(),
+        trigger["reason"]
+    );
+    ensure!(trigger["actor"] == "engine", "{events}");
+    // Envoy answered the refused requests itself; the filter counted them as
+    // the canary's errors.
+    let text = envoy.prometheus().await?;
+    let canary_errors: f64 = ["5xx", "reset"]
+        .iter()
+        .map(|c| {
+            prometheus_value(
+                &text,
+                "coalmine_requests",
+                &[
+                    ("deployment", "heart-prod"),
+                    ("role", "canary"),
+                    ("class", c),
+                ],
+            )
+        })
+        .sum();
+    ensure!(canary_errors > 0.0, "no canary errors counted");
+    let failed_canary = load
+        .samples()
+        .iter()
+        .filter(|r| is_canary(r) && r.status != 200)
+        .count();
+    ensure!(failed_canary > 0, "the canary never failed a request");
+    // From the rollback on, everything goes to the baseline and succeeds.
+    let after = Instant::now();
+    let recent = poll(
+        "200 requests after the rollback",
+        Duration::from_secs(10),
+        || {
+            let recent = load.since(after);
+            async move { Ok((recent.len() >= 200).then_some(recent)) }
+        },
+    )
+    .await?;
+    ensure!(
+        recent
+            .iter()
+            .all(|r| r.status == 200 && r.served_by == "heart-v1"),
+        "requests still failed after the rollback"
+    );
+    let versions = s
+        .controller
+        .get("/v1/deployments/heart-prod/versions")
+        .await?;
+    ensure!(versions[1]["state"] == "rolled_back", "{versions}");
+    Ok(())
+}
+
+/// Holds SQLite's write lock on `db` from another process until dropped
+/// (the child is killed on drop).
+struct DbLock {
+    _holder: tokio::process::Child,
+}
+
+impl DbLock {
+    async fn take(db: &std::path::Path) -> Result<DbLock> {
+        let script = "import sqlite3, sys, time\n\
+                      c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                      c.execute('BEGIN EXCLUSIVE')\n\
+                      print('locked', flush=True)\n\
+                      time.sleep(300)\n";
+        let mut child = tokio::process::Command::new(workspace_root().join(".venv/bin/python"))
+            .args(["-c", script])
+            .arg(db)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting python from .venv")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .context("taking the database lock")??;
+        ensure!(line.trim() == "locked", "lock helper said {line:?}");
+        Ok(DbLock { _holder: child })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_locked_database_refuses_changes_with_503_and_the_data_plane_keeps_its_split()
+-> Result<()> {
+    let s = Stack::start(LEASE_MS).await?;
+    let envoy = s.envoy("proxy-a", LEASE_MS).await?;
+    paused_canary(&s, 30.0).await?;
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    first_canary_response(&load, Instant::now()).await?;
+    let state = || async {
+        let mut d = s.deployment_state().await?;
+        if let Some(o) = d.as_object_mut() {
+            o.remove("health");
+        }
+        anyhow::Ok(d)
+    };
+    let before = state().await?;
+    let events_before = s.controller.event_kinds("heart-prod").await?;
+
+    let lock = DbLock::take(&s.controller.db_path()).await?;
+    let locked = Instant::now();
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/v1/deployments/heart-prod/traffic",
+            json!({"canary_percent": 60}),
+        ),
+        ("POST", "/v1/deployments/heart-prod/rollback", json!({})),
+        (
+            "POST",
+            "/v1/deployments/heart-prod/versions",
+            json!({"version": "v3", "cluster": "heart-v3"}),
+        ),
+    ] {
+        let (status, answer) = s.controller.call_status(method, path, body).await?;
+        println!("{method} {path} with the database locked: {status} {answer}");
+        ensure!(status == 503, "{method} {path}: {status} {answer}");
+        ensure!(answer["error"] == "unavailable", "{answer}");
+        ensure!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nothing was changed")),
+            "{answer}"
+        );
+    }
+    // Nothing changed, not even in memory; reads still work.
+    ensure!(
+        state().await? == before,
+        "state changed under a locked database"
+    );
+    ensure!(s.controller.event_kinds("heart-prod").await? == events_before);
+    // The proxies kept syncing and routing by the last table.
+    let during = load.since(locked);
+    ensure!(during.iter().all(|r| r.status == 200));
+    let share = canary_share(&during);
+    println!(
+        "while locked: {} requests, canary share {share:.3} (split 30 %)",
+        during.len()
+    );
+    ensure!((0.15..0.45).contains(&share), "share {share}");
+
+    drop(lock);
+    s.controller
+        .call(
+            "PUT",
+            "/v1/deployments/heart-prod/traffic",
+            json!({"canary_percent": 60}),
+        )
+        .await?;
+    let kinds = s.controller.event_kinds("heart-prod").await?;
+    ensure!(
+        kinds.len() == events_before.len() + 1
+            && kinds.last().map(String::as_str) == Some("traffic_changed"),
+        "{kinds:?}"
+    );
+    Ok(())
+}

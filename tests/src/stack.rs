@@ -1,0 +1,141 @@
+//! The canary stack most end-to-end tests start: the controller, a baseline
+//! and a canary upstream, and Envoys with the shipped config pointed at them.
+
+use crate::{
+    ControllerProc, Envoy, EnvoyConfig, Load, SYNC_TOKEN, Sample, Upstream, poll, prometheus_value,
+};
+use anyhow::Result;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// The filters' sync interval in these tests.
+pub const INTERVAL_MS: u64 = 1000;
+
+/// The controller and both upstreams, each on a free loopback port.
+#[derive(Debug)]
+pub struct Stack {
+    pub controller: ControllerProc,
+    pub v1: Upstream,
+    pub v2: Upstream,
+}
+
+/// The shipped plugin configuration pointed at the test controller; no
+/// static split, so nothing reaches the canary before the controller says so.
+pub fn plugin(lease_ms: u64) -> Result<Value> {
+    let mut p = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    p["controller"]["token"] = json!(SYNC_TOKEN);
+    p["controller"]["interval_ms"] = json!(INTERVAL_MS);
+    p["controller"]["lease_ms"] = json!(lease_ms);
+    if let Some(d) = p["deployments"][0].as_object_mut() {
+        d.remove("static");
+    }
+    Ok(p)
+}
+
+impl Stack {
+    pub async fn start(lease_ms: u64) -> Result<Stack> {
+        Ok(Stack {
+            controller: ControllerProc::start(lease_ms).await?,
+            v1: Upstream::start("heart-v1").await?,
+            v2: Upstream::start("heart-v2").await?,
+        })
+    }
+
+    /// The shipped Envoy config pointed at this stack.
+    pub fn envoy_config(&self, lease_ms: u64) -> Result<EnvoyConfig> {
+        EnvoyConfig::shipped("envoy.yaml")?
+            .upstream("heart-v1", self.v1.addr)?
+            .upstream("heart-v2", self.v2.addr)?
+            .upstream("coalmine_controller", self.controller.addr)?
+            .plugin_config(&plugin(lease_ms)?)
+    }
+
+    pub async fn envoy(&self, node: &str, lease_ms: u64) -> Result<Envoy> {
+        Envoy::start_as(self.envoy_config(lease_ms)?, node).await
+    }
+
+    /// heart-prod on v1 with `policy`, v2 registered.
+    pub async fn deployment(&self, policy: Value) -> Result<()> {
+        let c = &self.controller;
+        c.call(
+            "POST",
+            "/v1/deployments",
+            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}, "policy": policy}),
+        )
+        .await?;
+        c.call(
+            "POST",
+            "/v1/deployments/heart-prod/versions",
+            json!({"version": "v2", "cluster": "heart-v2", "metadata": {"test_accuracy": 0.72}}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn start_canary(&self, percent: f64) -> Result<Value> {
+        self.controller
+            .call(
+                "POST",
+                "/v1/deployments/heart-prod/canary",
+                json!({"version": "v2", "percent": percent}),
+            )
+            .await
+    }
+
+    pub async fn deployment_state(&self) -> Result<Value> {
+        self.controller.get("/v1/deployments/heart-prod").await
+    }
+}
+
+pub fn is_canary(s: &Sample) -> bool {
+    s.role.as_deref() == Some("canary")
+}
+
+/// Waits until the last `quiet` of load saw no canary response (at least
+/// `min` responses in it); returns when the last canary response was seen.
+pub async fn canary_traffic_stops(
+    load: &Load,
+    quiet: Duration,
+    min: usize,
+    timeout: Duration,
+) -> Result<Option<Instant>> {
+    poll("canary traffic to stop", timeout, || {
+        let samples = load.samples();
+        let now = Instant::now();
+        let recent: Vec<_> = samples
+            .iter()
+            .filter(|s| now.duration_since(s.at) < quiet)
+            .collect();
+        let stopped = recent.len() >= min && !recent.iter().any(|s| is_canary(s));
+        let last = samples.iter().filter(|s| is_canary(s)).map(|s| s.at).max();
+        async move { Ok(stopped.then_some(last)) }
+    })
+    .await
+}
+
+/// When the first canary response after `after` arrived.
+pub async fn first_canary_response(load: &Load, after: Instant) -> Result<Instant> {
+    poll("the first canary response", Duration::from_secs(15), || {
+        let first = load.since(after).into_iter().find(is_canary).map(|s| s.at);
+        async move { Ok(first) }
+    })
+    .await
+}
+
+/// Per role, the requests an Envoy's admin endpoint counted.
+pub async fn role_counts(envoy: &Envoy) -> Result<(f64, f64)> {
+    let text = envoy.prometheus().await?;
+    let role = |r| {
+        ["2xx", "4xx", "5xx", "reset"]
+            .iter()
+            .map(|c| {
+                prometheus_value(
+                    &text,
+                    "coalmine_requests",
+                    &[("deployment", "heart-prod"), ("role", r), ("class", c)],
+                )
+            })
+            .sum::<f64>()
+    };
+    Ok((role("baseline"), role("canary")))
+}
