@@ -21,11 +21,12 @@ pub(crate) struct DeploymentMetrics {
     split_epoch: u32,
     sync_failures: u32,
     lease_expiries: u32,
+    tester_overrides: u32,
 }
 
 /// The metric names of one deployment, in the order they are defined.
 pub(crate) fn names(deployment: &str) -> Vec<(MetricType, String)> {
-    let mut out = Vec::with_capacity(14);
+    let mut out = Vec::with_capacity(15);
     for role in Role::ALL {
         for class in Outcome::ALL {
             out.push((
@@ -53,6 +54,10 @@ pub(crate) fn names(deployment: &str) -> Vec<(MetricType, String)> {
     out.push((
         MetricType::Counter,
         format!("coalmine.deployment.{deployment}.lease_expiries"),
+    ));
+    out.push((
+        MetricType::Counter,
+        format!("coalmine.deployment.{deployment}.tester_overrides"),
     ));
     out
 }
@@ -92,7 +97,7 @@ fn linear_memory_bytes() -> u64 {
 impl DeploymentMetrics {
     /// Defines (or looks up) the deployment's metrics.
     pub(crate) fn define(deployment: &Deployment) -> Result<DeploymentMetrics, String> {
-        let mut ids = Vec::with_capacity(14);
+        let mut ids = Vec::with_capacity(15);
         for (kind, name) in names(&deployment.name) {
             let id = hostcalls::define_metric(kind, &name)
                 .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
@@ -100,7 +105,7 @@ impl DeploymentMetrics {
         }
         let id = |i: usize| ids.get(i).copied().unwrap_or_default();
         // Layout of `names`: per role 4 counters then the histogram; then 2
-        // gauges and 2 counters.
+        // gauges and 3 counters.
         Ok(DeploymentMetrics {
             requests: [[id(0), id(1), id(2), id(3)], [id(5), id(6), id(7), id(8)]],
             latency_ms: [id(4), id(9)],
@@ -108,6 +113,7 @@ impl DeploymentMetrics {
             split_epoch: id(11),
             sync_failures: id(12),
             lease_expiries: id(13),
+            tester_overrides: id(14),
         })
     }
 
@@ -119,6 +125,12 @@ impl DeploymentMetrics {
         if let Some(id) = self.latency_ms.get(r) {
             let _ = hostcalls::record_metric(*id, latency_us / 1000);
         }
+    }
+
+    /// A request whose role a tester chose (kept out of the role counters
+    /// and the reports: it is not part of the comparison).
+    pub(crate) fn tester_override(&self) {
+        let _ = hostcalls::increment_metric(self.tester_overrides, 1);
     }
 
     pub(crate) fn sync_failed(&self) {

@@ -2,7 +2,7 @@
 
 use crate::host;
 use crate::root::Worker;
-use coalmine_protocol::routing::{find_match, point_from_draw, role_at, sticky_point};
+use coalmine_protocol::routing::{find_match, point_from_draw, role_at, sticky_point, tester_role};
 use coalmine_protocol::{DeploymentSplit, Outcome, Role};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -23,6 +23,8 @@ struct Routed {
     /// The split the decision was made with (the table may change before the
     /// response; the response still names what served it).
     split: Rc<DeploymentSplit>,
+    /// A tester chose the role (with the override secret).
+    forced: bool,
 }
 
 impl RequestContext {
@@ -34,9 +36,19 @@ impl RequestContext {
     }
 }
 
+/// The role a tester asked for with the override header, if configured;
+/// the header itself never goes upstream.
+fn tester_override(worker: &Worker) -> Option<Role> {
+    let t = worker.config.headers.tester_override.as_ref()?;
+    let value = host::request_header(&t.header)?;
+    host::remove_request_header(&t.header);
+    tester_role(&value, &t.secret)
+}
+
 /// Chooses the role for a request of deployment `index` and overwrites the
 /// role and cluster headers; outside every deployment, strips them.
 fn route(worker: &mut Worker) -> Option<Routed> {
+    let forced = tester_override(worker);
     let path = host::request_header(":path").unwrap_or_default();
     // One host call fewer per request when no deployment matches on host.
     let authority = if worker.match_on_host {
@@ -67,10 +79,13 @@ fn route(worker: &mut Worker) -> Option<Routed> {
             // No entropy: fail safe to the baseline.
             None => random.next_u64().map(point_from_draw),
         };
-        let role = point.map_or(Role::Baseline, |p| role_at(p, split.effective_bps()));
+        let drawn = || point.map_or(Role::Baseline, |p| role_at(p, split.effective_bps()));
+        // A forced role the deployment does not have (no canary) is ignored.
+        let forced = forced.filter(|&r| split.target(r).is_some());
         Some(Routed {
             deployment: index,
-            role,
+            role: forced.unwrap_or_else(drawn),
+            forced: forced.is_some(),
             split,
         })
     });
@@ -125,6 +140,10 @@ impl HttpContext for RequestContext {
         ) else {
             return;
         };
+        if routed.forced {
+            worker.record_tester_override(routed.deployment);
+            return;
+        }
         let latency_us = host::property_u64(&["request", "duration"]).unwrap_or(0) / 1000;
         let code = host::property_u64(&["response", "code"]).unwrap_or(0);
         let details = host::property(&["response", "code_details"]).unwrap_or_default();

@@ -103,6 +103,12 @@ impl Worker {
         }
     }
 
+    pub(crate) fn record_tester_override(&self, deployment: usize) {
+        if let Some(m) = self.metrics.get(deployment) {
+            m.tester_override();
+        }
+    }
+
     /// The reports of everything recorded since the last call, which starts
     /// afresh. Entries of versions no longer in play are dropped once empty.
     pub(crate) fn drain_reports(&mut self) -> Vec<RoleReport> {

@@ -8,6 +8,7 @@
 //! exactly what to fix.
 
 use crate::routing::{RequestMatch, sticky_seed};
+use crate::secret::Secret;
 use crate::split::{Bps, DeploymentSplit, Target, check_token};
 use serde::Deserialize;
 use std::fmt;
@@ -74,7 +75,21 @@ pub struct HeaderNames {
     pub cluster: String,
     pub version: String,
     pub respond_with_role: bool,
+    /// Lets testers choose a role; off unless configured with a secret.
+    pub tester_override: Option<TesterOverride>,
 }
+
+/// A request header through which a tester who knows the secret chooses the
+/// role of a request: `<header>: canary:<secret>` (or `baseline:<secret>`).
+/// The header is removed before the request goes upstream, whatever it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TesterOverride {
+    pub header: String,
+    pub secret: Secret,
+}
+
+/// Shortest tester override secret accepted.
+pub const MIN_TESTER_SECRET_LEN: usize = 16;
 
 /// One deployment as this proxy sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,6 +157,14 @@ struct RawHeaders {
     cluster: String,
     version: String,
     respond_with_role: bool,
+    tester_override: Option<RawTesterOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTesterOverride {
+    header: String,
+    secret: String,
 }
 
 impl Default for RawHeaders {
@@ -151,6 +174,7 @@ impl Default for RawHeaders {
             cluster: "x-coalmine-cluster".into(),
             version: "x-coalmine-version".into(),
             respond_with_role: true,
+            tester_override: None,
         }
     }
 }
@@ -307,7 +331,12 @@ impl RawHeaders {
             ("cluster", &self.cluster),
             ("version", &self.version),
         ];
-        for (key, name) in names {
+        let tester_header = self.tester_override.as_ref().map(|t| &t.header);
+        let names: Vec<(&str, &String)> = names
+            .into_iter()
+            .chain(tester_header.map(|h| ("tester_override.header", h)))
+            .collect();
+        for &(key, name) in &names {
             check_header_name(name).map_err(|m| ConfigError::new(format!("headers.{key}"), m))?;
         }
         for (i, (key, name)) in names.iter().enumerate() {
@@ -315,16 +344,37 @@ impl RawHeaders {
                 return Err(ConfigError::new(
                     format!("headers.{key}"),
                     format!(
-                        "{name:?} is used for two purposes; role, cluster and version headers must differ"
+                        "{name:?} is used for two purposes; role, cluster, version and tester override headers must differ"
                     ),
                 ));
             }
         }
+        let tester_override = match self.tester_override {
+            None => None,
+            Some(t) => {
+                check_token("secret", &t.secret)
+                    .ok()
+                    .filter(|()| t.secret.len() >= MIN_TESTER_SECRET_LEN)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "headers.tester_override.secret",
+                            format!(
+                                "must be {MIN_TESTER_SECRET_LEN} to 256 visible ASCII characters without spaces"
+                            ),
+                        )
+                    })?;
+                Some(TesterOverride {
+                    header: t.header,
+                    secret: Secret::new(t.secret),
+                })
+            }
+        };
         Ok(HeaderNames {
             role: self.role,
             cluster: self.cluster,
             version: self.version,
             respond_with_role: self.respond_with_role,
+            tester_override,
         })
     }
 }
@@ -546,6 +596,23 @@ mod tests {
     type Mutation = Box<dyn Fn(&mut Value)>;
 
     #[test]
+    fn a_tester_override_is_off_unless_configured_with_a_secret() {
+        let off = parse(&design_example()).unwrap();
+        assert_eq!(off.headers.tester_override, None);
+        let mut v = design_example();
+        v["headers"]["tester_override"] =
+            json!({"header": "x-coalmine-tester", "secret": "0123456789abcdef"});
+        let on = parse(&v).unwrap();
+        let t = on.headers.tester_override.clone().unwrap();
+        assert_eq!(t.header, "x-coalmine-tester");
+        assert!(t.secret.matches(b"0123456789abcdef"));
+        assert!(
+            !format!("{on:?}").contains("0123456789abcdef"),
+            "the secret is never printed"
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases: Vec<(&str, Mutation)> = vec![
             (
@@ -634,6 +701,26 @@ mod tests {
             (
                 "headers.role",
                 Box::new(|v| v["headers"]["role"] = json!("x role")),
+            ),
+            (
+                "headers.tester_override.secret",
+                Box::new(|v| {
+                    v["headers"]["tester_override"] =
+                        json!({"header": "x-coalmine-tester", "secret": "short"})
+                }),
+            ),
+            (
+                "headers.tester_override.header",
+                Box::new(|v| {
+                    v["headers"]["tester_override"] =
+                        json!({"header": "x-coalmine-role", "secret": "0123456789abcdef"})
+                }),
+            ),
+            (
+                "headers.tester_override.secet",
+                Box::new(|v| {
+                    v["headers"]["tester_override"] = json!({"header": "x-t", "secet": "x"})
+                }),
             ),
             ("deployments", Box::new(|v| v["deployments"] = json!([]))),
             ("extra", Box::new(|v| v["extra"] = json!(1))),

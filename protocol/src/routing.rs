@@ -7,6 +7,7 @@
 //! name. Because a user's point never changes, raising the share (20 % → 50 %)
 //! only ever moves users from baseline to canary, never back.
 
+use crate::secret::Secret;
 use crate::split::{Bps, Role};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -35,6 +36,20 @@ pub fn sticky_seed(deployment: &str) -> u64 {
 /// The stable point of a user key (a header value, as raw bytes).
 pub fn sticky_point(seed: u64, key: &[u8]) -> u16 {
     point_from_draw(xxh3_64_with_seed(key, seed))
+}
+
+/// The role a tester override header asks for: `canary:<secret>` or
+/// `baseline:<secret>`, with the configured secret (compared in constant
+/// time). Anything else, including a wrong secret, asks for nothing.
+pub fn tester_role(value: &[u8], secret: &Secret) -> Option<Role> {
+    let colon = value.iter().position(|&b| b == b':')?;
+    let (role, presented) = (value.get(..colon)?, value.get(colon + 1..)?);
+    let role = match role {
+        b"canary" => Role::Canary,
+        b"baseline" => Role::Baseline,
+        _ => return None,
+    };
+    secret.matches(presented).then_some(role)
 }
 
 /// What a deployment matches on: a path prefix and optionally a host.
@@ -97,6 +112,33 @@ pub fn find_match<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tester_override_needs_the_secret() {
+        let secret = Secret::new("0123456789abcdef");
+        assert_eq!(
+            tester_role(b"canary:0123456789abcdef", &secret),
+            Some(Role::Canary)
+        );
+        assert_eq!(
+            tester_role(b"baseline:0123456789abcdef", &secret),
+            Some(Role::Baseline)
+        );
+        for refused in [
+            &b"canary:0123456789abcde"[..],
+            b"canary:0123456789abcdefX",
+            b"canary:",
+            b"canary",
+            b"0123456789abcdef",
+            b"Canary:0123456789abcdef",
+            b"canary :0123456789abcdef",
+            b"other:0123456789abcdef",
+            b"\xff\xfe:0123456789abcdef",
+            b"",
+        ] {
+            assert_eq!(tester_role(refused, &secret), None, "{refused:?}");
+        }
+    }
     use proptest::prelude::*;
 
     /// Chi-square critical value for one degree of freedom at p = 1e-6: a

@@ -338,3 +338,159 @@ async fn an_invalid_plugin_config_keeps_envoy_from_serving() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tester_override_chooses_the_role_only_with_the_secret() -> Result<()> {
+    const SECRET: &str = "e2e-tester-secret-0123";
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.standalone_plugin_config()?;
+    plugin["deployments"][0]["static"]["canary_percent"] = json!(0);
+    plugin["headers"]["tester_override"] = json!({"header": "x-coalmine-tester", "secret": SECRET});
+    let s = stack(Some(plugin), None).await?;
+    let url = s.envoy.url("/predict/heart");
+    let with = |value: String| move |_| vec![("x-coalmine-tester", value.clone())];
+
+    // With the secret, a tester reaches the canary at 0 % (and can ask for
+    // the baseline too).
+    let forced = send(url.clone(), 50, 2, with(format!("canary:{SECRET}"))).await?;
+    ensure!(
+        forced
+            .iter()
+            .all(|r| r.served_by == "heart-v2" && r.role.as_deref() == Some("canary")),
+        "{:?}",
+        forced.first()
+    );
+    let base = send(url.clone(), 20, 2, with(format!("baseline:{SECRET}"))).await?;
+    ensure!(base.iter().all(|r| r.served_by == "heart-v1"));
+    // Without it, the header changes nothing.
+    for wrong in [
+        "canary:e2e-tester-secret-012".to_string(),
+        format!("canary:{SECRET}x"),
+        "canary".to_string(),
+        SECRET.to_string(),
+        format!("Canary:{SECRET}"),
+    ] {
+        let seen = send(url.clone(), 20, 2, with(wrong.clone())).await?;
+        ensure!(
+            seen.iter().all(|r| r.served_by == "heart-v1"),
+            "{wrong:?} reached the canary"
+        );
+    }
+    // The header never reaches an upstream, right or wrong.
+    let leaked: Vec<_> =
+        s.v1.seen()
+            .into_iter()
+            .chain(s.v2.seen())
+            .filter(|h| h.coalmine_headers.iter().any(|n| n == "x-coalmine-tester"))
+            .collect();
+    ensure!(leaked.is_empty(), "{:?}", leaked.first());
+    // Forced requests are counted apart: they are not part of the
+    // comparison of the roles.
+    let text = s.envoy.prometheus().await?;
+    let labels = [("deployment", "heart-prod")];
+    ensure!(prometheus_value(&text, "coalmine_tester_overrides", &labels) == 70.0);
+    let canary_counted = prometheus_value(
+        &text,
+        "coalmine_requests",
+        &[
+            ("deployment", "heart-prod"),
+            ("role", "canary"),
+            ("class", "2xx"),
+        ],
+    );
+    ensure!(
+        canary_counted == 0.0,
+        "{canary_counted} forced requests counted as canary traffic"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_requests_never_break_the_filter() -> Result<()> {
+    let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.standalone_plugin_config()?;
+    plugin["deployments"][0]["sticky_header"] = json!("x-user-id");
+    plugin["headers"]["tester_override"] =
+        json!({"header": "x-coalmine-tester", "secret": "e2e-tester-secret-0123"});
+    let s = stack(Some(plugin), None).await?;
+    let addr = s.envoy.url("");
+    let authority = addr.trim_start_matches("http://").trim_end_matches('/');
+    let raw = |request: Vec<u8>| {
+        let authority = authority.to_string();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conn = tokio::net::TcpStream::connect(&authority).await?;
+            conn.write_all(&request).await?;
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+            let text = String::from_utf8_lossy(&answer).to_string();
+            anyhow::Ok(text.lines().next().unwrap_or_default().to_string())
+        }
+    };
+    let request = |path: &str, extra: &[u8]| {
+        let mut r = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
+        r.extend_from_slice(extra);
+        r.extend_from_slice(b"Connection: close\r\n\r\n");
+        r
+    };
+    let big = "u".repeat(48 * 1024);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "non-UTF-8 sticky key",
+            request("/predict/heart", b"x-user-id: \xff\xfe\x80caf\xe9\r\n"),
+        ),
+        (
+            "non-UTF-8 override",
+            request("/predict/heart", b"x-coalmine-tester: canary:\xff\xfe\r\n"),
+        ),
+        (
+            "48 KiB sticky key",
+            request("/predict/heart", format!("x-user-id: {big}\r\n").as_bytes()),
+        ),
+        (
+            "48 KiB override",
+            request(
+                "/predict/heart",
+                format!("x-coalmine-tester: {big}\r\n").as_bytes(),
+            ),
+        ),
+        (
+            "asterisk path",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        (
+            "CONNECT (no :path)",
+            format!(
+                "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes(),
+        ),
+        (
+            "absolute URI",
+            request(&format!("http://{authority}/predict/heart"), b""),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let status = raw(bytes).await?;
+        println!("{what}: {status}");
+        ensure!(
+            status.starts_with("HTTP/1.1 "),
+            "{what}: no answer ({status:?})"
+        );
+    }
+    // The filter is still there and still splits: normal traffic after all
+    // of it.
+    let after = send(s.envoy.url("/predict/heart"), 200, 4, |i| {
+        vec![("x-user-id", format!("user-{i}"))]
+    })
+    .await?;
+    ensure!(after.iter().all(|r| r.status == 200 && r.role.is_some()));
+    ensure!(after.iter().any(|r| r.served_by == "heart-v2"));
+    let log = s.envoy.log();
+    ensure!(
+        !log.contains("panicked")
+            && !log.contains("wasm trap")
+            && !log.contains("Function: proxy_on"),
+        "the filter failed:\n{log}"
+    );
+    Ok(())
+}

@@ -15,6 +15,8 @@ pub struct SeenHeaders {
     pub path: String,
     pub role: Option<String>,
     pub cluster: Option<String>,
+    /// The names of every `x-coalmine-*` header it arrived with.
+    pub coalmine_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +121,11 @@ async fn serve(
             path: uri.path().to_string(),
             role: get("x-coalmine-role"),
             cluster: get("x-coalmine-cluster"),
+            coalmine_headers: headers
+                .keys()
+                .map(|k| k.as_str().to_string())
+                .filter(|k| k.starts_with("x-coalmine-"))
+                .collect(),
         });
     }
     let every = s.error_every.load(Ordering::SeqCst);
