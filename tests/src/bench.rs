@@ -29,6 +29,7 @@ pub mod profile;
 pub mod report;
 pub mod rollback;
 pub mod routing;
+pub mod soak;
 pub mod stats;
 pub mod wrk;
 
@@ -237,7 +238,7 @@ pub async fn run_only(smoke: bool, sections: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn bin_dir() -> Result<PathBuf> {
+pub(crate) fn bin_dir() -> Result<PathBuf> {
     std::env::current_exe()?
         .parent()
         .map(Path::to_path_buf)

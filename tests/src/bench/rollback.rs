@@ -46,13 +46,14 @@ pub struct Rollback {
 }
 
 /// A `coalmine-models-server serve` process on a free port; killed on drop.
-struct ModelServer {
+#[derive(Debug)]
+pub(crate) struct ModelServer {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl ModelServer {
-    async fn start(b: &Bench, version: &str, underfit: bool) -> Result<ModelServer> {
+    pub(crate) async fn start(b: &Bench, version: &str, underfit: bool) -> Result<ModelServer> {
         let bin = b.bin("coalmine-models-server")?;
         let model = b.dir().join(format!("{version}.json"));
         let mut train = Command::new(&bin);
@@ -114,7 +115,7 @@ impl ModelServer {
         Ok(ModelServer { child, addr })
     }
 
-    async fn set_error_rate(&self, client: &reqwest::Client, rate: f64) -> Result<()> {
+    pub(crate) async fn set_error_rate(&self, client: &reqwest::Client, rate: f64) -> Result<()> {
         client
             .post(format!("http://{}/admin/faults", self.addr))
             .bearer_auth(ADMIN_TOKEN)
