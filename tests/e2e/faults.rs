@@ -381,3 +381,109 @@ async fn a_locked_database_refuses_changes_with_503_and_the_data_plane_keeps_its
     );
     Ok(())
 }
+
+/// What the broken controller answers: a good table first, then one kind
+/// of garbage after another.
+const GARBAGE: [(u16, &str); 7] = [
+    (200, "not json"),
+    (200, r#"{"table": 5, "lease_ms": 30000}"#),
+    (
+        200,
+        r#"{"table": {"epoch": 2, "deployments": [{"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}, "canary": {"version": "v2", "cluster": "heart-v2"}, "canary_bps": 20000}]}, "lease_ms": 30000}"#,
+    ),
+    (
+        200,
+        r#"{"table": {"epoch": 2, "deployments": [{"name": "heart-prod", "baseline": {"version": "", "cluster": "heart-v1"}}]}, "lease_ms": 30000}"#,
+    ),
+    (
+        200,
+        r#"{"table": {"epoch": 2, "deployments": []}, "lease_ms": 30000, "surprise": 1}"#,
+    ),
+    (200, r#"{"table": {"epoch": 2, "deploy"#),
+    (500, r#"{"error": "unavailable", "message": "broken"}"#),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_answering_garbage_leaves_the_last_good_table() -> Result<()> {
+    use axum::http::StatusCode;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let broken = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let good = json!({"table": {"epoch": 1, "deployments": [{
+        "name": "heart-prod",
+        "baseline": {"version": "v1", "cluster": "heart-v1"},
+        "canary": {"version": "v2", "cluster": "heart-v2"},
+        "canary_bps": 5000
+    }]}, "lease_ms": 30000});
+    let app = {
+        let (broken, calls) = (broken.clone(), calls.clone());
+        axum::Router::new().fallback(move || {
+            let (broken, calls, good) = (broken.clone(), calls.clone(), good.clone());
+            async move {
+                if !broken.load(Ordering::SeqCst) {
+                    return (StatusCode::OK, good.to_string());
+                }
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = GARBAGE[n % GARBAGE.len()];
+                (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    body.to_string(),
+                )
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let fake = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let s = Stack::start(LEASE_MS).await?;
+    let config = s
+        .envoy_config(LEASE_MS)?
+        .upstream("coalmine_controller", fake)?;
+    let envoy = coalmine_e2e::Envoy::start_as(config, "proxy-a").await?;
+    let load = Load::start(envoy.url("/predict/heart"), 100);
+    first_canary_response(&load, Instant::now()).await?;
+    let gauges = || async {
+        let text = envoy.prometheus().await?;
+        let labels = [("deployment", "heart-prod")];
+        anyhow::Ok((
+            prometheus_value(&text, "coalmine_canary_share_bps", &labels),
+            prometheus_value(&text, "coalmine_split_epoch", &labels),
+            prometheus_value(&text, "coalmine_sync_failures", &labels),
+        ))
+    };
+    let (_, _, failures_before) = gauges().await?;
+
+    broken.store(true, Ordering::SeqCst);
+    let from = Instant::now();
+    poll(
+        "every kind of garbage to be answered",
+        Duration::from_secs(30),
+        || async { Ok((calls.load(Ordering::SeqCst) >= 2 * GARBAGE.len()).then_some(())) },
+    )
+    .await?;
+    let (share, epoch, failures) = gauges().await?;
+    let during = load.since(from);
+    println!(
+        "{} garbage answers: split {share} bps at epoch {epoch}, {} sync failures counted; {} requests, canary share {:.2}",
+        calls.load(Ordering::SeqCst),
+        failures - failures_before,
+        during.len(),
+        canary_share(&during)
+    );
+    ensure!(
+        share == 5000.0 && epoch == 1.0,
+        "the table changed: {share} bps, epoch {epoch}"
+    );
+    ensure!(failures - failures_before >= GARBAGE.len() as f64);
+    ensure!(during.iter().all(|r| r.status == 200));
+    ensure!(
+        (0.3..0.7).contains(&canary_share(&during)),
+        "the split did not hold"
+    );
+    ensure!(envoy.log().contains("does not parse"), "{}", envoy.log());
+    server.abort();
+    Ok(())
+}
