@@ -38,17 +38,14 @@ async fn bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
 /// document, then reads it into the type: what the document says is what
 /// the API accepts (a struct as an array, say, is refused).
 fn parse<T: DeserializeOwned + ToSchema>(bytes: &[u8], state: &AppState) -> Result<T, ApiError> {
-    let value: serde_json::Value = parse_as(bytes)?;
+    // Parsed once: checked as a JSON value, then read from that value.
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     match state.schemas.get() {
         Some(schemas) => schemas.check(&T::name(), &value)?,
         None => return Err(ApiError::Unavailable("the controller is starting".into())),
     }
-    parse_as(bytes)
-}
-
-fn parse_as<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = if path == "." {
