@@ -170,15 +170,9 @@ async fn a_restarted_envoy_routes_by_the_split_after_one_sync() -> Result<()> {
         "the split took {:?} to come back",
         restored.duration_since(ready)
     );
-    let settled = poll(
-        "300 requests on the restored split",
-        Duration::from_secs(20),
-        || {
-            let recent = load.since(restored);
-            async move { Ok((recent.len() >= 300).then_some(recent)) }
-        },
-    )
-    .await?;
+    let settled = load
+        .at_least(300, restored, Duration::from_secs(20))
+        .await?;
     let share = canary_share(&settled);
     println!("canary share after the restart: {share:.3} (split 30 %)");
     ensure!((0.2..0.4).contains(&share), "share {share}");
@@ -249,15 +243,7 @@ async fn a_canary_whose_upstream_refuses_connections_is_rolled_back() -> Result<
     ensure!(failed_canary > 0, "the canary never failed a request");
     // From the rollback on, everything goes to the baseline and succeeds.
     let after = Instant::now();
-    let recent = poll(
-        "200 requests after the rollback",
-        Duration::from_secs(10),
-        || {
-            let recent = load.since(after);
-            async move { Ok((recent.len() >= 200).then_some(recent)) }
-        },
-    )
-    .await?;
+    let recent = load.at_least(200, after, Duration::from_secs(10)).await?;
     ensure!(
         recent
             .iter()

@@ -90,6 +90,21 @@ impl Load {
     pub fn since(&self, t: Instant) -> Vec<Sample> {
         self.samples().into_iter().filter(|s| s.at > t).collect()
     }
+
+    /// Waits (up to `timeout`) until at least `n` responses arrived after
+    /// `t`, and returns them.
+    pub async fn at_least(
+        &self,
+        n: usize,
+        t: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Sample>> {
+        crate::poll(&format!("{n} responses"), timeout, || {
+            let recent = self.since(t);
+            async move { Ok((recent.len() >= n).then_some(recent)) }
+        })
+        .await
+    }
 }
 
 impl Drop for Load {
