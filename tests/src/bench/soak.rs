@@ -135,6 +135,8 @@ struct Run<'a> {
     cycles: Vec<Cycle>,
     faults: Vec<(Instant, Instant)>,
     restarts: usize,
+    /// The newest event id seen.
+    last_id: i64,
     /// Events each cycle must have left: kind → count.
     expected: BTreeMap<&'static str, usize>,
 }
@@ -178,20 +180,37 @@ impl Run<'_> {
         Ok((version, server))
     }
 
-    async fn wait_event(&self, kind: &str, since: usize) -> Result<()> {
+    /// Waits for an event of `kind` with an id above `after`, asking only
+    /// for the events after it (the log grows all through the soak).
+    async fn wait_event(&self, kind: &str, after: i64) -> Result<()> {
         poll(
             &format!("a {kind} event"),
             Duration::from_secs(90),
             || async {
-                let kinds = self.controller.event_kinds(DEPLOYMENT).await?;
-                Ok(kinds.iter().skip(since).any(|k| k == kind).then_some(()))
+                let events = self.events_after(after).await?;
+                Ok(events.iter().any(|e| e["kind"] == kind).then_some(()))
             },
         )
         .await
     }
 
-    async fn event_count(&self) -> Result<usize> {
-        Ok(self.controller.event_kinds(DEPLOYMENT).await?.len())
+    async fn events_after(&self, after: i64) -> Result<Vec<Value>> {
+        let events = self
+            .controller
+            .get(&format!(
+                "/v1/deployments/{DEPLOYMENT}/events?since={after}"
+            ))
+            .await?;
+        Ok(events.as_array().cloned().unwrap_or_default())
+    }
+
+    /// The id of the newest event.
+    async fn last_event_id(&mut self) -> Result<i64> {
+        let newer = self.events_after(self.last_id).await?;
+        if let Some(id) = newer.last().and_then(|e| e["id"].as_i64()) {
+            self.last_id = id;
+        }
+        Ok(self.last_id)
     }
 
     async fn canary_traffic(&self, load: &Load, from: Instant, n: usize) -> Result<()> {
@@ -219,7 +238,7 @@ impl Run<'_> {
 
     async fn cycle(&mut self, kind: CycleKind, load: &Load) -> Result<()> {
         let t = Instant::now();
-        let before = self.event_count().await?;
+        let before = self.last_event_id().await?;
         let (version, server) = self.new_canary().await?;
         match kind {
             CycleKind::Promote => {
@@ -316,12 +335,14 @@ fn trend(
 }
 
 /// Whether a failed request is explained by an injected fault: the canary
-/// served it while its model server was failing on purpose.
+/// served it while its model server was failing on purpose (the request was
+/// under way at some moment of the fault: answered after it began, sent
+/// before it ended).
 fn explained(s: &Sample, faults: &[(Instant, Instant)]) -> bool {
     s.role.as_deref() == Some("canary")
         && faults
             .iter()
-            .any(|&(from, to)| s.sent >= from && s.sent <= to)
+            .any(|&(from, to)| s.at >= from && s.sent <= to)
 }
 
 /// Samples memory every [`SAMPLE_EVERY`] until aborted.
@@ -418,6 +439,7 @@ pub async fn run(minutes: f64, out: &Path) -> Result<Soak> {
         cycles: Vec::new(),
         faults: Vec::new(),
         restarts: 0,
+        last_id: 0,
         expected: BTreeMap::from([("deployment_created", 1), ("version_registered", 1)]),
     };
     let mut n = 0;
