@@ -234,7 +234,7 @@ async fn the_cli_drives_a_canary_and_reports_errors_clearly() -> Result<()> {
     fails(
         &cli(&c, t, &["traffic", "set", "heart-prod", "150"])?,
         2,
-        "between 0 and 100",
+        "greater than the maximum of 100",
     )?;
     fails(
         &cli(&c, t, &[&create[..], &["--policy", "{nope"]].concat())?,
