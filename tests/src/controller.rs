@@ -39,6 +39,10 @@ pub struct ControllerProc {
     pub addr: SocketAddr,
     lease_ms: u64,
     extra_args: Vec<String>,
+    /// When set, the whole environment it is configured by (listen address,
+    /// database, tokens), as a deployment would give it; no flags then.
+    env: Vec<(String, String)>,
+    operator_token: String,
     client: reqwest::Client,
 }
 
@@ -72,10 +76,54 @@ impl ControllerProc {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             lease_ms,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            operator_token: OPERATOR_TOKEN.to_string(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
         };
+        c.spawn().await?;
+        Ok(c)
+    }
+
+    /// Starts configured by a container's environment alone (no flags), as
+    /// its image would run it, except that `COALMINE_LISTEN` becomes
+    /// `127.0.0.1:0` and `COALMINE_DB` a file of its own; both must be there.
+    pub async fn start_env(env: &[(String, String)]) -> Result<ControllerProc> {
+        let var = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| anyhow!("no {name} in the controller's environment"))
+        };
+        let operator_token = var("COALMINE_OPERATOR_TOKEN")?;
+        var("COALMINE_LISTEN")?;
+        var("COALMINE_DB")?;
+        let mut c = ControllerProc {
+            bin: controller_bin()?,
+            cpus: None,
+            child: None,
+            dir: tempfile::Builder::new()
+                .prefix("coalmine-controller-")
+                .tempdir()?,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease_ms: 0,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            operator_token,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        };
+        let db = c.db_path().display().to_string();
+        c.env = env
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "COALMINE_LISTEN" => (k.clone(), "127.0.0.1:0".to_string()),
+                "COALMINE_DB" => (k.clone(), db.clone()),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect();
         c.spawn().await?;
         Ok(c)
     }
@@ -95,18 +143,23 @@ impl ControllerProc {
             }
             None => Command::new(&self.bin),
         };
+        if self.env.is_empty() {
+            command
+                .arg("--listen")
+                .arg(self.addr.to_string())
+                .arg("--db")
+                .arg(self.db_path())
+                .arg("--lease-ms")
+                .arg(self.lease_ms.to_string())
+                .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)
+                .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN);
+        } else {
+            command.envs(self.env.iter().cloned());
+        }
         let child = command
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .arg("--db")
-            .arg(self.db_path())
-            .arg("--lease-ms")
-            .arg(self.lease_ms.to_string())
             .arg("--address-file")
             .arg(&address_file)
             .args(&self.extra_args)
-            .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)
-            .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN)
             .env("COALMINE_LOG", "info,coalmine_controller=debug,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -230,7 +283,7 @@ impl ControllerProc {
         let resp = self
             .client
             .request(method, self.url(path))
-            .bearer_auth(OPERATOR_TOKEN)
+            .bearer_auth(&self.operator_token)
             .json(&body)
             .send()
             .await?;

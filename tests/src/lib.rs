@@ -27,14 +27,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 mod browser;
+pub mod compose;
 mod controller;
 mod load;
+pub mod models;
 mod receiver;
 mod stack;
 mod upstream;
 pub use browser::Browser;
 pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin};
 pub use load::{Load, Sample};
+pub use models::ModelServer;
 pub mod bench;
 pub use receiver::Receiver;
 pub use stack::{
@@ -178,6 +181,9 @@ impl EnvoyConfig {
             .iter_mut()
             .find(|c| c["name"].as_str() == Some(cluster))
             .ok_or_else(|| anyhow!("no cluster named {cluster}"))?;
+        // A name resolved by DNS in a deployment (compose, a mesh) is a
+        // loopback address here.
+        c["type"] = Value::from("STATIC");
         let socket = &mut c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
             ["socket_address"];
         socket["address"] = Value::from(addr.ip().to_string());
@@ -236,6 +242,15 @@ impl EnvoyConfig {
         Ok(self)
     }
 
+    /// The module file the coalmine filter loads, as the config names it.
+    pub fn wasm_filename(&mut self) -> Result<String> {
+        let filter = self.coalmine_filter()?;
+        filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("the coalmine filter loads no local file"))
+    }
+
     /// Runs another module in the coalmine filter's place.
     pub fn wasm_module(mut self, path: PathBuf) -> EnvoyConfig {
         self.wasm = Some(path);
@@ -248,8 +263,12 @@ impl EnvoyConfig {
             Some(path) => path,
             None => filter_wasm()?,
         };
-        self.doc["admin"]["address"]["socket_address"]["port_value"] = Value::from(0);
+        // Loopback only, whatever address a config binds in a deployment.
+        let admin = &mut self.doc["admin"]["address"]["socket_address"];
+        admin["address"] = Value::from("127.0.0.1");
+        admin["port_value"] = Value::from(0);
         for l in self.listeners()? {
+            l["address"]["socket_address"]["address"] = Value::from("127.0.0.1");
             l["address"]["socket_address"]["port_value"] = Value::from(0);
         }
         // A config without the filter (a benchmark's baseline) has no code.

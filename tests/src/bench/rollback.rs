@@ -9,12 +9,10 @@
 
 use super::stats::{median, quantile, round};
 use super::{Bench, DEPLOYMENT};
-use crate::{Envoy, EnvoyConfig, EnvoyOptions, Load, Sample, poll};
-use anyhow::{Context as _, Result, anyhow, bail};
+use crate::{Envoy, EnvoyConfig, EnvoyOptions, Load, ModelServer, Sample, poll};
+use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 use serde_json::json;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RPS: u32 = 200;
@@ -45,93 +43,24 @@ pub struct Rollback {
     pub failed_requests_median: f64,
 }
 
-/// A `coalmine-models-server serve` process on a free port; killed on drop.
-#[derive(Debug)]
-pub(crate) struct ModelServer {
-    child: Child,
-    pub(crate) addr: SocketAddr,
-}
-
-impl ModelServer {
-    pub(crate) async fn start(b: &Bench, version: &str, underfit: bool) -> Result<ModelServer> {
-        let bin = b.bin("coalmine-models-server")?;
-        let model = b.dir().join(format!("{version}.json"));
-        let mut train = Command::new(&bin);
-        train
-            .arg("train")
-            .arg("--data")
-            .arg(crate::workspace_root().join("data/uci-heart-cleveland/cleveland.tsv"))
-            .arg("--out")
-            .arg(&model)
-            .args(["--version", version]);
-        if underfit {
-            train.arg("--underfit");
-        }
-        let out = train.output().context("training a model")?;
-        if !out.status.success() {
-            bail!(
-                "training {version} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let address_file = b.dir().join(format!("{version}.address"));
-        let log = std::fs::File::create(b.dir().join(format!("{version}.log")))?;
-        let mut command = match &b.cpus.all {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
-        let mut child = command
-            .arg("serve")
-            .arg("--model")
-            .arg(&model)
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--address-file")
-            .arg(&address_file)
-            .env("COALMINE_MODELS_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("COALMINE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the models server")?;
-        let addr = poll(
-            "the models server to listen",
-            Duration::from_secs(30),
-            || {
-                let r = match child.try_wait() {
-                    Ok(Some(status)) => Err(anyhow!("models server exited with {status}")),
-                    _ => Ok(std::fs::read_to_string(&address_file)
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())),
-                };
-                async move { r }
-            },
-        )
-        .await?;
-        Ok(ModelServer { child, addr })
-    }
-
-    pub(crate) async fn set_error_rate(&self, client: &reqwest::Client, rate: f64) -> Result<()> {
-        client
-            .post(format!("http://{}/admin/faults", self.addr))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"error_rate": rate}))
-            .send()
-            .await?
-            .error_for_status()?;
-        Ok(())
-    }
-}
-
-impl Drop for ModelServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A model server for `version`, trained into the bench directory, on a free
+/// port and the bench's CPUs.
+pub(crate) async fn model_server(b: &Bench, version: &str, underfit: bool) -> Result<ModelServer> {
+    let bin = b.bin("coalmine-models-server")?;
+    let model = crate::models::train(&bin, b.dir(), version, underfit)?;
+    let args = [
+        "serve",
+        "--model",
+        &model.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from);
+    let env = [(
+        "COALMINE_MODELS_ADMIN_TOKEN".to_string(),
+        ADMIN_TOKEN.to_string(),
+    )];
+    ModelServer::serve(&bin, b.cpus.all.as_deref(), &args, &env, b.dir(), version).await
 }
 
 fn is_canary(s: &Sample) -> bool {
@@ -140,8 +69,8 @@ fn is_canary(s: &Sample) -> bool {
 
 pub async fn run(b: &Bench) -> Result<Rollback> {
     let trials = if b.smoke { 1 } else { 10 };
-    let v1 = ModelServer::start(b, "v1", false).await?;
-    let v2 = ModelServer::start(b, "v2", true).await?;
+    let v1 = model_server(b, "v1", false).await?;
+    let v2 = model_server(b, "v2", true).await?;
     let controller = b.controller(b.cpus.all.as_deref()).await?;
     let policy = json!({"check_interval_seconds": 1, "cooldown_seconds": 0});
     b.deployment(&controller, policy).await?;

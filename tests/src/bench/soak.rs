@@ -23,9 +23,10 @@
 //! the cycles caused, with contiguous ids.
 
 use super::machine::rss_bytes;
-use super::rollback::ModelServer;
+use super::rollback::model_server;
 use super::stats::round;
 use super::{Bench, DEPLOYMENT};
+use crate::ModelServer;
 use crate::{ControllerProc, Envoy, EnvoyConfig, EnvoyOptions, Load, Sample, poll};
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
@@ -389,8 +390,8 @@ pub async fn run(minutes: f64, out: &Path) -> Result<Soak> {
         "soak: {minutes} min at {RPS} requests/s; memory compared over the first and last {window:.0} s after {warmup:.0} s"
     ));
     let servers = [
-        ModelServer::start(&b, "v1", false).await?,
-        ModelServer::start(&b, "v2", false).await?,
+        model_server(&b, "v1", false).await?,
+        model_server(&b, "v2", false).await?,
     ];
     let controller =
         ControllerProc::start_from(b.bin("coalmine-controller")?, None, 30_000, &[]).await?;

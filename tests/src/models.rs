@@ -1,0 +1,124 @@
+//! Real model servers (`coalmine-models-server`) for tests and benchmarks.
+
+use crate::poll;
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Trains `version` on the heart-disease data into `dir/<version>.json`.
+pub fn train(bin: &Path, dir: &Path, version: &str, underfit: bool) -> Result<PathBuf> {
+    let model = dir.join(format!("{version}.json"));
+    let mut train = Command::new(bin);
+    train
+        .arg("train")
+        .arg("--data")
+        .arg(crate::workspace_root().join("data/uci-heart-cleveland/cleveland.tsv"))
+        .arg("--out")
+        .arg(&model)
+        .args(["--version", version]);
+    if underfit {
+        train.arg("--underfit");
+    }
+    let out = train.output().context("training a model")?;
+    if !out.status.success() {
+        bail!(
+            "training {version} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(model)
+}
+
+/// A `coalmine-models-server serve` process; killed on drop.
+#[derive(Debug)]
+pub struct ModelServer {
+    child: Child,
+    pub addr: SocketAddr,
+    admin_token: String,
+}
+
+impl ModelServer {
+    /// Runs `command` (optionally under `taskset -c cpus`) with `serve_args`,
+    /// which must include `--listen` on port 0; its address is learned from
+    /// an address file in `dir`, where its log also goes (`<name>.log`).
+    pub async fn serve(
+        bin: &Path,
+        cpus: Option<&str>,
+        serve_args: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+        name: &str,
+    ) -> Result<ModelServer> {
+        let address_file = dir.join(format!("{name}.address"));
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
+            .args(serve_args)
+            .arg("--address-file")
+            .arg(&address_file)
+            .env("COALMINE_LOG", "warn")
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the models server")?;
+        let addr = poll(
+            "the models server to listen",
+            Duration::from_secs(30),
+            || {
+                let r = match child.try_wait() {
+                    Ok(Some(status)) => Err(anyhow!(
+                        "models server {name} exited with {status}: {}",
+                        std::fs::read_to_string(dir.join(format!("{name}.log")))
+                            .unwrap_or_default()
+                    )),
+                    _ => Ok(std::fs::read_to_string(&address_file)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())),
+                };
+                async move { r }
+            },
+        )
+        .await?;
+        let admin_token = env
+            .iter()
+            .find(|(k, _)| k == "COALMINE_MODELS_ADMIN_TOKEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok(ModelServer {
+            child,
+            addr,
+            admin_token,
+        })
+    }
+
+    /// Sets the share of predictions answered with a 500 (the fault switch).
+    pub async fn set_error_rate(&self, client: &reqwest::Client, rate: f64) -> Result<()> {
+        client
+            .post(format!("http://{}/admin/faults", self.addr))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({"error_rate": rate}))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
