@@ -10,7 +10,7 @@ ENVOY := .venv/bin/envoy
 # The pure core's tests also run compiled to wasm32, under Wasmtime.
 WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
 
-.PHONY: help setup build build-wasm build-native lint fmt validate deny audit fuzz fuzz-smoke soak test-soak test test-unit test-wasm test-e2e test-demo test-decisions test-bench bench bench-decisions demo up down clean
+.PHONY: help setup build build-wasm build-native lint fmt validate check-deploy deny audit fuzz fuzz-smoke soak test-soak test test-unit test-wasm test-e2e test-demo test-decisions test-bench bench bench-decisions demo up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,11 @@ validate: build-wasm ## envoy --mode validate on every shipped Envoy config
 	    && echo ok || { echo FAILED; cat /tmp/coalmine-validate.log; exit 1; }; \
 	done
 
+check-deploy: ## the compose file and Prometheus configs, as far as no container runs
+	docker-compose --file docker-compose.yml --profile observability config --quiet
+	@echo "docker-compose.yml: ok"
+	promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/compose.yml
+
 deny: ## cargo deny: licenses, bans and sources of every dependency
 	$(CARGO) deny --all-features check licenses bans sources
 
@@ -66,7 +71,7 @@ test-wasm: ## the pure core's tests compiled to wasm32-wasip1
 	  $(CARGO) test -p coalmine-protocol --target $(WASM_TARGET) --locked
 
 test-e2e: build-wasm ## end-to-end tests on the real Envoy and controller
-	$(CARGO) build -p coalmine-controller --locked
+	$(CARGO) build -p coalmine-controller -p coalmine-models-server --locked
 	$(CARGO) test -p coalmine-e2e --locked -- --nocapture
 
 test-demo: ## the demo, non-interactively; it fails unless its timeline is the expected one
@@ -90,7 +95,7 @@ test-soak: build-wasm build-native ## the soak, shortened to 3 minutes
 bench-decisions: setup build-native ## simulate 1000 A/A runs and detection times; writes target/bench/decisions.json
 	target/release/coalmine-sim --out target/bench/decisions.json
 
-test: setup lint deny validate test-unit test-wasm test-e2e fuzz-smoke test-demo test-decisions test-bench test-soak ## everything CI runs
+test: setup lint deny validate check-deploy test-unit test-wasm test-e2e fuzz-smoke test-demo test-decisions test-bench test-soak ## everything CI runs
 	@echo "make test: all checks passed"
 
 demo: build ## the heart-disease story on the local stack (KEEP=1 leaves it running)

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages the tests and demo use (binary name → package); Chromium
-# and its WebDriver drive the dashboard test.
-declare -A APT=([curl]=curl [jq]=jq [chromium]=chromium [chromedriver]=chromium-driver [wrk]=wrk [valgrind]=valgrind [taskset]=util-linux)
+# and its WebDriver drive the dashboard test; docker-compose and promtool
+# check the compose file and the Prometheus configs (no container runs).
+declare -A APT=([curl]=curl [jq]=jq [chromium]=chromium [chromedriver]=chromium-driver [wrk]=wrk [valgrind]=valgrind [taskset]=util-linux
+  [docker-compose]=docker-compose [promtool]=prometheus [node]=nodejs [npm]=npm)
 missing=()
 for bin in "${!APT[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("${APT[$bin]}")

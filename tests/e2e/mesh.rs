@@ -1,0 +1,659 @@
+//! coalmine deployed: the compose stack's binaries, commands and Envoy
+//! config run as plain processes; the route shape of the Istio manifests
+//! (one header-matched route per version) on a real Envoy; and several
+//! proxies behind one controller.
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use coalmine_e2e::compose::Compose;
+use coalmine_e2e::{
+    ControllerProc, Envoy, EnvoyConfig, INTERVAL_MS, Load, ModelServer, Stack, envoy_bin,
+    package_bin, patients, poll, prometheus_value, role_counts, workspace_root,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The Envoy release the tests run (`.venv/bin/envoy --version`).
+fn tested_envoy_version() -> Result<String> {
+    let out = std::process::Command::new(envoy_bin()?)
+        .arg("--version")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    text.split('/')
+        .find(|part| {
+            part.split('.').count() == 3 && part.split('.').all(|n| n.parse::<u32>().is_ok())
+        })
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no version in {text:?}"))
+}
+
+#[test]
+fn the_compose_file_and_images_agree_with_what_is_tested() -> Result<()> {
+    let root = workspace_root();
+    let compose = Compose::load()?;
+    let services = compose.services();
+    for s in [
+        "envoy",
+        "controller",
+        "heart-v1",
+        "heart-v2",
+        "prometheus",
+        "grafana",
+    ] {
+        ensure!(
+            services.iter().any(|x| x == s),
+            "no service {s}: {services:?}"
+        );
+    }
+
+    // Envoy: the official image at the tested release, the config and the
+    // filter it loads mounted from the repository.
+    let envoy = compose.service("envoy")?;
+    let version = tested_envoy_version()?;
+    ensure!(
+        envoy["image"] == json!(format!("envoyproxy/envoy:v{version}")),
+        "compose runs {} but the tests run Envoy {version}",
+        envoy["image"]
+    );
+    let command = compose.command("envoy")?;
+    let config = command
+        .iter()
+        .skip_while(|a| *a != "-c")
+        .nth(1)
+        .ok_or_else(|| anyhow!("envoy has no -c: {command:?}"))?;
+    let binds = compose.binds("envoy")?;
+    let host_path = |container: &str| {
+        binds.iter().find_map(|(host, target)| {
+            Path::new(container)
+                .strip_prefix(target)
+                .ok()
+                .map(|rest| host.join(rest))
+        })
+    };
+    let config_host = host_path(config).ok_or_else(|| anyhow!("{config} is not mounted"))?;
+    ensure!(
+        config_host == root.join("envoy/compose.yaml"),
+        "envoy runs {}",
+        config_host.display()
+    );
+    let mut shipped = EnvoyConfig::shipped("compose.yaml")?;
+    let wasm = shipped.wasm_filename()?;
+    let working_dir = envoy["working_dir"].as_str().unwrap_or("/");
+    let wasm_host = host_path(&Path::new(working_dir).join(&wasm).display().to_string())
+        .ok_or_else(|| anyhow!("the filter {wasm} is not mounted"))?;
+    ensure!(
+        wasm_host == root.join("target/wasm32-wasip1/release/coalmine_filter.wasm"),
+        "envoy loads {}",
+        wasm_host.display()
+    );
+
+    // The images: multi-stage, the toolchain of rust-toolchain.toml, a
+    // non-root final stage running a binary of the workspace, listening where
+    // compose says.
+    let toolchain = std::fs::read_to_string(root.join("rust-toolchain.toml"))?;
+    let controller_listen = compose
+        .environment("controller")?
+        .into_iter()
+        .find(|(k, _)| k == "COALMINE_LISTEN")
+        .map(|(_, v)| v)
+        .ok_or_else(|| anyhow!("controller has no COALMINE_LISTEN"))?;
+    let models_listen = arg_after(&compose.command("heart-v1")?, "--listen")?;
+    for (service, listen) in [
+        ("controller", &controller_listen),
+        ("heart-v1", &models_listen),
+    ] {
+        let image = compose.dockerfile(service)?;
+        let name = image.path.display().to_string();
+        let stages = image.stages();
+        ensure!(stages.len() >= 2, "{name}: not multi-stage");
+        let rust = image
+            .global_arg("RUST_VERSION")
+            .ok_or_else(|| anyhow!("{name}: no RUST_VERSION"))?;
+        ensure!(
+            toolchain.contains(&format!("channel = \"{rust}\"")),
+            "{name}: builds with Rust {rust}, rust-toolchain.toml says otherwise"
+        );
+        let user = image.final_misc("USER");
+        let uid: u32 = user
+            .last()
+            .and_then(|u| u.split(':').next())
+            .and_then(|u| u.parse().ok())
+            .ok_or_else(|| anyhow!("{name}: the final stage sets no numeric USER: {user:?}"))?;
+        ensure!(uid != 0, "{name}: runs as root");
+        let entrypoint = image
+            .entrypoint()
+            .ok_or_else(|| anyhow!("{name}: no exec-form ENTRYPOINT"))?;
+        let bin = Path::new(&entrypoint[0])
+            .file_name()
+            .and_then(|b| b.to_str())
+            .unwrap_or_default();
+        package_bin(bin).with_context(|| format!("{name}: runs {bin}"))?;
+        let port = listen.rsplit(':').next().unwrap_or_default();
+        ensure!(
+            image.final_misc("EXPOSE") == [port.to_string()],
+            "{name}: exposes {:?}, compose listens on {listen}",
+            image.final_misc("EXPOSE")
+        );
+        println!(
+            "{name}: {} stages, Rust {rust}, user {uid}, runs {bin}, port {port}",
+            stages.len()
+        );
+    }
+    // heart-v2 runs the image heart-v1 builds.
+    ensure!(
+        compose.service("heart-v2")?["image"] == compose.service("heart-v1")?["image"],
+        "the two model services run different images"
+    );
+
+    // The builds need the workspace and the data set; .dockerignore must
+    // leave them in the context.
+    let ignore = std::fs::read_to_string(root.join(".dockerignore"))?;
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "data",
+        "protocol",
+        "controller",
+        "models-server",
+    ]
+    .into_iter()
+    .chain(manifest.lines().filter_map(|l| {
+        l.trim()
+            .trim_end_matches(',')
+            .strip_prefix('"')?
+            .strip_suffix('"')
+    })) {
+        for rule in ignore
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            ensure!(
+                !(needed == rule || needed.starts_with(&format!("{rule}/"))),
+                ".dockerignore drops {needed} ({rule})"
+            );
+        }
+    }
+
+    // Prometheus and Grafana get the shipped scrape config and dashboard.
+    for (service, wanted) in [
+        ("prometheus", "deploy/prometheus/compose.yml"),
+        ("grafana", "deploy/grafana/coalmine.json"),
+        ("grafana", "deploy/grafana/provisioning"),
+    ] {
+        let binds = compose.binds(service)?;
+        ensure!(
+            binds.iter().any(|(host, _)| *host == root.join(wanted)),
+            "{service} does not mount {wanted}: {binds:?}"
+        );
+        ensure!(root.join(wanted).exists(), "{wanted} is missing");
+    }
+    Ok(())
+}
+
+fn arg_after(args: &[String], flag: &str) -> Result<String> {
+    args.iter()
+        .skip_while(|a| *a != flag)
+        .nth(1)
+        .cloned()
+        .ok_or_else(|| anyhow!("no {flag} in {args:?}"))
+}
+
+/// POSTs one patient through Envoy; returns the role header, the version
+/// header and the model version the body names.
+async fn predict(client: &reqwest::Client, envoy: &Envoy, patient: &Value) -> Result<[String; 3]> {
+    let r = client
+        .post(envoy.url("/predict/heart"))
+        .json(patient)
+        .send()
+        .await?
+        .error_for_status()?;
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (role, version) = (h("x-coalmine-role"), h("x-coalmine-version"));
+    let body: Value = r.json().await?;
+    let model = body["model_version"].as_str().unwrap_or("").to_string();
+    Ok([role, version, model])
+}
+
+/// `n` predictions; how many came from each (role, version header, model).
+async fn tally(
+    client: &reqwest::Client,
+    envoy: &Envoy,
+    patients: &[Value],
+    n: usize,
+) -> Result<BTreeMap<[String; 3], usize>> {
+    let mut seen = BTreeMap::new();
+    for p in patients.iter().cycle().take(n) {
+        *seen.entry(predict(client, envoy, p).await?).or_default() += 1;
+    }
+    Ok(seen)
+}
+
+fn key(role: &str, version: &str, model: &str) -> [String; 3] {
+    [role.to_string(), version.to_string(), model.to_string()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_stack_runs_as_plain_processes() -> Result<()> {
+    let compose = Compose::load()?;
+    let dir = tempfile::tempdir()?;
+
+    // The models, made by the image's own build steps.
+    let models_bin = package_bin("coalmine-models-server")?;
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("bin"))?;
+    std::os::unix::fs::symlink(&models_bin, out.join("bin/coalmine-models-server"))?;
+    std::fs::create_dir_all(out.join("models"))?;
+    let image = compose.dockerfile("heart-v1")?;
+    for run in image.build_runs() {
+        if run.contains("cargo build") {
+            continue;
+        }
+        let command = run.replace("/out/", &format!("{}/", out.display()));
+        let status = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(workspace_root())
+            .status()?;
+        ensure!(status.success(), "{}: `{run}` failed", image.path.display());
+    }
+
+    // The services, with compose's commands and environments; only their
+    // addresses become loopback ones.
+    let mut servers = BTreeMap::new();
+    for service in ["heart-v1", "heart-v2"] {
+        let args: Vec<String> = compose
+            .command(service)?
+            .iter()
+            .map(|a| {
+                if a.starts_with("0.0.0.0:") {
+                    "127.0.0.1:0".to_string()
+                } else {
+                    a.replace("/models/", &format!("{}/models/", out.display()))
+                }
+            })
+            .collect();
+        let env = compose.environment(service)?;
+        let server =
+            ModelServer::serve(&models_bin, None, &args, &env, dir.path(), service).await?;
+        servers.insert(service, server);
+    }
+    let controller = ControllerProc::start_env(&compose.environment("controller")?).await?;
+    ensure!(
+        controller.db_path().exists(),
+        "the controller did not take its database from COALMINE_DB"
+    );
+    let envoy = Envoy::start_as(
+        EnvoyConfig::shipped("compose.yaml")?
+            .upstream("heart-v1", servers["heart-v1"].addr)?
+            .upstream("heart-v2", servers["heart-v2"].addr)?
+            .upstream("coalmine_controller", controller.addr)?,
+        "coalmine-compose",
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    let patients = patients()?;
+
+    // As the README's walk-through does it: heart-prod on v1, v2 registered
+    // under the cluster its route matches, a canary at 30 %.
+    controller
+        .call(
+            "POST",
+            "/v1/deployments",
+            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"},
+                   "policy": {"check_interval_seconds": 1}}),
+        )
+        .await?;
+    controller
+        .call(
+            "POST",
+            "/v1/deployments/heart-prod/versions",
+            json!({"version": "v2", "cluster": "heart-v2"}),
+        )
+        .await?;
+    controller
+        .call(
+            "POST",
+            "/v1/deployments/heart-prod/canary",
+            json!({"version": "v2", "percent": 30}),
+        )
+        .await?;
+    controller
+        .call("POST", "/v1/deployments/heart-prod/pause", json!({}))
+        .await?;
+    // (The static 20 % split of envoy/compose.yaml serves until then.)
+    poll(
+        "the compose Envoy to route by the controller's table",
+        Duration::from_secs(10),
+        || async { Ok((share_bps(&envoy).await? == 3000.0).then_some(())) },
+    )
+    .await?;
+
+    // Each version's route reaches its own model: the model that answered is
+    // the version the filter chose, for both roles.
+    let seen = tally(&client, &envoy, &patients, 200).await?;
+    println!("canary at 30 %: {seen:?}");
+    let baseline = seen.get(&key("baseline", "v1", "v1")).copied().unwrap_or(0);
+    let canary = seen.get(&key("canary", "v2", "v2")).copied().unwrap_or(0);
+    ensure!(
+        baseline + canary == 200 && canary >= 30 && baseline >= 100,
+        "a version answered for another: {seen:?}"
+    );
+
+    // Promotion: v2 becomes the baseline and still reaches its own model (a
+    // route on the role alone would now send "baseline" to v1).
+    controller
+        .call("POST", "/v1/deployments/heart-prod/promote", json!({}))
+        .await?;
+    poll("every request on v2", Duration::from_secs(5), || async {
+        let seen = tally(&client, &envoy, &patients, 20).await?;
+        Ok((seen.get(&key("baseline", "v2", "v2")) == Some(&20)).then_some(()))
+    })
+    .await?;
+    let seen = tally(&client, &envoy, &patients, 100).await?;
+    println!("promoted: {seen:?}");
+    ensure!(seen.len() == 1, "after the promotion: {seen:?}");
+
+    // Rollback after a promotion: back to the pinned v1, through its route.
+    controller
+        .call("POST", "/v1/deployments/heart-prod/rollback", json!({}))
+        .await?;
+    poll("every request on v1", Duration::from_secs(5), || async {
+        let seen = tally(&client, &envoy, &patients, 20).await?;
+        Ok((seen.get(&key("baseline", "v1", "v1")) == Some(&20)).then_some(()))
+    })
+    .await?;
+    let seen = tally(&client, &envoy, &patients, 100).await?;
+    println!("reverted to the pinned v1: {seen:?}");
+    ensure!(seen.len() == 1, "after the rollback: {seen:?}");
+    Ok(())
+}
+
+/// The canary share (basis points) a proxy routes by.
+async fn share_bps(envoy: &Envoy) -> Result<f64> {
+    Ok(prometheus_value(
+        &envoy.prometheus().await?,
+        "coalmine_canary_share_bps",
+        &[("deployment", "heart-prod")],
+    ))
+}
+
+/// Polls until the controller's per-role counts equal the sum of `counts`.
+async fn controller_counts_equal(s: &Stack, counts: &[(f64, f64)]) -> Result<(f64, f64)> {
+    let (b, c) = counts
+        .iter()
+        .fold((0.0, 0.0), |(b, c), (x, y)| (b + x, c + y));
+    poll(
+        "the controller's counts to equal the proxies' sum",
+        Duration::from_secs(10),
+        || async {
+            let h = s
+                .controller
+                .get("/v1/deployments/heart-prod/health")
+                .await?;
+            let seen = (
+                h["baseline"]["requests"].as_f64().unwrap_or(-1.0),
+                h["canary"]["requests"].as_f64().unwrap_or(-1.0),
+            );
+            ensure!(
+                seen.0 <= b && seen.1 <= c,
+                "the controller counts more than the proxies: {seen:?} vs {b}+{c}"
+            );
+            Ok((seen == (b, c)).then_some(seen))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_proxies_behind_one_controller_act_as_one() -> Result<()> {
+    let s = Stack::start(30_000).await?;
+    let names = ["proxy-a", "proxy-b", "proxy-c"];
+    let mut proxies = Vec::new();
+    for name in names {
+        proxies.push(s.envoy(name, 30_000).await?);
+    }
+    // No automatic step during the test: long bake; rollbacks stay automatic.
+    s.deployment(json!({"check_interval_seconds": 1, "bake_seconds": 3600}))
+        .await?;
+    s.start_canary(30.0).await?;
+    for p in &proxies {
+        poll(
+            "the proxy to route at 30 %",
+            Duration::from_secs(10),
+            || async { Ok((share_bps(p).await? == 3000.0).then_some(())) },
+        )
+        .await?;
+    }
+
+    // 1. What each proxy saw adds up to what the controller judges.
+    let loads: Vec<Load> = proxies
+        .iter()
+        .zip([20, 30, 40])
+        .map(|(p, rps)| Load::start(p.url("/predict/heart"), rps))
+        .collect();
+    let t = Instant::now();
+    for l in &loads {
+        l.at_least(60, t, Duration::from_secs(20)).await?;
+    }
+    drop(loads);
+    let mut counts = Vec::new();
+    for p in &proxies {
+        counts.push(role_counts(p).await?);
+    }
+    // Requests still under way when the load stopped: count until stable.
+    let counts = poll(
+        "the proxies' counts to settle",
+        Duration::from_secs(5),
+        || {
+            let before = counts.clone();
+            let proxies = &proxies;
+            async move {
+                let mut now = Vec::new();
+                for p in proxies {
+                    now.push(role_counts(p).await?);
+                }
+                Ok((now == before).then_some(now))
+            }
+        },
+    )
+    .await?;
+    let total = controller_counts_equal(&s, &counts).await?;
+    println!("controller {total:?} = sum of {names:?}: {counts:?}");
+    ensure!(
+        counts.iter().all(|(b, c)| *b > 0.0 && *c > 0.0),
+        "every proxy split its traffic: {counts:?}"
+    );
+
+    // 2. A split change reaches all three within one sync interval.
+    s.controller
+        .call(
+            "PUT",
+            "/v1/deployments/heart-prod/traffic",
+            json!({"canary_percent": 50}),
+        )
+        .await?;
+    let changed = Instant::now();
+    let mut reached = Vec::new();
+    for p in &proxies {
+        poll(
+            "the new split on every proxy within one sync interval",
+            Duration::from_millis(INTERVAL_MS),
+            || async { Ok((share_bps(p).await? == 5000.0).then_some(())) },
+        )
+        .await?;
+        reached.push(changed.elapsed());
+    }
+    println!("30 % → 50 % on {names:?} after {reached:?} (sync interval {INTERVAL_MS} ms)");
+    ensure!(
+        reached
+            .iter()
+            .all(|d| *d <= Duration::from_millis(INTERVAL_MS))
+    );
+
+    // 3. One proxy restarts; the other two carry on undisturbed.
+    let load_a = Load::start(proxies[0].url("/predict/heart"), 40);
+    let load_c = Load::start(proxies[2].url("/predict/heart"), 40);
+    let before_b = role_counts(&proxies[1]).await?;
+    let restart = Instant::now();
+    let old_b = std::mem::replace(&mut proxies[1], s.envoy("proxy-b", 30_000).await?);
+    drop(old_b);
+    poll(
+        "the restarted proxy at 50 %",
+        Duration::from_secs(10),
+        || async { Ok((share_bps(&proxies[1]).await? == 5000.0).then_some(())) },
+    )
+    .await?;
+    let back = restart.elapsed();
+    load_a
+        .at_least(40, Instant::now(), Duration::from_secs(10))
+        .await?;
+    for (name, load, p) in [
+        ("proxy-a", &load_a, &proxies[0]),
+        ("proxy-c", &load_c, &proxies[2]),
+    ] {
+        let during = load.since(restart);
+        let failed = during.iter().filter(|x| x.status != 200).count();
+        let canary = during
+            .iter()
+            .filter(|x| x.role.as_deref() == Some("canary"))
+            .count();
+        ensure!(
+            failed == 0 && during.len() >= 40,
+            "{name} during the restart: {failed} of {} failed",
+            during.len()
+        );
+        ensure!(share_bps(p).await? == 5000.0, "{name} lost its split");
+        println!(
+            "{name} while proxy-b restarted: {} requests, 0 failed, {canary} on the canary",
+            during.len()
+        );
+    }
+    println!("proxy-b back at 50 % {back:?} after its restart began");
+    drop((load_a, load_c));
+    let mut counts_after = Vec::new();
+    for p in &proxies {
+        counts_after.push(role_counts(p).await?);
+    }
+    let counts_after = poll(
+        "the proxies' counts to settle",
+        Duration::from_secs(5),
+        || {
+            let before = counts_after.clone();
+            let proxies = &proxies;
+            async move {
+                let mut now = Vec::new();
+                for p in proxies {
+                    now.push(role_counts(p).await?);
+                }
+                Ok((now == before).then_some(now))
+            }
+        },
+    )
+    .await?;
+    // The restarted proxy starts counting from zero; the controller still
+    // has what it reported before.
+    let mut all = counts_after.clone();
+    all.push(before_b);
+    let total = controller_counts_equal(&s, &all).await?;
+    println!(
+        "after the restart: controller {total:?} = {counts_after:?} + proxy-b before {before_b:?}"
+    );
+
+    // 4. The canary fails. Its healthy past leaves the window first (the
+    // shortest window, 10 s), so that only the failures count. Each proxy
+    // then sends at most four canary requests, fewer than the ten that roll
+    // back at once on their own; together they are twelve, and the
+    // controller rolls back on the aggregate. Every proxy stops sending to
+    // the canary.
+    s.controller
+        .call(
+            "PUT",
+            "/v1/deployments/heart-prod/policy",
+            json!({"check_interval_seconds": 1, "bake_seconds": 3600, "window_seconds": 10}),
+        )
+        .await?;
+    poll(
+        "the window to forget the healthy canary",
+        Duration::from_secs(20),
+        || async {
+            let h = s
+                .controller
+                .get("/v1/deployments/heart-prod/health")
+                .await?;
+            Ok((h["canary"]["requests"].as_f64() == Some(0.0)).then_some(()))
+        },
+    )
+    .await?;
+    s.v2.fail_every(1);
+    let client = reqwest::Client::new();
+    let mut canary_sent = Vec::new();
+    for p in &proxies {
+        let mut canary = 0;
+        for _ in 0..200 {
+            let r = client.get(p.url("/predict/heart")).send().await?;
+            if r.headers()
+                .get("x-coalmine-role")
+                .and_then(|v| v.to_str().ok())
+                == Some("canary")
+            {
+                ensure!(r.status() == 500, "the canary was told to fail");
+                canary += 1;
+                if canary == 4 {
+                    break;
+                }
+            }
+        }
+        canary_sent.push(canary);
+    }
+    ensure!(
+        canary_sent.iter().sum::<usize>() >= 10,
+        "too few canary requests to roll back: {canary_sent:?}"
+    );
+    let rolled_back = Instant::now();
+    let events = poll("the rollback", Duration::from_secs(15), || async {
+        let kinds = s.controller.event_kinds("heart-prod").await?;
+        Ok(kinds.iter().any(|k| k == "rolled_back").then_some(kinds))
+    })
+    .await?;
+    ensure!(
+        events.iter().any(|k| k == "auto_rollback_triggered"),
+        "{events:?}"
+    );
+    for (name, p) in names.iter().zip(&proxies) {
+        poll(
+            "canary traffic to stop on every proxy",
+            Duration::from_secs(5),
+            || async { Ok((share_bps(p).await? == 0.0).then_some(())) },
+        )
+        .await?;
+        let (_, canary_before) = role_counts(p).await?;
+        for _ in 0..50 {
+            let r = client.get(p.url("/predict/heart")).send().await?;
+            ensure!(
+                r.status() == 200,
+                "{name} after the rollback: {}",
+                r.status()
+            );
+        }
+        let (_, canary_after) = role_counts(p).await?;
+        ensure!(
+            canary_after == canary_before,
+            "{name} still sends to the canary"
+        );
+    }
+    println!(
+        "failing canary requests per proxy {canary_sent:?} (fewer than 10 each): rolled back \
+         on their aggregate; no canary traffic on any proxy {:?} later",
+        rolled_back.elapsed()
+    );
+    Ok(())
+}
