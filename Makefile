@@ -45,10 +45,11 @@ validate: build-wasm ## envoy --mode validate on every shipped Envoy config
 	    && echo ok || { echo FAILED; cat /tmp/coalmine-validate.log; exit 1; }; \
 	done
 
-check-deploy: ## the compose file and Prometheus configs, as far as no container runs
+check-deploy: ## the compose file, Prometheus configs, Kubernetes and Istio manifests, as far as no cluster is needed
 	docker-compose --file docker-compose.yml --profile observability config --quiet
 	@echo "docker-compose.yml: ok"
 	promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/compose.yml
+	node tools/manifests/validate.mjs
 
 deny: ## cargo deny: licenses, bans and sources of every dependency
 	$(CARGO) deny --all-features check licenses bans sources

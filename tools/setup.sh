@@ -54,5 +54,13 @@ if ! cmp -s tools/requirements.txt "$stamp"; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
   cp tools/requirements.txt "$stamp"
 fi
+# The Kubernetes and Istio schemas the manifests are checked against (pinned
+# in tools/manifests/package-lock.json).
+if ! cmp -s tools/manifests/package-lock.json tools/manifests/node_modules/.coalmine-lock; then
+  step "installing the manifest schemas (npm ci in tools/manifests)"
+  npm ci --prefix tools/manifests --no-audit --no-fund --loglevel=error
+  cp tools/manifests/package-lock.json tools/manifests/node_modules/.coalmine-lock
+fi
+
 .venv/bin/envoy --version | grep -q '/1.40.0/' || { echo "unexpected Envoy: $(.venv/bin/envoy --version)" >&2; exit 1; }
 step "setup complete: $(.venv/bin/envoy --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1) Envoy, $(rustc --version)"
