@@ -191,6 +191,20 @@ impl EnvoyConfig {
         Ok(self)
     }
 
+    /// Renames a cluster (as a control plane would name it).
+    pub fn rename_cluster(mut self, from: &str, to: &str) -> Result<EnvoyConfig> {
+        let clusters = self.doc["static_resources"]["clusters"]
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("config has no static clusters"))?;
+        let c = clusters
+            .iter_mut()
+            .find(|c| c["name"].as_str() == Some(from))
+            .ok_or_else(|| anyhow!("no cluster named {from}"))?;
+        c["name"] = Value::from(to);
+        c["load_assignment"]["cluster_name"] = Value::from(to);
+        Ok(self)
+    }
+
     /// Replaces the coalmine filter's plugin configuration.
     pub fn plugin_config(mut self, json: &serde_json::Value) -> Result<EnvoyConfig> {
         let filter = self.coalmine_filter()?;
