@@ -20,20 +20,7 @@ const SEED: &str = "20261123";
 async fn the_api_keeps_its_openapi_contract() -> Result<()> {
     let controller = ControllerProc::start(30_000).await?;
     // The deployment schemathesis.toml names in every path.
-    controller
-        .call(
-            "POST",
-            "/v1/deployments",
-            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}}),
-        )
-        .await?;
-    controller
-        .call(
-            "POST",
-            "/v1/deployments/heart-prod/versions",
-            json!({"version": "v2", "cluster": "heart-v2"}),
-        )
-        .await?;
+    controller.heart_prod(json!({})).await?;
     let root = workspace_root();
     let dir = root.join("tests/schemathesis");
     let seed = std::env::var("COALMINE_SCHEMATHESIS_SEED").unwrap_or_else(|_| SEED.into());

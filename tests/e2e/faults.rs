@@ -119,16 +119,9 @@ async fn a_stalled_controller_adds_no_latency_and_resent_reports_count_once() ->
         "the controller to count what Envoy counted",
         Duration::from_secs(20),
         || async {
-            let (b, c) = role_counts(&envoy).await?;
-            let h = s
-                .controller
-                .get("/v1/deployments/heart-prod/health")
-                .await?;
-            let seen = (
-                h["baseline"]["requests"].as_f64().unwrap_or(-1.0),
-                h["canary"]["requests"].as_f64().unwrap_or(-1.0),
-            );
-            Ok((seen == (b, c)).then_some(((b, c), seen)))
+            let envoy_counts = role_counts(&envoy).await?;
+            let seen = s.controller.role_counts().await?;
+            Ok((seen == envoy_counts).then_some((envoy_counts, seen)))
         },
     )
     .await?;

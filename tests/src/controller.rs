@@ -2,7 +2,7 @@
 
 use crate::poll;
 use anyhow::{Context as _, Result, anyhow, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -289,6 +289,34 @@ impl ControllerProc {
             .await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await?))
+    }
+
+    /// heart-prod on v1 (cluster heart-v1) with `policy`, and v2 (heart-v2)
+    /// registered.
+    pub async fn heart_prod(&self, policy: Value) -> Result<()> {
+        self.call(
+            "POST",
+            "/v1/deployments",
+            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}, "policy": policy}),
+        )
+        .await?;
+        self.call(
+            "POST",
+            "/v1/deployments/heart-prod/versions",
+            json!({"version": "v2", "cluster": "heart-v2", "metadata": {"test_accuracy": 0.72}}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The requests per role (baseline, canary) in heart-prod's window, as
+    /// the controller judges them.
+    pub async fn role_counts(&self) -> Result<(f64, f64)> {
+        let h = self.get("/v1/deployments/heart-prod/health").await?;
+        Ok((
+            h["baseline"]["requests"].as_f64().unwrap_or(-1.0),
+            h["canary"]["requests"].as_f64().unwrap_or(-1.0),
+        ))
     }
 
     /// The controller's Prometheus metrics, as text.

@@ -41,7 +41,8 @@ pub use models::ModelServer;
 pub mod bench;
 pub use receiver::Receiver;
 pub use stack::{
-    INTERVAL_MS, Stack, canary_traffic_stops, first_canary_response, is_canary, plugin, role_counts,
+    INTERVAL_MS, Stack, canary_traffic_stops, first_canary_response, is_canary, plugin,
+    role_counts, settled_role_counts,
 };
 pub use upstream::{SeenHeaders, Upstream};
 

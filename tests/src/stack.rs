@@ -56,20 +56,7 @@ impl Stack {
 
     /// heart-prod on v1 with `policy`, v2 registered.
     pub async fn deployment(&self, policy: Value) -> Result<()> {
-        let c = &self.controller;
-        c.call(
-            "POST",
-            "/v1/deployments",
-            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}, "policy": policy}),
-        )
-        .await?;
-        c.call(
-            "POST",
-            "/v1/deployments/heart-prod/versions",
-            json!({"version": "v2", "cluster": "heart-v2", "metadata": {"test_accuracy": 0.72}}),
-        )
-        .await?;
-        Ok(())
+        self.controller.heart_prod(policy).await
     }
 
     pub async fn start_canary(&self, percent: f64) -> Result<Value> {
@@ -138,4 +125,28 @@ pub async fn role_counts(envoy: &Envoy) -> Result<(f64, f64)> {
             .sum::<f64>()
     };
     Ok((role("baseline"), role("canary")))
+}
+
+/// Each proxy's per-role counts once they stop changing (requests still
+/// under way when a load stopped are counted first).
+pub async fn settled_role_counts(proxies: &[Envoy]) -> Result<Vec<(f64, f64)>> {
+    let last = std::sync::Mutex::new(Vec::new());
+    poll(
+        "the proxies' counts to settle",
+        Duration::from_secs(5),
+        || {
+            let last = &last;
+            async move {
+                let mut now = Vec::new();
+                for p in proxies {
+                    now.push(role_counts(p).await?);
+                }
+                let mut before = last.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let settled = !before.is_empty() && *before == now;
+                *before = now.clone();
+                Ok(settled.then_some(now))
+            }
+        },
+    )
+    .await
 }
