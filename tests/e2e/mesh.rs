@@ -59,11 +59,7 @@ fn the_compose_file_and_images_agree_with_what_is_tested() -> Result<()> {
         envoy["image"]
     );
     let command = compose.command("envoy")?;
-    let config = command
-        .iter()
-        .skip_while(|a| *a != "-c")
-        .nth(1)
-        .ok_or_else(|| anyhow!("envoy has no -c: {command:?}"))?;
+    let config = &arg_after(&command, "-c")?;
     let binds = compose.binds("envoy")?;
     let host_path = |container: &str| {
         binds.iter().find_map(|(host, target)| {
@@ -203,6 +199,15 @@ fn arg_after(args: &[String], flag: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("no {flag} in {args:?}"))
 }
 
+/// A response header's value, or "" without one.
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// POSTs one patient through Envoy; returns the role header, the version
 /// header and the model version the body names.
 async fn predict(client: &reqwest::Client, envoy: &Envoy, patient: &Value) -> Result<[String; 3]> {
@@ -212,14 +217,10 @@ async fn predict(client: &reqwest::Client, envoy: &Envoy, patient: &Value) -> Re
         .send()
         .await?
         .error_for_status()?;
-    let h = |n: &str| {
-        r.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    let (role, version) = (h("x-coalmine-role"), h("x-coalmine-version"));
+    let (role, version) = (
+        header(&r, "x-coalmine-role"),
+        header(&r, "x-coalmine-version"),
+    );
     let body: Value = r.json().await?;
     let model = body["model_version"].as_str().unwrap_or("").to_string();
     Ok([role, version, model])
@@ -529,13 +530,7 @@ async fn three_proxies_behind_one_controller_act_as_one() -> Result<()> {
     poll(
         "the window to forget the healthy canary",
         Duration::from_secs(20),
-        || async {
-            let h = s
-                .controller
-                .get("/v1/deployments/heart-prod/health")
-                .await?;
-            Ok((h["canary"]["requests"].as_f64() == Some(0.0)).then_some(()))
-        },
+        || async { Ok((s.controller.role_counts().await?.1 == 0.0).then_some(())) },
     )
     .await?;
     s.v2.fail_every(1);
@@ -754,15 +749,8 @@ async fn the_istio_manifests_route_each_version_on_a_real_envoy() -> Result<()> 
             .body("{}")
             .send()
             .await?;
-        let h = |n: &str| {
-            r.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
         *seen
-            .entry((h("x-coalmine-version"), h("x-served-by")))
+            .entry((header(&r, "x-coalmine-version"), header(&r, "x-served-by")))
             .or_insert(0) += 1;
     }
     println!("canary at 50 %, every client asking for heart-v2: {seen:?}");

@@ -65,30 +65,17 @@ impl ControllerProc {
         lease_ms: u64,
         extra_args: &[&str],
     ) -> Result<ControllerProc> {
-        let dir = tempfile::Builder::new()
-            .prefix("coalmine-controller-")
-            .tempdir()?;
-        let mut c = ControllerProc {
-            bin,
-            cpus: cpus.map(str::to_string),
-            child: None,
-            dir,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            lease_ms,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            env: Vec::new(),
-            operator_token: OPERATOR_TOKEN.to_string(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-        };
+        let mut c = ControllerProc::unstarted(bin, lease_ms)?;
+        c.cpus = cpus.map(str::to_string);
+        c.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         c.spawn().await?;
         Ok(c)
     }
 
     /// Starts configured by a container's environment alone (no flags), as
-    /// its image would run it, except that `COALMINE_LISTEN` becomes
-    /// `127.0.0.1:0` and `COALMINE_DB` a file of its own; both must be there.
+    /// its image would run it, except that `COALMINE_LISTEN` becomes a
+    /// loopback address and `COALMINE_DB` a file of its own; both must be
+    /// there.
     pub async fn start_env(env: &[(String, String)]) -> Result<ControllerProc> {
         let var = |name: &str| {
             env.iter()
@@ -96,36 +83,32 @@ impl ControllerProc {
                 .map(|(_, v)| v.clone())
                 .ok_or_else(|| anyhow!("no {name} in the controller's environment"))
         };
-        let operator_token = var("COALMINE_OPERATOR_TOKEN")?;
         var("COALMINE_LISTEN")?;
         var("COALMINE_DB")?;
-        let mut c = ControllerProc {
-            bin: controller_bin()?,
+        let mut c = ControllerProc::unstarted(controller_bin()?, 0)?;
+        c.operator_token = var("COALMINE_OPERATOR_TOKEN")?;
+        c.env = env.to_vec();
+        c.spawn().await?;
+        Ok(c)
+    }
+
+    fn unstarted(bin: PathBuf, lease_ms: u64) -> Result<ControllerProc> {
+        Ok(ControllerProc {
+            bin,
             cpus: None,
             child: None,
             dir: tempfile::Builder::new()
                 .prefix("coalmine-controller-")
                 .tempdir()?,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            lease_ms: 0,
+            lease_ms,
             extra_args: Vec::new(),
             env: Vec::new(),
-            operator_token,
+            operator_token: OPERATOR_TOKEN.to_string(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
-        };
-        let db = c.db_path().display().to_string();
-        c.env = env
-            .iter()
-            .map(|(k, v)| match k.as_str() {
-                "COALMINE_LISTEN" => (k.clone(), "127.0.0.1:0".to_string()),
-                "COALMINE_DB" => (k.clone(), db.clone()),
-                _ => (k.clone(), v.clone()),
-            })
-            .collect();
-        c.spawn().await?;
-        Ok(c)
+        })
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -154,7 +137,10 @@ impl ControllerProc {
                 .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)
                 .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN);
         } else {
-            command.envs(self.env.iter().cloned());
+            command
+                .envs(self.env.iter().cloned())
+                .env("COALMINE_LISTEN", self.addr.to_string())
+                .env("COALMINE_DB", self.db_path());
         }
         let child = command
             .arg("--address-file")

@@ -173,15 +173,18 @@ impl EnvoyConfig {
             .ok_or_else(|| anyhow!("no http filter named `coalmine`"))
     }
 
+    fn cluster(&mut self, name: &str) -> Result<&mut Value> {
+        self.doc["static_resources"]["clusters"]
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("config has no static clusters"))?
+            .iter_mut()
+            .find(|c| c["name"].as_str() == Some(name))
+            .ok_or_else(|| anyhow!("no cluster named {name}"))
+    }
+
     /// Points the named cluster's single endpoint at `addr`.
     pub fn upstream(mut self, cluster: &str, addr: SocketAddr) -> Result<EnvoyConfig> {
-        let clusters = self.doc["static_resources"]["clusters"]
-            .as_sequence_mut()
-            .ok_or_else(|| anyhow!("config has no static clusters"))?;
-        let c = clusters
-            .iter_mut()
-            .find(|c| c["name"].as_str() == Some(cluster))
-            .ok_or_else(|| anyhow!("no cluster named {cluster}"))?;
+        let c = self.cluster(cluster)?;
         // A name resolved by DNS in a deployment (compose, a mesh) is a
         // loopback address here.
         c["type"] = Value::from("STATIC");
@@ -194,13 +197,7 @@ impl EnvoyConfig {
 
     /// Renames a cluster (as a control plane would name it).
     pub fn rename_cluster(mut self, from: &str, to: &str) -> Result<EnvoyConfig> {
-        let clusters = self.doc["static_resources"]["clusters"]
-            .as_sequence_mut()
-            .ok_or_else(|| anyhow!("config has no static clusters"))?;
-        let c = clusters
-            .iter_mut()
-            .find(|c| c["name"].as_str() == Some(from))
-            .ok_or_else(|| anyhow!("no cluster named {from}"))?;
+        let c = self.cluster(from)?;
         c["name"] = Value::from(to);
         c["load_assignment"]["cluster_name"] = Value::from(to);
         Ok(self)
