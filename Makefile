@@ -31,7 +31,8 @@ fmt: ## format the code
 	$(CARGO) fmt --all
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
-lint: ## rustfmt check, clippy -D warnings natively and on wasm32
+lint: ## rustfmt check, clippy -D warnings natively and on wasm32, the layout's rules
+	tools/layout.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
@@ -72,7 +73,7 @@ test-wasm: ## the pure core's tests compiled to wasm32-wasip1
 	  $(CARGO) test -p coalmine-protocol --target $(WASM_TARGET) --locked
 
 test-e2e: build-wasm ## end-to-end tests on the real Envoy and controller
-	$(CARGO) build -p coalmine-controller -p coalmine-models-server --locked
+	$(CARGO) build -p coalmine-controller -p coalmine-cli -p coalmine-models-server --locked
 	$(CARGO) test -p coalmine-e2e --locked -- --nocapture
 
 test-demo: ## the demo, non-interactively; it fails unless its timeline is the expected one

@@ -1,17 +1,7 @@
-//! The coalmine controller.
+//! The coalmine controller: the I/O shell around the pure decisions of
+//! `coalmine-decide` (windows, policy, engine).
 //!
-//! A pure core and a thin I/O shell:
-//! - [`window`]: rolling per-second buckets of every proxy's reports, merged
-//!   into each role's requests, errors and exact percentiles;
-//! - [`policy`]: the thresholds and the evaluation of both roles into a
-//!   verdict (CRITICAL / DEGRADED / HEALTHY / INSUFFICIENT_DATA) with reasons;
-//! - [`engine`]: the deployment state machine: `step` for the engine's own
-//!   decisions, `command` for an operator's, both pure;
-//! - [`significance`]: anytime-valid tests and confidence sequences for rates
-//!   (the policy's significance guard);
-//! - [`sim`]: the decision simulator (`coalmine-sim`, `make bench-decisions`);
-//!
-//! and around it:
+//! - [`clock`]: the one clock every decision is stamped from;
 //! - [`store`]: persistence behind a small trait (SQLite in `store/sqlite.rs`),
 //!   with an append-only event log;
 //! - [`service`]: the controller's state in memory, the evaluation loop, and
@@ -20,23 +10,20 @@
 //!   `/metrics`, and the dashboard (`dashboard/`, embedded);
 //! - [`metrics`]: the controller's Prometheus metrics;
 //! - [`notify`]: webhooks for the events operators must not miss;
-//! - [`auth`]: which tokens the API checks;
-//! - [`cli`]: the `coalmine` operator CLI (`src/bin/coalmine.rs`).
+//! - [`auth`]: which tokens the API checks.
+//!
+//! The API's types live in `coalmine-client`, which the CLI, the demo, the
+//! tests and the benchmarks use to call it.
 
 pub mod api;
 pub mod auth;
-pub mod cli;
-pub mod engine;
+pub mod clock;
 pub mod metrics;
 pub mod notify;
-pub mod policy;
 pub mod service;
-pub mod significance;
-pub mod sim;
 pub mod store;
-pub mod window;
 
-pub use service::Controller;
+pub use service::{Controller, Services};
 
 use auth::Tokens;
 use std::future::Future;

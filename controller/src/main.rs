@@ -5,7 +5,7 @@ use clap::Parser;
 use coalmine_controller::auth::{Secret, Tokens};
 use coalmine_controller::metrics::Metrics;
 use coalmine_controller::notify::{NoNotifier, Notifier, RetryPolicy, Webhooks};
-use coalmine_controller::service::Settings;
+use coalmine_controller::service::{Services, Settings};
 use coalmine_controller::store::SqliteStore;
 use coalmine_controller::{Controller, serve};
 use std::net::SocketAddr;
@@ -145,7 +145,12 @@ async fn main() -> Result<()> {
     let settings = Settings {
         lease_ms: args.lease_ms,
     };
-    let controller = Controller::open_with(Arc::new(store), settings, metrics, notifier)
+    let services = Services {
+        metrics,
+        notifier,
+        ..Services::default()
+    };
+    let controller = Controller::open_with(Arc::new(store), settings, services)
         .await
         .context("loading the stored state")?;
     if let Some(path) = &args.address_file {

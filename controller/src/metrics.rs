@@ -1,7 +1,7 @@
 //! The controller's Prometheus metrics (`GET /metrics`).
 
-use crate::engine::{Deployment, EventKind};
-use crate::policy::VerdictKind;
+use coalmine_decide::engine::{Deployment, EventKind};
+use coalmine_decide::verdict::VerdictKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,13 +44,6 @@ pub struct Metrics {
     evaluation_seconds: Histogram,
     webhooks: Family<ResultLabel, Counter>,
 }
-
-const VERDICTS: [(VerdictKind, &str); 4] = [
-    (VerdictKind::Critical, "CRITICAL"),
-    (VerdictKind::Degraded, "DEGRADED"),
-    (VerdictKind::Healthy, "HEALTHY"),
-    (VerdictKind::InsufficientData, "INSUFFICIENT_DATA"),
-];
 
 /// How a sync report was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +132,10 @@ impl Metrics {
         self.canary_share.get_or_create(&label).set(share);
         // Counters exist at 0 from the start, so rates and increases work
         // before the first rollback or promotion.
-        for actor in [crate::engine::ENGINE, crate::engine::OPERATOR] {
+        for actor in [
+            coalmine_decide::engine::ENGINE,
+            coalmine_decide::engine::OPERATOR,
+        ] {
             let labels = ActorLabels {
                 deployment: d.name.clone(),
                 actor: actor.to_string(),
@@ -148,10 +144,10 @@ impl Metrics {
             drop(self.promotions.get_or_create(&labels));
         }
         if let Some(verdict) = verdict {
-            for (kind, name) in VERDICTS {
+            for kind in VerdictKind::ALL {
                 let labels = VerdictLabels {
                     deployment: d.name.clone(),
-                    verdict: name.to_string(),
+                    verdict: kind.as_str().to_string(),
                 };
                 self.verdict
                     .get_or_create(&labels)

@@ -5,8 +5,8 @@
 //! implementation: `notify/webhook.rs` (POST to configured URLs, retried with
 //! backoff) and `notify/none.rs`.
 
-use crate::engine::EventKind;
 use crate::store::StoredEvent;
+use coalmine_decide::engine::EventKind;
 
 mod none;
 mod webhook;

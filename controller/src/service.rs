@@ -1,112 +1,43 @@
 //! The controller's state and the thin shell around the pure engine.
 //!
 //! Every change (an operator's command or the engine's own decision) is
-//! computed by `engine`, committed to the store with its events in one
-//! transaction, and only then applied in memory and to the split table the
-//! proxies fetch. A store that cannot be written leaves everything as it was.
+//! computed by `coalmine_decide::engine`, committed to the store with its
+//! events in one transaction, and only then applied in memory and to the
+//! split table the proxies fetch. A store that cannot be written leaves
+//! everything as it was. The engine's verdict flows from the step into the
+//! metrics and the history; nothing evaluates it again. Time comes from one
+//! injected [`Clock`].
+//!
+//! - `ingest`: sync reports, deduplicated, into the rolling windows;
+//! - `history`: one sample a second per deployment, for charts.
 
-use crate::engine::{self, Command, Deployment, Millis, Refusal, Transition};
-use crate::metrics::{Metrics, SyncResult};
+mod history;
+mod ingest;
+
+pub use history::HISTORY_SAMPLES;
+
+use crate::clock::{Clock, Millis, SystemClock};
+use crate::metrics::Metrics;
 use crate::notify::{NoNotifier, Notifier};
-use crate::policy::{Observations, Policy, Reason, Recommendation, Verdict, VerdictKind, evaluate};
 use crate::store::{Commit, Store, StoreError, StoredEvent};
-use crate::window::{RoleWindowStats, Windows};
+use coalmine_client::types::Sample;
+use coalmine_decide::engine::{self, Command, Deployment, Refusal, Transition};
+use coalmine_decide::observe::Observations;
+use coalmine_decide::policy::Policy;
+use coalmine_decide::rules::evaluate;
+use coalmine_decide::verdict::{Health, Verdict, VerdictKind};
 use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
-use coalmine_protocol::{Role, SplitTable, Target};
-use serde::Serialize;
-use serde_json::Map;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use coalmine_protocol::{SplitTable, Target};
+use history::History;
+use ingest::Ingest;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
-
-/// Seconds after a change of share before the observed split is compared
-/// with it (the proxies' sync interval and reporting lag, with margin).
-pub const SPLIT_SETTLE_SECONDS: u64 = 5;
-
-/// What the policy looks at for `d` at `now`, read from the windows: both
-/// roles over the window, the canary's slow requests, and the split since the
-/// current share was set. The simulator calls this too.
-pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
-    let (second, window, classes) = (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
-    let baseline = windows.stats(
-        &d.name,
-        Role::Baseline,
-        &d.baseline.version,
-        second,
-        window,
-        classes,
-    );
-    let Some(c) = &d.canary else {
-        return Observations::of(baseline, RoleWindowStats::default());
-    };
-    let v = &c.target.version;
-    let canary = windows.stats(&d.name, Role::Canary, v, second, window, classes);
-    let canary_slow = baseline.p95_ms.map_or(0, |p95| {
-        windows.count_slower(
-            &d.name,
-            Role::Canary,
-            v,
-            second,
-            window,
-            p95 + d.policy.critical.p95_delta_ms,
-        )
-    });
-    // The split since the share was set, after it settled: for a few
-    // seconds, proxies still route by the old table and report traffic they
-    // split before the change.
-    let from = c.step_since / 1000 + SPLIT_SETTLE_SECONDS + 1;
-    let to = second.saturating_sub(1);
-    let (step_canary, step_all) = if to < from {
-        (0, 0)
-    } else {
-        let span = (to - from + 1).min(window);
-        let b = windows.stats(
-            &d.name,
-            Role::Baseline,
-            &d.baseline.version,
-            to,
-            span,
-            classes,
-        );
-        let k = windows.stats(&d.name, Role::Canary, v, to, span, classes);
-        (k.requests, k.requests.saturating_add(b.requests))
-    };
-    Observations {
-        baseline,
-        canary,
-        canary_slow,
-        step_canary_requests: step_canary,
-        step_requests: step_all,
-        configured_share: c.bps.as_percent() / 100.0,
-    }
-}
-
-/// The wall clock in milliseconds since the UNIX epoch.
-pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// How often the evaluation loop looks for deployments that are due.
 pub const EVALUATION_TICK: Duration = Duration::from_millis(250);
-/// Reporting instances not heard from for this long are forgotten.
-const INSTANCE_TTL_MS: u64 = 3_600_000;
-/// History samples kept per deployment (one a second: 15 minutes).
-pub const HISTORY_SAMPLES: usize = 900;
-
-/// One point of a deployment's history, for charts.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct Sample {
-    pub at: Millis,
-    pub canary_percent: f64,
-    pub canary_version: Option<String>,
-    pub verdict: VerdictKind,
-    pub baseline: RoleWindowStats,
-    pub canary: RoleWindowStats,
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -134,29 +65,45 @@ pub enum ServiceError {
     BadReport(#[from] ReportError),
 }
 
-/// A verdict with the statistics it was made from.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct Health {
-    pub verdict: VerdictKind,
-    pub recommendation: Recommendation,
-    pub reasons: Vec<Reason>,
-    pub window_seconds: u64,
-    pub baseline: RoleWindowStats,
-    pub canary: RoleWindowStats,
-}
-
 #[derive(Debug)]
 struct State {
     deployments: BTreeMap<String, Deployment>,
     epoch: u64,
     /// When each deployment with a canary is evaluated next.
     next_evaluation: HashMap<String, Millis>,
+    /// The verdict of each canary's last evaluation.
+    verdicts: HashMap<String, VerdictKind>,
 }
 
-#[derive(Debug)]
-struct Instance {
-    seq: u64,
-    seen_at: Millis,
+impl State {
+    /// The verdict the engine last reached for `d` (none yet, or no canary:
+    /// INSUFFICIENT_DATA).
+    fn verdict_of(&self, d: &Deployment) -> VerdictKind {
+        match d.canary {
+            Some(_) => self.verdicts.get(&d.name).copied(),
+            None => None,
+        }
+        .unwrap_or(VerdictKind::InsufficientData)
+    }
+}
+
+/// What the controller is given besides its store: metrics, notifications
+/// and the clock.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub metrics: Arc<Metrics>,
+    pub notifier: Arc<dyn Notifier>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            metrics: Arc::new(Metrics::default()),
+            notifier: Arc::new(NoNotifier),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 /// The controller.
@@ -164,15 +111,14 @@ struct Instance {
 pub struct Controller {
     store: Arc<dyn Store>,
     settings: Settings,
+    clock: Arc<dyn Clock>,
     state: tokio::sync::Mutex<State>,
-    windows: Mutex<Windows>,
-    /// Last sequence number counted per (proxy, instance).
-    instances: Mutex<HashMap<(String, String), Instance>>,
+    ingest: Ingest,
     /// The split table; held sync calls wait for it to change.
     table: watch::Sender<Arc<SplitTable>>,
     /// Set on shutdown: held sync calls answer at once.
     closing: AtomicBool,
-    history: Mutex<HashMap<String, VecDeque<Sample>>>,
+    history: History,
     metrics: Arc<Metrics>,
     notifier: Arc<dyn Notifier>,
 }
@@ -185,26 +131,19 @@ fn table_of(deployments: &BTreeMap<String, Deployment>, epoch: u64) -> SplitTabl
 }
 
 impl Controller {
-    /// Loads the stored state; no notifications.
+    /// Loads the stored state; no notifications, the wall clock.
     pub async fn open(
         store: Arc<dyn Store>,
         settings: Settings,
     ) -> Result<Arc<Controller>, StoreError> {
-        Controller::open_with(
-            store,
-            settings,
-            Arc::new(Metrics::default()),
-            Arc::new(NoNotifier),
-        )
-        .await
+        Controller::open_with(store, settings, Services::default()).await
     }
 
-    /// Loads the stored state, with these metrics and notifications.
+    /// Loads the stored state, with these metrics, notifications and clock.
     pub async fn open_with(
         store: Arc<dyn Store>,
         settings: Settings,
-        metrics: Arc<Metrics>,
-        notifier: Arc<dyn Notifier>,
+        services: Services,
     ) -> Result<Arc<Controller>, StoreError> {
         let snapshot = store.load().await?;
         let deployments: BTreeMap<String, Deployment> = snapshot
@@ -214,28 +153,34 @@ impl Controller {
             .collect();
         let table = table_of(&deployments, snapshot.epoch);
         for d in deployments.values() {
-            metrics.observe_deployment(d, None);
+            services.metrics.observe_deployment(d, None);
         }
         Ok(Arc::new(Controller {
             store,
             settings,
+            clock: services.clock,
             state: tokio::sync::Mutex::new(State {
                 deployments,
                 epoch: snapshot.epoch,
                 next_evaluation: HashMap::new(),
+                verdicts: HashMap::new(),
             }),
-            windows: Mutex::new(Windows::default()),
-            instances: Mutex::new(HashMap::new()),
+            ingest: Ingest::default(),
             table: watch::Sender::new(Arc::new(table)),
             closing: AtomicBool::new(false),
-            history: Mutex::new(HashMap::new()),
-            metrics,
-            notifier,
+            history: History::default(),
+            metrics: services.metrics,
+            notifier: services.notifier,
         }))
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The controller's time (ms since the UNIX epoch).
+    pub fn now(&self) -> Millis {
+        self.clock.now()
     }
 
     /// The split table as the proxies receive it.
@@ -250,17 +195,17 @@ impl Controller {
     }
 
     /// Commits a transition, then applies it. The epoch moves when the split
-    /// the proxies route by changed.
+    /// the proxies route by changed. `verdict` is the evaluation the
+    /// transition came from, if it came from one.
     async fn apply(
         &self,
         state: &mut State,
         t: Transition,
+        verdict: Option<VerdictKind>,
         now: Millis,
     ) -> Result<Vec<StoredEvent>, ServiceError> {
-        let before = state
-            .deployments
-            .get(&t.deployment.name)
-            .map(Deployment::split);
+        let name = t.deployment.name.clone();
+        let before = state.deployments.get(&name).map(Deployment::split);
         let epoch = if before.as_ref() == Some(&t.deployment.split()) {
             state.epoch
         } else {
@@ -284,12 +229,13 @@ impl Controller {
                 .count_event(&e.deployment, e.event.kind, &e.event.actor);
             self.notifier.notify(e);
         }
-        let verdict = self.health_of(&t.deployment, now).verdict;
-        self.metrics
-            .observe_deployment(&t.deployment, Some(verdict));
-        state
-            .deployments
-            .insert(t.deployment.name.clone(), t.deployment);
+        match verdict {
+            Some(v) if t.deployment.canary.is_some() => state.verdicts.insert(name.clone(), v),
+            _ => state.verdicts.remove(&name),
+        };
+        let shown = state.verdict_of(&t.deployment);
+        self.metrics.observe_deployment(&t.deployment, Some(shown));
+        state.deployments.insert(name, t.deployment);
         if epoch != state.epoch {
             state.epoch = epoch;
             let table = Arc::new(table_of(&state.deployments, epoch));
@@ -309,10 +255,10 @@ impl Controller {
         if state.deployments.contains_key(name) {
             return Err(ServiceError::Exists(name.to_string()));
         }
-        let now = now_ms();
+        let now = self.now();
         let t = engine::create(name, baseline, policy, actor, now)?;
         let d = t.deployment.clone();
-        self.apply(&mut state, t, now).await?;
+        self.apply(&mut state, t, None, now).await?;
         Ok(d)
     }
 
@@ -328,11 +274,15 @@ impl Controller {
             .deployments
             .get(name)
             .ok_or_else(|| ServiceError::NotFound(name.to_string()))?;
-        let now = now_ms();
+        let now = self.now();
         let starts_canary = matches!(cmd, Command::StartCanary { .. });
         let t = engine::command(d, cmd, actor, now)?;
         let next = t.deployment.clone();
-        self.apply(&mut state, t, now).await?;
+        // A new canary has no verdict yet; any other command keeps the last.
+        let kept = (!starts_canary)
+            .then(|| state.verdicts.get(name).copied())
+            .flatten();
+        self.apply(&mut state, t, kept, now).await?;
         if starts_canary {
             let first = now + next.policy.check_interval_seconds * 1000;
             state.next_evaluation.insert(name.to_string(), first);
@@ -375,59 +325,39 @@ impl Controller {
     }
 
     /// What the policy looks at for a deployment, ending now.
-    pub fn observations(&self, d: &Deployment, now: Millis) -> Observations {
-        let Ok(windows) = self.windows.lock() else {
-            return Observations::default();
-        };
-        observe(&windows, d, now)
+    pub fn observations(&self, d: &Deployment) -> Observations {
+        self.ingest.observe(d, self.now())
     }
 
-    /// The current verdict and statistics.
+    /// The verdict and statistics on the window as of now (the API's health
+    /// body; the engine acts on its own evaluations, every check interval).
     pub async fn health(&self, name: &str) -> Result<Health, ServiceError> {
         let d = self.deployment(name).await?;
-        Ok(self.health_of(&d, now_ms()))
+        Ok(self.health_of(&d))
     }
 
-    pub fn health_of(&self, d: &Deployment, now: Millis) -> Health {
-        let obs = self.observations(d, now);
+    /// [`Controller::health`] of a deployment at hand.
+    pub fn health_of(&self, d: &Deployment) -> Health {
+        let obs = self.observations(d);
         let verdict = match &d.canary {
             Some(_) => evaluate(&d.policy, &obs),
-            None => Verdict {
-                verdict: VerdictKind::InsufficientData,
-                recommendation: Recommendation::Continue,
-                reasons: vec![Reason {
-                    code: "no_canary".into(),
-                    message: format!(
-                        "no canary in progress; {} serves all traffic",
-                        d.baseline.version
-                    ),
-                    numbers: Map::new(),
-                }],
-            },
+            None => Verdict::no_canary(&d.baseline.version),
         };
-        Health {
-            verdict: verdict.verdict,
-            recommendation: verdict.recommendation,
-            reasons: verdict.reasons,
-            window_seconds: d.policy.window_seconds,
-            baseline: obs.baseline,
-            canary: obs.canary,
-        }
+        Health::new(verdict, d.policy.window_seconds, obs.baseline, obs.canary)
     }
 
-    /// A filter worker's sync: counts its report once, answers the table.
-    /// [`Controller::sync`], then, when the worker already holds the
-    /// current table, holds the answer for up to `wait` until the table
-    /// changes (or shutdown). The report is counted before the hold.
+    /// A filter worker's sync: [`Controller::sync`], then, when the worker
+    /// already holds the current table, holds the answer for up to `wait`
+    /// until the table changes (or shutdown). The report is counted before
+    /// the hold.
     pub async fn sync_held(
         &self,
         req: &SyncRequest,
-        now: Millis,
         wait: Duration,
     ) -> Result<SyncResponse, ServiceError> {
         // Subscribed before the report is taken in, so no change is missed.
         let mut changes = self.table.subscribe();
-        let answer = self.sync(req, now)?;
+        let answer = self.sync(req)?;
         if wait.is_zero() || answer.table.epoch != req.epoch || self.closing.load(Ordering::SeqCst)
         {
             return Ok(answer);
@@ -441,43 +371,9 @@ impl Controller {
         })
     }
 
-    pub fn sync(&self, req: &SyncRequest, now: Millis) -> Result<SyncResponse, ServiceError> {
-        let checked = req.check().and_then(|()| {
-            // Decode everything before touching any state: a bad report changes nothing.
-            req.reports
-                .iter()
-                .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
-                .collect::<Result<Vec<_>, _>>()
-        });
-        let decoded = match checked {
-            Ok(d) => d,
-            Err(e) => {
-                self.metrics.sync_report(SyncResult::Rejected);
-                tracing::debug!(proxy = %req.proxy, "report refused: {e}");
-                return Err(e.into());
-            }
-        };
-        let key = (req.proxy.clone(), req.instance.clone());
-        if let Ok(mut instances) = self.instances.lock() {
-            let instance = instances.entry(key).or_insert(Instance {
-                seq: 0,
-                seen_at: now,
-            });
-            instance.seen_at = now;
-            // Sequence numbers start at 1; a number already counted is a resend.
-            if req.seq > instance.seq {
-                instance.seq = req.seq;
-                self.metrics.sync_report(SyncResult::Accepted);
-                if let Ok(mut windows) = self.windows.lock() {
-                    for (r, counts, h) in &decoded {
-                        windows.add(&r.deployment, r.role, &r.version, now / 1000, counts, h);
-                    }
-                }
-            } else {
-                self.metrics.sync_report(SyncResult::Duplicate);
-                tracing::debug!(proxy = %req.proxy, instance = %req.instance, seq = req.seq, "report already counted");
-            }
-        }
+    /// A filter worker's sync: counts its report once, answers the table.
+    pub fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ServiceError> {
+        self.ingest.take(req, self.now(), &self.metrics)?;
         Ok(SyncResponse {
             table: SplitTable::clone(&self.table()),
             lease_ms: self.settings.lease_ms,
@@ -485,38 +381,41 @@ impl Controller {
     }
 
     /// Evaluates every deployment whose check interval has come.
-    pub async fn evaluate_due(&self, now: Millis) {
+    pub async fn evaluate_due(&self) {
+        let now = self.now();
         let mut state = self.state.lock().await;
-        let due: Vec<String> = state
+        let due: Vec<Deployment> = state
             .deployments
             .values()
             .filter(|d| d.canary.is_some())
-            .map(|d| d.name.clone())
-            .filter(|n| state.next_evaluation.get(n).is_none_or(|&at| now >= at))
+            .filter(|d| {
+                state
+                    .next_evaluation
+                    .get(&d.name)
+                    .is_none_or(|&at| now >= at)
+            })
+            .cloned()
             .collect();
-        for name in due {
-            let Some(d) = state.deployments.get(&name).cloned() else {
-                continue;
-            };
+        for d in due {
             let interval = d.policy.check_interval_seconds * 1000;
             let first_sight = state
                 .next_evaluation
-                .insert(name.clone(), now + interval)
+                .insert(d.name.clone(), now + interval)
                 .is_none();
             if first_sight {
                 // E.g. after a restart: give the proxies one interval to report.
                 continue;
             }
             let started = std::time::Instant::now();
-            let obs = self.observations(&d, now);
-            let s = engine::step(&d, &obs, now);
-            if let Some(v) = &s.verdict {
-                self.metrics.observe_deployment(&d, Some(v.verdict));
-            }
-            if !(s.transition.deployment == d && s.transition.events.is_empty())
-                && let Err(e) = self.apply(&mut state, s.transition, now).await
-            {
-                tracing::warn!(deployment = %name, "evaluation not applied: {e}");
+            let s = engine::step(&d, &self.ingest.observe(&d, now), now);
+            let verdict = s.verdict.as_ref().map(|v| v.verdict);
+            if s.transition.deployment == d && s.transition.events.is_empty() {
+                if let Some(v) = verdict {
+                    state.verdicts.insert(d.name.clone(), v);
+                }
+                self.metrics.observe_deployment(&d, verdict);
+            } else if let Err(e) = self.apply(&mut state, s.transition, verdict, now).await {
+                tracing::warn!(deployment = %d.name, "evaluation not applied: {e}");
             }
             self.metrics.evaluation(started.elapsed().as_secs_f64());
         }
@@ -524,50 +423,37 @@ impl Controller {
         self.prune(now).await;
     }
 
-    /// Records one history sample per deployment.
-    pub async fn sample(&self, now: Millis) {
-        let deployments = self.deployments().await;
-        let samples: Vec<(String, Sample)> = deployments
-            .iter()
+    /// Records one history sample per deployment: its split, the verdict
+    /// the engine last reached, and both roles' numbers now.
+    pub async fn sample(&self) {
+        let now = self.now();
+        let state = self.state.lock().await;
+        let samples: Vec<(String, Sample)> = state
+            .deployments
+            .values()
             .map(|d| {
-                let h = self.health_of(d, now);
-                self.metrics.observe_deployment(d, Some(h.verdict));
+                let verdict = state.verdict_of(d);
+                self.metrics.observe_deployment(d, Some(verdict));
+                let obs = self.ingest.observe(d, now);
                 let sample = Sample {
                     at: now,
                     canary_percent: d.canary.as_ref().map_or(0.0, |c| c.bps.as_percent()),
                     canary_version: d.canary.as_ref().map(|c| c.target.version.clone()),
-                    verdict: h.verdict,
-                    baseline: h.baseline,
-                    canary: h.canary,
+                    verdict,
+                    baseline: obs.baseline,
+                    canary: obs.canary,
                 };
                 (d.name.clone(), sample)
             })
             .collect();
-        if let Ok(mut history) = self.history.lock() {
-            history.retain(|name, _| deployments.iter().any(|d| d.name == *name));
-            for (name, sample) in samples {
-                let h = history.entry(name).or_default();
-                if h.len() == HISTORY_SAMPLES {
-                    h.pop_front();
-                }
-                h.push_back(sample);
-            }
-        }
+        drop(state);
+        self.history.record(samples);
     }
 
     /// A deployment's history samples after `since` (ms), oldest first.
     pub async fn history(&self, name: &str, since: Millis) -> Result<Vec<Sample>, ServiceError> {
         self.deployment(name).await?;
-        Ok(self
-            .history
-            .lock()
-            .map(|h| {
-                h.get(name)
-                    .map(|s| s.iter().filter(|s| s.at > since).cloned().collect())
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_default())
+        Ok(self.history.since(name, since))
     }
 
     async fn prune(&self, now: Millis) {
@@ -581,12 +467,7 @@ impl Controller {
                 .unwrap_or(300)
                 + 60
         };
-        if let Ok(mut w) = self.windows.lock() {
-            w.prune(now / 1000, keep);
-        }
-        if let Ok(mut i) = self.instances.lock() {
-            i.retain(|_, inst| now.saturating_sub(inst.seen_at) < INSTANCE_TTL_MS);
-        }
+        self.ingest.prune(now, keep);
     }
 
     /// The evaluation loop, until `shutdown` resolves.
@@ -599,11 +480,11 @@ impl Controller {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
-                    let now = now_ms();
-                    self.evaluate_due(now).await;
-                    if now / 1000 != sampled_second {
-                        sampled_second = now / 1000;
-                        self.sample(now).await;
+                    self.evaluate_due().await;
+                    let second = self.now() / 1000;
+                    if second != sampled_second {
+                        sampled_second = second;
+                        self.sample().await;
                     }
                 }
             }
@@ -614,10 +495,11 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::store::SqliteStore;
-    use coalmine_protocol::Outcome;
     use coalmine_protocol::stats::RoleStats;
     use coalmine_protocol::sync::RoleReport;
+    use coalmine_protocol::{Outcome, Role};
 
     fn target(v: &str) -> Target {
         Target {
@@ -637,9 +519,22 @@ mod tests {
         RoleReport::from_stats("heart-prod", role, version, &s)
     }
 
-    async fn controller() -> Arc<Controller> {
+    const T0: Millis = 1_700_000_000_000;
+
+    /// A controller on an in-memory database and a clock the test moves.
+    async fn controller_at(clock: Arc<ManualClock>) -> Arc<Controller> {
         let store = Arc::new(SqliteStore::in_memory().await.unwrap());
-        Controller::open(store, Settings::default()).await.unwrap()
+        let services = Services {
+            clock,
+            ..Services::default()
+        };
+        Controller::open_with(store, Settings::default(), services)
+            .await
+            .unwrap()
+    }
+
+    async fn controller() -> Arc<Controller> {
+        controller_at(Arc::new(ManualClock::new(T0))).await
     }
 
     #[tokio::test]
@@ -655,18 +550,17 @@ mod tests {
             epoch: 0,
             reports: vec![report(Role::Baseline, "v1", 30, 2)],
         };
-        let now = now_ms();
-        let resp = c.sync(&req, now).unwrap();
+        let resp = c.sync(&req).unwrap();
         assert_eq!(resp.table.epoch, 1);
         assert_eq!(resp.table.deployments[0].baseline, target("v1"));
-        c.sync(&req, now).unwrap();
+        c.sync(&req).unwrap();
         let mut older = req.clone();
         older.seq = 0;
-        c.sync(&older, now).unwrap();
+        c.sync(&older).unwrap();
         // Another instance of the same proxy counts separately.
         let mut other = req.clone();
         other.instance = "b".into();
-        c.sync(&other, now).unwrap();
+        c.sync(&other).unwrap();
         let h = c.health("heart-prod").await.unwrap();
         assert_eq!((h.baseline.requests, h.baseline.errors), (64, 4));
     }
@@ -686,17 +580,14 @@ mod tests {
             epoch: 0,
             reports: vec![report(Role::Baseline, "v1", 10, 0), bad],
         };
-        assert!(matches!(
-            c.sync(&req, now_ms()),
-            Err(ServiceError::BadReport(_))
-        ));
+        assert!(matches!(c.sync(&req), Err(ServiceError::BadReport(_))));
         assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 0);
         // The same seq with a good report is then accepted: nothing was recorded.
         let good = SyncRequest {
             reports: vec![report(Role::Baseline, "v1", 10, 0)],
             ..req
         };
-        c.sync(&good, now_ms()).unwrap();
+        c.sync(&good).unwrap();
         assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 10);
     }
 
@@ -744,13 +635,13 @@ mod tests {
 
         // A worker behind the table gets its answer at once.
         let behind = held_request(0);
-        let behind = tokio::time::timeout(PROMPT, c.sync_held(&behind, now_ms(), HOLD));
+        let behind = tokio::time::timeout(PROMPT, c.sync_held(&behind, HOLD));
         assert_eq!(behind.await.unwrap().unwrap().table.epoch, current);
 
         // A current worker is held until the table changes, then gets it.
         let held = {
             let c = c.clone();
-            tokio::spawn(async move { c.sync_held(&held_request(current), now_ms(), HOLD).await })
+            tokio::spawn(async move { c.sync_held(&held_request(current), HOLD).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!held.is_finished());
@@ -776,13 +667,13 @@ mod tests {
         let current = c.epoch().await;
         let t0 = std::time::Instant::now();
         let short = Duration::from_millis(200);
-        let unchanged = c.sync_held(&held_request(current), now_ms(), short).await;
+        let unchanged = c.sync_held(&held_request(current), short).await;
         assert_eq!(unchanged.unwrap().table.epoch, current);
         assert!(t0.elapsed() >= short);
 
         let held = {
             let c = c.clone();
-            tokio::spawn(async move { c.sync_held(&held_request(current), now_ms(), HOLD).await })
+            tokio::spawn(async move { c.sync_held(&held_request(current), HOLD).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!held.is_finished());
@@ -791,7 +682,7 @@ mod tests {
         assert_eq!(released.unwrap().table.epoch, current);
         // After shutdown began nothing is held.
         let late = held_request(current);
-        let late = tokio::time::timeout(PROMPT, c.sync_held(&late, now_ms(), HOLD));
+        let late = tokio::time::timeout(PROMPT, c.sync_held(&late, HOLD));
         assert_eq!(late.await.unwrap().unwrap().table.epoch, current);
     }
 
@@ -811,7 +702,8 @@ mod tests {
 
     #[tokio::test]
     async fn evaluation_rolls_back_from_reported_stats() {
-        let c = controller().await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let c = controller_at(clock.clone()).await;
         let policy = Policy {
             check_interval_seconds: 1,
             ..Policy::default()
@@ -821,7 +713,6 @@ mod tests {
             .unwrap();
         register_v2(&c).await;
         start_v2(&c, None).await;
-        let now = now_ms();
         let req = SyncRequest {
             proxy: "p".into(),
             instance: "i".into(),
@@ -832,8 +723,9 @@ mod tests {
                 report(Role::Canary, "v2", 75, 25),
             ],
         };
-        c.sync(&req, now).unwrap();
-        c.evaluate_due(now + 1000).await;
+        c.sync(&req).unwrap();
+        clock.advance(1000);
+        c.evaluate_due().await;
         let d = c.deployment("heart-prod").await.unwrap();
         assert!(d.canary.is_none());
         let kinds: Vec<_> = c
@@ -856,5 +748,70 @@ mod tests {
             ]
         );
         assert_eq!(c.table().deployments[0].canary_bps.get(), 0);
+    }
+
+    /// The history shows the verdict the engine reached, not one made
+    /// again from newer numbers: without an evaluation in between, a sample
+    /// keeps the last step's CRITICAL although the window now looks healthy.
+    #[tokio::test]
+    async fn the_history_keeps_the_engines_verdict() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let c = controller_at(clock.clone()).await;
+        let policy = Policy {
+            check_interval_seconds: 1,
+            window_seconds: 10,
+            auto_rollback: false,
+            ..Policy::default()
+        };
+        c.create("heart-prod", target("v1"), policy, "operator")
+            .await
+            .unwrap();
+        register_v2(&c).await;
+        start_v2(&c, None).await;
+        let bad = SyncRequest {
+            proxy: "p".into(),
+            instance: "i".into(),
+            seq: 1,
+            epoch: 2,
+            reports: vec![
+                report(Role::Baseline, "v1", 400, 0),
+                report(Role::Canary, "v2", 50, 50),
+            ],
+        };
+        c.sync(&bad).unwrap();
+        clock.advance(1000);
+        c.evaluate_due().await;
+        c.sample().await;
+        let last = |h: Vec<Sample>| h.last().map(|s| s.verdict);
+        assert_eq!(
+            last(c.history("heart-prod", 0).await.unwrap()),
+            Some(VerdictKind::Critical)
+        );
+        // The bad second leaves the window; healthy numbers arrive.
+        clock.advance(20_000);
+        let good = SyncRequest {
+            seq: 2,
+            reports: vec![
+                report(Role::Baseline, "v1", 400, 0),
+                report(Role::Canary, "v2", 400, 0),
+            ],
+            ..bad
+        };
+        c.sync(&good).unwrap();
+        let d = c.deployment("heart-prod").await.unwrap();
+        assert_eq!(c.health_of(&d).verdict, VerdictKind::Healthy);
+        c.sample().await;
+        assert_eq!(
+            last(c.history("heart-prod", 0).await.unwrap()),
+            Some(VerdictKind::Critical),
+            "a sample must not evaluate again"
+        );
+        clock.advance(1000);
+        c.evaluate_due().await;
+        c.sample().await;
+        assert_eq!(
+            last(c.history("heart-prod", 0).await.unwrap()),
+            Some(VerdictKind::Healthy)
+        );
     }
 }

@@ -5,8 +5,9 @@
 //! transaction: either all of it is durable or none. SQLite is the default
 //! implementation (`store/sqlite.rs`).
 
-use crate::engine::{Deployment, Event, Millis};
-use serde::{Deserialize, Serialize};
+use coalmine_decide::engine::{Deployment, Event, Millis};
+
+pub use coalmine_client::types::StoredEvent;
 
 mod sqlite;
 pub use sqlite::SqliteStore;
@@ -26,16 +27,6 @@ pub struct Commit<'a> {
     /// The split table epoch after this commit.
     pub epoch: u64,
     pub at: Millis,
-}
-
-/// An event as stored: with its id, deployment and time.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StoredEvent {
-    pub id: i64,
-    pub deployment: String,
-    pub at: Millis,
-    #[serde(flatten)]
-    pub event: Event,
 }
 
 #[derive(Debug, thiserror::Error)]

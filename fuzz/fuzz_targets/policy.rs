@@ -6,8 +6,11 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use coalmine_controller::policy::{Observations, Policy, Recommendation, VerdictKind, evaluate};
-use coalmine_controller::window::{RoleWindowStats, error_rate};
+use coalmine_decide::observe::Observations;
+use coalmine_decide::policy::Policy;
+use coalmine_decide::rules::evaluate;
+use coalmine_decide::verdict::{Recommendation, VerdictKind};
+use coalmine_decide::window::{RoleWindowStats, error_rate};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]

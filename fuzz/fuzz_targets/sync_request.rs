@@ -5,7 +5,7 @@
 //! loses a request (counts saturate rather than wrap).
 #![no_main]
 
-use coalmine_controller::window::Windows;
+use coalmine_decide::window::Windows;
 use coalmine_protocol::sync::SyncRequest;
 use coalmine_protocol::{Outcome, Role};
 use libfuzzer_sys::fuzz_target;

@@ -138,7 +138,7 @@ fn default_authority() -> String {
     "coalmine-controller".into()
 }
 fn default_sync_path() -> String {
-    "/v1/sync".into()
+    crate::sync::SYNC_PATH.into()
 }
 fn default_interval_ms() -> u64 {
     1000
@@ -449,12 +449,8 @@ impl RawStatic {
                 ));
             }
         }
-        let canary_bps = Bps::from_percent(self.canary_percent).ok_or_else(|| {
-            ConfigError::new(
-                format!("{field}.canary_percent"),
-                format!("must be between 0 and 100, got {}", self.canary_percent),
-            )
-        })?;
+        let canary_bps = Bps::parse_percent(self.canary_percent)
+            .map_err(|m| ConfigError::new(format!("{field}.canary_percent"), m))?;
         if canary_bps > Bps::ZERO && self.canary.is_none() {
             return Err(ConfigError::new(
                 format!("{field}.canary"),

@@ -76,6 +76,13 @@ impl Bps {
         Bps::new((percent * 100.0).round() as u16)
     }
 
+    /// [`Bps::from_percent`] with the one sentence every caller reports
+    /// (the plugin configuration, the API, the engine).
+    pub fn parse_percent(percent: f64) -> Result<Bps, String> {
+        Bps::from_percent(percent)
+            .ok_or_else(|| format!("must be between 0 and 100, got {percent}"))
+    }
+
     pub const fn get(self) -> u16 {
         self.0
     }

@@ -16,6 +16,10 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use serde::{Deserialize, Serialize};
 
+/// Where the controller answers sync calls (the plugin configuration's
+/// default `controller.path`).
+pub const SYNC_PATH: &str = "/v1/sync";
+
 /// Limits a controller enforces on one report (a filter never comes close).
 pub const MAX_REPORTS: usize = 1024;
 pub const MAX_ID_LEN: usize = 256;

@@ -6,6 +6,7 @@
 //! works without its token.
 
 use anyhow::{Context, Result, ensure};
+use coalmine_client::paths;
 use coalmine_e2e::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, workspace_root};
 use serde_json::json;
 use std::process::Stdio;
@@ -28,7 +29,7 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
         .arg("--config-file")
         .arg(dir.join("schemathesis.toml"))
         .arg("run")
-        .arg(controller.url("/v1/openapi.json"))
+        .arg(controller.url(paths::OPENAPI))
         .args(["--url", &controller.url("")])
         // Everything but positive_data_acceptance: the controller checks more
         // than a schema can say (a canary's version must be registered,
@@ -81,6 +82,6 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
         controller.log()
     );
     // Still serving after all of it.
-    controller.get("/healthz").await?;
+    controller.client().healthz().await?;
     Ok(())
 }

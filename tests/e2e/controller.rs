@@ -1,12 +1,15 @@
 //! The controller syncs with every proxy, judges the canary and rolls back by
 //! itself: real Envoy, the real controller binary, upstreams on loopback.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
+use coalmine_client::Action;
+use coalmine_client::types::DeploymentView;
+use coalmine_decide::engine::VersionState;
 use coalmine_e2e::{
     INTERVAL_MS, Load, SYNC_TOKEN, Stack, canary_traffic_stops, first_canary_response, poll,
     prometheus_value,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -26,7 +29,7 @@ async fn a_failing_canary_is_rolled_back_automatically_and_then_gets_no_traffic(
         Duration::from_secs(30),
         || async {
             let d = s.deployment_state().await?;
-            Ok(d["canary"].is_null().then(Instant::now))
+            Ok(d.canary.is_none().then(Instant::now))
         },
     )
     .await?;
@@ -97,34 +100,29 @@ async fn a_failing_canary_is_rolled_back_automatically_and_then_gets_no_traffic(
         ]),
         "{kinds:?}"
     );
-    let events = s
-        .controller
-        .get("/v1/deployments/heart-prod/events")
-        .await?;
+    let api = s.controller.client();
+    let events = api.events("heart-prod", None, None).await?;
     let failed = events
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["kind"] == "health_check_failed"))
-        .cloned()
-        .unwrap_or_default();
-    let rate = failed["numbers"]["canary_error_rate"]
+        .iter()
+        .find(|e| e.event.kind.as_str() == "health_check_failed")
+        .map(|e| e.event.clone())
+        .context("no health_check_failed event")?;
+    let rate = failed.numbers["canary_error_rate"]
         .as_f64()
         .unwrap_or_default();
     ensure!(
         (0.15..=0.35).contains(&rate),
         "canary error rate in the event: {rate}"
     );
-    ensure!(failed["actor"] == "engine", "{failed}");
+    ensure!(failed.actor == "engine", "{failed:?}");
     ensure!(
-        failed["numbers"]["log_e_value"].as_f64().unwrap_or(0.0) >= (200.0f64).ln(),
-        "established at α/2: {failed}"
+        failed.numbers["log_e_value"].as_f64().unwrap_or(0.0) >= (200.0f64).ln(),
+        "established at α/2: {failed:?}"
     );
-    let versions = s
-        .controller
-        .get("/v1/deployments/heart-prod/versions")
-        .await?;
+    let versions = api.versions("heart-prod").await?;
     ensure!(
-        versions[1]["state"] == "rolled_back" && versions[1]["healthy"] == false,
-        "{versions}"
+        versions[1].state == VersionState::RolledBack && !versions[1].healthy,
+        "{versions:?}"
     );
     Ok(())
 }
@@ -136,20 +134,15 @@ async fn state_and_timeline_survive_kill_9() -> Result<()> {
     s.deployment(json!({"check_interval_seconds": 1})).await?;
     s.start_canary(20.0).await?;
     s.controller
-        .call(
-            "PUT",
-            "/v1/deployments/heart-prod/traffic",
-            json!({"canary_percent": 35}),
-        )
+        .client()
+        .set_traffic("heart-prod", 35.0)
         .await?;
     s.controller
-        .call(
-            "POST",
-            "/v1/deployments/heart-prod/pause",
-            json!({"reason": "looking at logs"}),
-        )
+        .client()
+        .act("heart-prod", Action::Pause, Some("looking at logs".into()))
         .await?;
-    let strip = |mut d: Value| {
+    let strip = |d: DeploymentView| {
+        let mut d = serde_json::to_value(d).unwrap_or_default();
         if let Some(o) = d.as_object_mut() {
             o.remove("health");
         }
@@ -158,46 +151,27 @@ async fn state_and_timeline_survive_kill_9() -> Result<()> {
     let before = strip(s.deployment_state().await?);
     let events_before = s
         .controller
-        .get("/v1/deployments/heart-prod/events")
+        .client()
+        .events("heart-prod", None, None)
         .await?;
-    let versions_before = s
-        .controller
-        .get("/v1/deployments/heart-prod/versions")
-        .await?;
+    let versions_before = s.controller.client().versions("heart-prod").await?;
 
     s.controller.restart().await?; // SIGKILL, then start on the same database
 
+    let api = s.controller.client();
     ensure!(
         strip(s.deployment_state().await?) == before,
         "state changed across kill -9"
     );
-    ensure!(
-        s.controller
-            .get("/v1/deployments/heart-prod/events")
-            .await?
-            == events_before
-    );
-    ensure!(
-        s.controller
-            .get("/v1/deployments/heart-prod/versions")
-            .await?
-            == versions_before
-    );
+    ensure!(api.events("heart-prod", None, None).await? == events_before);
+    ensure!(api.versions("heart-prod").await? == versions_before);
     // The timeline continues without gaps or duplicates, and the proxy still
     // routes by the restored split.
-    s.controller
-        .call("POST", "/v1/deployments/heart-prod/resume", json!({}))
-        .await?;
-    let events = s
-        .controller
-        .get("/v1/deployments/heart-prod/events")
-        .await?;
-    let ids: Vec<i64> = events
-        .as_array()
-        .map(|a| a.iter().filter_map(|e| e["id"].as_i64()).collect())
-        .unwrap_or_default();
+    api.act("heart-prod", Action::Resume, None).await?;
+    let events = api.events("heart-prod", None, None).await?;
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
     ensure!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids {ids:?}");
-    ensure!(events.as_array().map(Vec::len) == events_before.as_array().map(|a| a.len() + 1));
+    ensure!(events.len() == events_before.len() + 1);
     let load = Load::start(envoy.url("/predict/heart"), 100);
     first_canary_response(&load, Instant::now()).await?;
     Ok(())
@@ -216,7 +190,7 @@ async fn a_healthy_canary_steps_up_and_is_promoted() -> Result<()> {
     s.start_canary(20.0).await?;
     poll("the promotion", Duration::from_secs(60), || async {
         let d = s.deployment_state().await?;
-        Ok((d["baseline"]["version"] == "v2").then_some(()))
+        Ok((d.baseline.version == "v2").then_some(()))
     })
     .await?;
     let kinds = s.controller.event_kinds("heart-prod").await?;
@@ -232,16 +206,18 @@ async fn a_healthy_canary_steps_up_and_is_promoted() -> Result<()> {
     );
     let events = s
         .controller
-        .get("/v1/deployments/heart-prod/events")
+        .client()
+        .events("heart-prod", None, None)
         .await?;
     ensure!(
-        events[4]["numbers"]["to_percent"] == 50.0 && events[5]["numbers"]["to_percent"] == 100.0,
-        "{events}"
+        events[4].event.numbers["to_percent"] == 50.0
+            && events[5].event.numbers["to_percent"] == 100.0,
+        "{events:?}"
     );
     let d = s.deployment_state().await?;
     ensure!(
-        d["pinned"]["version"] == "v1" && d["canary"].is_null(),
-        "{d}"
+        d.pinned.as_ref().map(|p| p.version.as_str()) == Some("v1") && d.canary.is_none(),
+        "{d:?}"
     );
 
     // All traffic now goes to v2, as the baseline.

@@ -4,11 +4,14 @@
 //! are in `controller.rs`.)
 
 use anyhow::{Context, Result, ensure};
+use coalmine_client::types::DeploymentView;
+use coalmine_client::{Action, Auth, Method, paths};
+use coalmine_decide::engine::VersionState;
 use coalmine_e2e::{
     INTERVAL_MS, Load, Stack, first_canary_response, is_canary, poll, prometheus_value,
     role_counts, workspace_root,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -21,7 +24,8 @@ async fn paused_canary(s: &Stack, percent: f64) -> Result<()> {
     s.deployment(json!({"check_interval_seconds": 1})).await?;
     s.start_canary(percent).await?;
     s.controller
-        .call("POST", "/v1/deployments/heart-prod/pause", json!({}))
+        .client()
+        .act("heart-prod", Action::Pause, None)
         .await?;
     Ok(())
 }
@@ -197,19 +201,20 @@ async fn a_canary_whose_upstream_refuses_connections_is_rolled_back() -> Result<
     let rolled_back = Instant::now();
     let events = s
         .controller
-        .get("/v1/deployments/heart-prod/events")
+        .client()
+        .events("heart-prod", None, None)
         .await?;
     let trigger = events
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["kind"] == "auto_rollback_triggered"))
-        .cloned()
-        .unwrap_or(Value::Null);
+        .iter()
+        .find(|e| e.event.kind.as_str() == "auto_rollback_triggered")
+        .map(|e| e.event.clone())
+        .context("no auto_rollback_triggered event")?;
     println!(
         "canary upstream refusing connections: rolled back {:.1} s after the start; {}",
         rolled_back.duration_since(started).as_secs_f64(),
-        trigger["reason"]
+        trigger.reason
     );
-    ensure!(trigger["actor"] == "engine", "{events}");
+    ensure!(trigger.actor == "engine", "{events:?}");
     // Envoy answered the refused requests itself; the filter counted them as
     // the canary's errors.
     let text = envoy.prometheus().await?;
@@ -243,11 +248,11 @@ async fn a_canary_whose_upstream_refuses_connections_is_rolled_back() -> Result<
             .all(|r| r.status == 200 && r.served_by == "heart-v1"),
         "requests still failed after the rollback"
     );
-    let versions = s
-        .controller
-        .get("/v1/deployments/heart-prod/versions")
-        .await?;
-    ensure!(versions[1]["state"] == "rolled_back", "{versions}");
+    let versions = s.controller.client().versions("heart-prod").await?;
+    ensure!(
+        versions[1].state == VersionState::RolledBack,
+        "{versions:?}"
+    );
     Ok(())
 }
 
@@ -293,7 +298,8 @@ async fn a_locked_database_refuses_changes_with_503_and_the_data_plane_keeps_its
     let load = Load::start(envoy.url("/predict/heart"), 100);
     first_canary_response(&load, Instant::now()).await?;
     let state = || async {
-        let mut d = s.deployment_state().await?;
+        let d: DeploymentView = s.deployment_state().await?;
+        let mut d = serde_json::to_value(d)?;
         if let Some(o) = d.as_object_mut() {
             o.remove("health");
         }
@@ -306,18 +312,22 @@ async fn a_locked_database_refuses_changes_with_503_and_the_data_plane_keeps_its
     let locked = Instant::now();
     for (method, path, body) in [
         (
-            "PUT",
-            "/v1/deployments/heart-prod/traffic",
+            Method::PUT,
+            paths::of("heart-prod", "traffic"),
             json!({"canary_percent": 60}),
         ),
-        ("POST", "/v1/deployments/heart-prod/rollback", json!({})),
+        (Method::POST, paths::of("heart-prod", "rollback"), json!({})),
         (
-            "POST",
-            "/v1/deployments/heart-prod/versions",
+            Method::POST,
+            paths::of("heart-prod", "versions"),
             json!({"version": "v3", "cluster": "heart-v3"}),
         ),
     ] {
-        let (status, answer) = s.controller.call_status(method, path, body).await?;
+        let (status, answer) = s
+            .controller
+            .client()
+            .send_json(method.clone(), &path, Some(&body), Auth::Operator)
+            .await?;
         println!("{method} {path} with the database locked: {status} {answer}");
         ensure!(status == 503, "{method} {path}: {status} {answer}");
         ensure!(answer["error"] == "unavailable", "{answer}");
@@ -346,11 +356,8 @@ async fn a_locked_database_refuses_changes_with_503_and_the_data_plane_keeps_its
 
     drop(lock);
     s.controller
-        .call(
-            "PUT",
-            "/v1/deployments/heart-prod/traffic",
-            json!({"canary_percent": 60}),
-        )
+        .client()
+        .set_traffic("heart-prod", 60.0)
         .await?;
     let kinds = s.controller.event_kinds("heart-prod").await?;
     ensure!(

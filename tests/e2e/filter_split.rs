@@ -476,6 +476,11 @@ async fn hostile_requests_never_break_the_filter() -> Result<()> {
             status.starts_with("HTTP/1.1 "),
             "{what}: no answer ({status:?})"
         );
+        // A refusal (4xx) is fine; a server error means something broke.
+        ensure!(
+            !status.starts_with("HTTP/1.1 5"),
+            "{what}: a server error ({status:?})"
+        );
     }
     // The filter is still there and still splits: normal traffic after all
     // of it.

@@ -4,6 +4,8 @@
 //! proxies behind one controller.
 
 use anyhow::{Context as _, Result, anyhow, ensure};
+use coalmine_client::Action;
+use coalmine_client::types::StartCanary;
 use coalmine_e2e::compose::Compose;
 use coalmine_e2e::{
     ControllerProc, Envoy, EnvoyConfig, INTERVAL_MS, Load, ModelServer, Stack, envoy_bin,
@@ -309,16 +311,14 @@ async fn the_compose_stack_runs_as_plain_processes() -> Result<()> {
     controller
         .heart_prod(json!({"check_interval_seconds": 1}))
         .await?;
-    controller
-        .call(
-            "POST",
-            "/v1/deployments/heart-prod/canary",
-            json!({"version": "v2", "percent": 30}),
-        )
-        .await?;
-    controller
-        .call("POST", "/v1/deployments/heart-prod/pause", json!({}))
-        .await?;
+    let api = controller.client();
+    let start = StartCanary {
+        version: "v2".into(),
+        percent: Some(30.0),
+        ..StartCanary::default()
+    };
+    api.start_canary("heart-prod", &start).await?;
+    api.act("heart-prod", Action::Pause, None).await?;
     // (The static 20 % split of envoy/compose.yaml serves until then.)
     poll(
         "the compose Envoy to route by the controller's table",
@@ -341,14 +341,9 @@ async fn the_compose_stack_runs_as_plain_processes() -> Result<()> {
     // Promotion: v2 becomes the baseline and still reaches its own model (a
     // route on the role alone would now send "baseline" to v1). Then a
     // rollback after the promotion: back to the pinned v1, through its route.
-    for (action, version) in [("promote", "v2"), ("rollback", "v1")] {
-        controller
-            .call(
-                "POST",
-                &format!("/v1/deployments/heart-prod/{action}"),
-                json!({}),
-            )
-            .await?;
+    for (action, version) in [(Action::Promote, "v2"), (Action::Rollback, "v1")] {
+        api.act("heart-prod", action, None).await?;
+        let action = action.as_str();
         let only = key("baseline", version, version);
         poll(
             "every request on one version",
@@ -440,11 +435,8 @@ async fn three_proxies_behind_one_controller_act_as_one() -> Result<()> {
 
     // 2. A split change reaches all three within one sync interval.
     s.controller
-        .call(
-            "PUT",
-            "/v1/deployments/heart-prod/traffic",
-            json!({"canary_percent": 50}),
-        )
+        .client()
+        .set_traffic("heart-prod", 50.0)
         .await?;
     let changed = Instant::now();
     let mut reached = Vec::new();
@@ -520,12 +512,12 @@ async fn three_proxies_behind_one_controller_act_as_one() -> Result<()> {
     // back at once on their own; together they are twelve, and the
     // controller rolls back on the aggregate. Every proxy stops sending to
     // the canary.
+    let policy = serde_json::from_value(
+        json!({"check_interval_seconds": 1, "bake_seconds": 3600, "window_seconds": 10}),
+    )?;
     s.controller
-        .call(
-            "PUT",
-            "/v1/deployments/heart-prod/policy",
-            json!({"check_interval_seconds": 1, "bake_seconds": 3600, "window_seconds": 10}),
-        )
+        .client()
+        .set_policy("heart-prod", &policy)
         .await?;
     poll(
         "the window to forget the healthy canary",
@@ -782,7 +774,8 @@ async fn the_istio_manifests_route_each_version_on_a_real_envoy() -> Result<()> 
     // Promotion needs no mesh change: v2, now the baseline, is still reached
     // through its own subset.
     s.controller
-        .call("POST", "/v1/deployments/heart-prod/promote", json!({}))
+        .client()
+        .act("heart-prod", Action::Promote, None)
         .await?;
     poll(
         "every request on heart-v2",

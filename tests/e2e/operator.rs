@@ -2,6 +2,7 @@
 //! Chromium, webhooks, and the controller's Prometheus metrics.
 
 use anyhow::{Context, Result, ensure};
+use coalmine_client::Action;
 use coalmine_e2e::{
     Browser, ControllerProc, Envoy, EnvoyConfig, Load, OPERATOR_TOKEN, Receiver, SYNC_TOKEN,
     Upstream, package_bin, poll, workspace_root,
@@ -326,25 +327,9 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
             .plugin_config(&plugin)?,
     )
     .await?;
-    c.call(
-        "POST",
-        "/v1/deployments",
-        json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"},
-        "policy": {"check_interval_seconds": 1, "min_requests": 10}}),
-    )
-    .await?;
-    c.call(
-        "POST",
-        "/v1/deployments/heart-prod/versions",
-        json!({"version": "v2", "cluster": "heart-v2", "metadata": {"test_accuracy": 0.53}}),
-    )
-    .await?;
-    c.call(
-        "POST",
-        "/v1/deployments/heart-prod/canary",
-        json!({"version": "v2", "percent": 30}),
-    )
-    .await?;
+    c.heart_prod(json!({"check_interval_seconds": 1, "min_requests": 10}))
+        .await?;
+    c.start_canary(Some(30.0)).await?;
     let _load = Load::start(envoy.url("/predict/heart"), 80);
 
     let artifacts = workspace_root().join("target/e2e-artifacts");
@@ -413,21 +398,15 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
     let after = artifacts.join("dashboard-rolled-back.png");
     browser.screenshot(&after).await?;
     println!("screenshots: {} and {}", before.display(), after.display());
-    let events = c.get("/v1/deployments/heart-prod/events").await?;
+    let events = c.client().events("heart-prod", None, None).await?;
     let rolled = events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["kind"] == "rolled_back")
-        .cloned()
-        .unwrap_or_default();
+        .iter()
+        .find(|e| e.event.kind.as_str() == "rolled_back")
+        .map(|e| e.event.clone())
+        .context("no rolled_back event")?;
     ensure!(
-        rolled["actor"] == "operator"
-            && rolled["reason"]
-                .as_str()
-                .unwrap_or("")
-                .contains("dashboard"),
-        "{rolled}"
+        rolled.actor == "operator" && rolled.reason.contains("dashboard"),
+        "{rolled:?}"
     );
 
     // Without the token, the page's actions are refused.
@@ -443,7 +422,7 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
 
     // The controller's metrics, and every series the shipped Grafana
     // dashboard queries exists on the controller or on Envoy.
-    let metrics = reqwest::get(c.url("/metrics")).await?.text().await?;
+    let metrics = c.metrics_text().await?;
     for want in [
         "coalmine_controller_canary_share_percent{deployment=\"heart-prod\"} 0.0",
         "coalmine_controller_rollbacks_total{deployment=\"heart-prod\",actor=\"operator\"} 1",
@@ -509,34 +488,14 @@ async fn webhooks_are_delivered_retried_and_never_block() -> Result<()> {
         ],
     )
     .await?;
-    c.call(
-        "POST",
-        "/v1/deployments",
-        json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}}),
-    )
-    .await?;
-    c.call(
-        "POST",
-        "/v1/deployments/heart-prod/versions",
-        json!({"version": "v2", "cluster": "heart-v2"}),
-    )
-    .await?;
-    c.call(
-        "POST",
-        "/v1/deployments/heart-prod/canary",
-        json!({"version": "v2"}),
-    )
-    .await?;
+    c.heart_prod(json!({})).await?;
+    c.start_canary(None).await?;
     // With one receiver hanging, changes still answer at once.
     let t = Instant::now();
-    c.call(
-        "POST",
-        "/v1/deployments/heart-prod/rollback",
-        json!({"reason": "bad outputs"}),
-    )
-    .await?;
-    c.call("GET", "/v1/deployments/heart-prod", json!(null))
+    c.client()
+        .act("heart-prod", Action::Rollback, Some("bad outputs".into()))
         .await?;
+    c.client().deployment("heart-prod").await?;
     ensure!(
         t.elapsed() < Duration::from_secs(2),
         "the API waited on a webhook: {:?}",
@@ -579,7 +538,7 @@ async fn webhooks_are_delivered_retried_and_never_block() -> Result<()> {
         dead.attempts().len() == 1,
         "the hanging receiver got its delivery attempt"
     );
-    let metrics = reqwest::get(c.url("/metrics")).await?.text().await?;
+    let metrics = c.metrics_text().await?;
     ensure!(
         metrics.contains("coalmine_controller_webhook_deliveries_total{result=\"retried\"} 1"),
         "{metrics}"

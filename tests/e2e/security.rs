@@ -3,6 +3,8 @@
 //! choose the upstream: `filter_split.rs`.)
 
 use anyhow::{Result, ensure};
+use coalmine_client::types::RegisterVersion;
+use coalmine_client::{Auth, Method, paths};
 use coalmine_e2e::{Load, Stack, first_canary_response, plugin, poll, role_counts};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -11,6 +13,11 @@ const LEASE_MS: u64 = 30_000;
 /// Stands in for personal data: it goes into bodies, headers, paths and
 /// API calls, and must appear in no log line.
 const MARKER: &str = "pii-9f3c2e";
+/// Harmless, and known to reach each log: the filter logs the controller's
+/// cluster when it is configured, and the controller logs a registered
+/// version's cluster. Finding it proves the logs searched are the ones the
+/// processes wrote, and not empty.
+const HARMLESS: &str = "harmless-4d2b";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_payload_user_key_or_secret_reaches_a_log() -> Result<()> {
@@ -19,7 +26,12 @@ async fn no_payload_user_key_or_secret_reaches_a_log() -> Result<()> {
     p["deployments"][0]["sticky_header"] = json!("x-user-id");
     p["headers"]["tester_override"] =
         json!({"header": "x-coalmine-tester", "secret": format!("{MARKER}-secret-0123")});
-    let config = s.envoy_config(LEASE_MS)?.plugin_config(&p)?;
+    let controller_cluster = format!("coalmine-controller-{HARMLESS}");
+    p["controller"]["cluster"] = json!(controller_cluster);
+    let config = s
+        .envoy_config(LEASE_MS)?
+        .rename_cluster("coalmine_controller", &controller_cluster)?
+        .plugin_config(&p)?;
     let envoy = coalmine_e2e::Envoy::start_as(config, "proxy-a").await?;
     s.deployment(json!({"check_interval_seconds": 1})).await?;
     s.start_canary(50.0).await?;
@@ -44,28 +56,35 @@ async fn no_payload_user_key_or_secret_reaches_a_log() -> Result<()> {
     // Operator calls with the marker in refused and accepted bodies, and a
     // sync with a wrong token.
     let c = &s.controller;
-    let _ = c
-        .call_status(
-            "POST",
-            "/v1/deployments",
-            json!({"name": MARKER, "baseline": {"version": MARKER}}),
+    let api = c.client();
+    let refused = json!({"name": MARKER, "baseline": {"version": MARKER}});
+    let _ = api
+        .send_json(
+            Method::POST,
+            paths::DEPLOYMENTS,
+            Some(&refused),
+            Auth::Operator,
         )
         .await?;
-    c.call(
-        "POST",
-        "/v1/deployments/heart-prod/versions",
-        json!({"version": "v3", "cluster": "heart-v3", "metadata": {"owner": MARKER}}),
+    api.register_version(
+        "heart-prod",
+        &RegisterVersion {
+            version: "v3".into(),
+            cluster: format!("heart-v3-{HARMLESS}"),
+            metadata: Some(json!({"owner": MARKER})),
+        },
     )
     .await?;
-    let _ = c
-        .call_status(
-            "POST",
-            "/v1/deployments/heart-prod/pause",
-            json!({"reason": {"x": MARKER}}),
+    let _ = api
+        .send_json(
+            Method::POST,
+            &paths::of("heart-prod", "pause"),
+            Some(&json!({"reason": {"x": MARKER}})),
+            Auth::Operator,
         )
         .await?;
     let sync = client
-        .post(c.url("/v1/sync"))
+        .post(c.url(paths::SYNC))
         .bearer_auth(format!("{MARKER}-token"))
         .body(format!("{{\"proxy\": \"{MARKER}\"}}"))
         .send()
@@ -80,6 +99,10 @@ async fn no_payload_user_key_or_secret_reaches_a_log() -> Result<()> {
     .await?;
 
     for (who, log) in [("Envoy", envoy.log()), ("controller", c.log())] {
+        ensure!(
+            log.contains(HARMLESS),
+            "{who}'s log does not hold what it is known to log ({HARMLESS}); it cannot prove anything:\n{log}"
+        );
         let leaks: Vec<&str> = log.lines().filter(|l| l.contains(MARKER)).collect();
         ensure!(
             leaks.is_empty(),

@@ -2,6 +2,9 @@
 
 use crate::poll;
 use anyhow::{Context as _, Result, anyhow, bail};
+use coalmine_client::Client;
+use coalmine_client::types::{CreateDeployment, DeploymentView, RegisterVersion, StartCanary};
+use coalmine_protocol::Target;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,7 +46,9 @@ pub struct ControllerProc {
     /// database, tokens), as a deployment would give it; no flags then.
     env: Vec<(String, String)>,
     operator_token: String,
-    client: reqwest::Client,
+    sync_token: String,
+    /// The typed API client, pointed at the running controller.
+    api: Client,
 }
 
 impl ControllerProc {
@@ -87,6 +92,7 @@ impl ControllerProc {
         var("COALMINE_DB")?;
         let mut c = ControllerProc::unstarted(controller_bin()?, 0)?;
         c.operator_token = var("COALMINE_OPERATOR_TOKEN")?;
+        c.sync_token = var("COALMINE_SYNC_TOKEN")?;
         c.env = env.to_vec();
         c.spawn().await?;
         Ok(c)
@@ -105,9 +111,8 @@ impl ControllerProc {
             extra_args: Vec::new(),
             env: Vec::new(),
             operator_token: OPERATOR_TOKEN.to_string(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            sync_token: SYNC_TOKEN.to_string(),
+            api: Client::new("http://127.0.0.1:0"),
         })
     }
 
@@ -169,6 +174,9 @@ impl ControllerProc {
         })
         .await?;
         self.addr = addr;
+        self.api = Client::new(&self.url(""))
+            .operator_token(Some(self.operator_token.clone()))
+            .sync_token(Some(self.sync_token.clone()));
         Ok(())
     }
 
@@ -243,93 +251,68 @@ impl ControllerProc {
         format!("http://{}{path}", self.addr)
     }
 
-    /// GET a JSON document; fails on a non-2xx status.
-    pub async fn get(&self, path: &str) -> Result<Value> {
-        let resp = self.client.get(self.url(path)).send().await?;
-        let status = resp.status();
-        let body: Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("GET {path}: {status} {body}");
-        }
-        Ok(body)
-    }
-
-    /// An operator call (with the operator token); fails on a non-2xx status.
-    pub async fn call(&self, method: &str, path: &str, body: Value) -> Result<Value> {
-        let (status, body) = self.call_status(method, path, body).await?;
-        if !(200..300).contains(&status) {
-            bail!("{method} {path}: {status} {body}");
-        }
-        Ok(body)
-    }
-
-    /// An operator call; its status and JSON body, whatever the status.
-    pub async fn call_status(&self, method: &str, path: &str, body: Value) -> Result<(u16, Value)> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let resp = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(&self.operator_token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.json().await?))
+    /// The typed API client, with the operator and sync tokens.
+    pub fn client(&self) -> &Client {
+        &self.api
     }
 
     /// heart-prod on v1 (cluster heart-v1) with `policy`, and v2 (heart-v2)
     /// registered.
     pub async fn heart_prod(&self, policy: Value) -> Result<()> {
-        self.call(
-            "POST",
-            "/v1/deployments",
-            json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}, "policy": policy}),
-        )
-        .await?;
-        self.call(
-            "POST",
-            "/v1/deployments/heart-prod/versions",
-            json!({"version": "v2", "cluster": "heart-v2", "metadata": {"test_accuracy": 0.72}}),
-        )
-        .await?;
+        let policy = serde_json::from_value(policy).context("the test's policy")?;
+        self.api
+            .create_deployment(&CreateDeployment {
+                name: "heart-prod".into(),
+                baseline: Target {
+                    version: "v1".into(),
+                    cluster: "heart-v1".into(),
+                },
+                policy: Some(policy),
+            })
+            .await?;
+        self.api
+            .register_version(
+                "heart-prod",
+                &RegisterVersion {
+                    version: "v2".into(),
+                    cluster: "heart-v2".into(),
+                    metadata: Some(json!({"test_accuracy": 0.72})),
+                },
+            )
+            .await?;
         Ok(())
+    }
+
+    /// v2 on a canary of heart-prod, at `percent` (default: the schedule's
+    /// first step).
+    pub async fn start_canary(&self, percent: Option<f64>) -> Result<DeploymentView> {
+        let start = StartCanary {
+            version: "v2".into(),
+            percent,
+            ..StartCanary::default()
+        };
+        Ok(self.api.start_canary("heart-prod", &start).await?)
     }
 
     /// The requests per role (baseline, canary) in heart-prod's window, as
     /// the controller judges them.
     pub async fn role_counts(&self) -> Result<(f64, f64)> {
-        let h = self.get("/v1/deployments/heart-prod/health").await?;
-        Ok((
-            h["baseline"]["requests"].as_f64().unwrap_or(-1.0),
-            h["canary"]["requests"].as_f64().unwrap_or(-1.0),
-        ))
+        let h = self.api.health("heart-prod").await?;
+        Ok((h.baseline.requests as f64, h.canary.requests as f64))
     }
 
     /// The controller's Prometheus metrics, as text.
     pub async fn metrics_text(&self) -> Result<String> {
-        Ok(self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
+        Ok(self.api.metrics().await?)
     }
 
     /// The kinds of a deployment's events, oldest first.
     pub async fn event_kinds(&self, deployment: &str) -> Result<Vec<String>> {
-        let events = self
-            .get(&format!("/v1/deployments/{deployment}/events"))
-            .await?;
+        let events = self.api.events(deployment, None, None).await?;
         Ok(events
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["kind"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default())
+            .iter()
+            .map(|e| e.event.kind.as_str().to_string())
+            .collect())
     }
 }
 

@@ -5,6 +5,7 @@ use crate::{
     ControllerProc, Envoy, EnvoyConfig, Load, SYNC_TOKEN, Sample, Upstream, poll, prometheus_value,
 };
 use anyhow::Result;
+use coalmine_client::types::DeploymentView;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -59,18 +60,13 @@ impl Stack {
         self.controller.heart_prod(policy).await
     }
 
-    pub async fn start_canary(&self, percent: f64) -> Result<Value> {
-        self.controller
-            .call(
-                "POST",
-                "/v1/deployments/heart-prod/canary",
-                json!({"version": "v2", "percent": percent}),
-            )
-            .await
+    /// v2 on a canary of heart-prod at `percent`.
+    pub async fn start_canary(&self, percent: f64) -> Result<DeploymentView> {
+        self.controller.start_canary(Some(percent)).await
     }
 
-    pub async fn deployment_state(&self) -> Result<Value> {
-        self.controller.get("/v1/deployments/heart-prod").await
+    pub async fn deployment_state(&self) -> Result<DeploymentView> {
+        Ok(self.controller.client().deployment("heart-prod").await?)
     }
 }
 

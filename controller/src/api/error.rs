@@ -1,12 +1,12 @@
 //! One error type for every handler: a status and `{error, message}`.
 
-use crate::engine::Refusal;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use coalmine_client::types::{ErrorBody, ErrorCode};
+use coalmine_decide::engine::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -22,26 +22,6 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     Unavailable(String),
-}
-
-/// What every error answer carries.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorCode,
-    /// What was wrong, for people.
-    pub message: String,
-}
-
-/// The kind of error, for programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    Unauthorized,
-    NotFound,
-    Conflict,
-    PayloadTooLarge,
-    Unavailable,
 }
 
 impl ApiError {

@@ -106,7 +106,7 @@ impl FromRequestParts<AppState> for Operator {
                 ));
             }
         }
-        Ok(Operator(crate::engine::OPERATOR.to_string()))
+        Ok(Operator(coalmine_decide::engine::OPERATOR.to_string()))
     }
 }
 

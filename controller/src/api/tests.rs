@@ -4,10 +4,16 @@ use super::*;
 use crate::auth::Secret;
 use crate::store::SqliteStore;
 use axum::body::Body;
-use axum::http::{Request, header};
+use axum::http::{Request, StatusCode, header};
+use coalmine_client::types::{
+    CreateDeployment, ReasonBody, RegisterVersion, SetTraffic, StartCanary,
+};
+use coalmine_decide::policy::Policy;
 use coalmine_protocol::Role;
-use coalmine_protocol::sync::RoleReport;
+use coalmine_protocol::sync::{MAX_WAIT_MS, RoleReport, SyncRequest};
+use serde_json::{Value, json};
 use tower::ServiceExt;
+use utoipa::ToSchema;
 
 const OP: &str = "op-token";
 const SYNC: &str = "sync-token";

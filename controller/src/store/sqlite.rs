@@ -1,7 +1,7 @@
 //! The SQLite store: one file, WAL, full sync, migrations embedded.
 
 use super::{Commit, Snapshot, Store, StoreError, StoredEvent};
-use crate::engine::{Deployment, Event, Version};
+use coalmine_decide::engine::{Deployment, Event, Version};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -209,8 +209,8 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{self, Command, OPERATOR};
-    use crate::policy::Policy;
+    use coalmine_decide::engine::{self, Command, OPERATOR};
+    use coalmine_decide::policy::Policy;
     use coalmine_protocol::Target;
     use serde_json::json;
 

@@ -1,0 +1,231 @@
+//! Data-plane cost: the same Envoy, upstreams and wrk settings, four ways:
+//! (a) no filter, (b) Envoy's native `weighted_clusters` 80/20, (c) the
+//! shipped config with a wasm filter that does nothing in coalmine's place
+//! (what any wasm filter costs), (d) the shipped coalmine config (header
+//! strip + filter) at 80/20 with its controller syncing. Repetitions are
+//! interleaved (a b c d a b c d …) so drift of the machine hits all alike;
+//! medians are reported.
+//!
+//! Each repetition has two wrk runs per variant: throughput and CPU per
+//! request from `connections` connections saturating the one Envoy worker,
+//! and latency from one connection (at saturation the latency is mostly
+//! queueing, connections ÷ throughput, not the time a request takes).
+
+use super::Bench;
+use super::machine::cpu_seconds;
+use super::stats::{median, round};
+use super::wrk::{Wrk, WrkRun};
+use anyhow::Result;
+use coalmine_e2e::{Envoy, EnvoyConfig, EnvoyOptions, Upstream};
+use serde::Serialize;
+use serde_json::json;
+use std::time::Duration;
+
+/// One configuration's medians over its repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub requests_per_s: f64,
+    /// Latency with one connection.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Envoy's CPU time (user + system) per request.
+    pub cpu_us_per_request: f64,
+    pub runs: Vec<Run>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub requests: u64,
+    pub requests_per_s: f64,
+    /// Latency with one connection.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Latency at saturation (mostly queueing).
+    pub saturated_p50_us: f64,
+    pub saturated_p99_us: f64,
+    pub cpu_us_per_request: f64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataPlane {
+    pub connections: u32,
+    pub seconds_per_run: u64,
+    pub repetitions: usize,
+    pub envoy_workers: u32,
+    pub variants: Vec<Variant>,
+    pub latency_connections: u32,
+    pub throughput_ratio_filter_vs_plain: f64,
+    pub throughput_ratio_filter_vs_weighted: f64,
+    /// What any wasm filter costs: the empty filter against no filter.
+    pub throughput_ratio_empty_wasm_vs_plain: f64,
+    /// What coalmine's own work costs: coalmine against the empty filter.
+    pub throughput_ratio_filter_vs_empty_wasm: f64,
+    pub p50_added_us: f64,
+    pub p99_added_us: f64,
+    pub cpu_us_added_per_request: f64,
+}
+
+const PATH: &str = "/predict/heart";
+/// Latency is measured with one connection: no queueing in Envoy.
+const LATENCY_CONNECTIONS: u32 = 1;
+
+fn route(target: serde_json::Value) -> serde_json::Value {
+    let mut route = json!({"prefix_rewrite": "/predict", "timeout": "15s"});
+    if let (Some(r), Some(t)) = (route.as_object_mut(), target.as_object()) {
+        r.extend(t.clone());
+    }
+    json!([{ "match": { "prefix": PATH }, "route": route }])
+}
+
+/// Returns the figures and the filter VM's memory after the load.
+pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
+    let (reps, secs, latency_secs, connections) =
+        if b.smoke { (1, 1, 1, 8) } else { (5, 8, 4, 32) };
+    let v1 = Upstream::start_counting("heart-v1").await?;
+    let v2 = Upstream::start_counting("heart-v2").await?;
+    let controller = b.controller(None).await?;
+    b.canary(&controller, 20.0, true).await?;
+
+    let base = || -> Result<EnvoyConfig> {
+        EnvoyConfig::shipped("envoy.yaml")?
+            .upstream("heart-v1", v1.addr)?
+            .upstream("heart-v2", v2.addr)?
+            .upstream("coalmine_controller", controller.addr)
+    };
+    let plain = base()?
+        .without_http_filter("coalmine")?
+        .without_http_filter("coalmine.strip_client_headers")?
+        .routes(route(json!({"cluster": "heart-v1"})))?;
+    let weighted = base()?
+        .without_http_filter("coalmine")?
+        .without_http_filter("coalmine.strip_client_headers")?
+        .routes(route(json!({"weighted_clusters": {"clusters": [
+            {"name": "heart-v1", "weight": 80},
+            {"name": "heart-v2", "weight": 20}
+        ]}})))?;
+    let coalmine = base()?.plugin_config(&b.plugin_config())?;
+    let empty = base()?
+        .plugin_config(&b.plugin_config())?
+        .wasm_module(coalmine_e2e::empty_filter_wasm()?);
+
+    let opts = EnvoyOptions {
+        node_id: "bench-dataplane".into(),
+        concurrency: 1,
+        cpus: b.cpus.proxy.clone(),
+    };
+    let variants = [
+        (
+            "plain",
+            "Envoy, no filter, one cluster",
+            Envoy::start_with(plain, &opts).await?,
+        ),
+        (
+            "weighted_clusters",
+            "Envoy's native weighted_clusters 80/20",
+            Envoy::start_with(weighted, &opts).await?,
+        ),
+        (
+            "empty_wasm",
+            "the shipped config with a wasm filter that does nothing in coalmine's place",
+            Envoy::start_with(empty, &opts).await?,
+        ),
+        (
+            "coalmine",
+            "the shipped config: header strip + coalmine filter at 80/20, controller syncing",
+            Envoy::start_with(coalmine, &opts).await?,
+        ),
+    ];
+    const COALMINE: usize = 3;
+    b.wait_share(&variants[COALMINE].2, 2000).await?;
+
+    // Warm up every Envoy (connections, JIT of the filter) before measuring.
+    for (_, _, envoy) in &variants {
+        let url = envoy.url(PATH);
+        Wrk {
+            url: &url,
+            connections,
+            duration: Duration::from_secs(1),
+            limit: None,
+        }
+        .run(b.dir())?;
+    }
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
+    for rep in 0..reps {
+        for (i, (name, _, envoy)) in variants.iter().enumerate() {
+            let url = envoy.url(PATH);
+            let before = cpu_seconds(envoy.pid())?;
+            let w: WrkRun = Wrk {
+                url: &url,
+                connections,
+                duration: Duration::from_secs(secs),
+                limit: None,
+            }
+            .run(b.dir())?;
+            let cpu = cpu_seconds(envoy.pid())? - before;
+            let one: WrkRun = Wrk {
+                url: &url,
+                connections: LATENCY_CONNECTIONS,
+                duration: Duration::from_secs(latency_secs),
+                limit: None,
+            }
+            .run(b.dir())?;
+            let run = Run {
+                requests: w.requests,
+                requests_per_s: round(w.requests_per_s(), 0),
+                p50_us: one.p50_us,
+                p99_us: one.p99_us,
+                saturated_p50_us: w.p50_us,
+                saturated_p99_us: w.p99_us,
+                cpu_us_per_request: round(cpu * 1e6 / w.requests.max(1) as f64, 2),
+                failed: w.errors + w.non_2xx + one.errors + one.non_2xx,
+            };
+            b.progress(&format!(
+                "data plane {}/{reps} {name:<17} {:>8.0} req/s  {:>5.1} µs CPU/req; one connection: p50 {:>5.0} µs  p99 {:>6.0} µs",
+                rep + 1, run.requests_per_s, run.cpu_us_per_request, run.p50_us, run.p99_us
+            ));
+            if let Some(r) = runs.get_mut(i) {
+                r.push(run);
+            }
+        }
+    }
+    let summarize = |i: usize| -> Variant {
+        let r = runs.get(i).cloned().unwrap_or_default();
+        let m = |f: fn(&Run) -> f64| median(&r.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0);
+        Variant {
+            name: variants[i].0,
+            description: variants[i].1,
+            requests_per_s: m(|r| r.requests_per_s),
+            p50_us: m(|r| r.p50_us),
+            p99_us: m(|r| r.p99_us),
+            cpu_us_per_request: m(|r| r.cpu_us_per_request),
+            runs: r,
+        }
+    };
+    let vm_memory = b.vm_memory_bytes(&variants[COALMINE].2).await?;
+    let (plain, weighted, empty, filter) = (
+        summarize(0),
+        summarize(1),
+        summarize(2),
+        summarize(COALMINE),
+    );
+    let ratio = |a: f64, b: f64| if b > 0.0 { round(a / b, 3) } else { 0.0 };
+    let figures = DataPlane {
+        connections,
+        seconds_per_run: secs,
+        repetitions: reps,
+        envoy_workers: 1,
+        latency_connections: LATENCY_CONNECTIONS,
+        throughput_ratio_filter_vs_plain: ratio(filter.requests_per_s, plain.requests_per_s),
+        throughput_ratio_filter_vs_weighted: ratio(filter.requests_per_s, weighted.requests_per_s),
+        throughput_ratio_empty_wasm_vs_plain: ratio(empty.requests_per_s, plain.requests_per_s),
+        throughput_ratio_filter_vs_empty_wasm: ratio(filter.requests_per_s, empty.requests_per_s),
+        p50_added_us: round(filter.p50_us - plain.p50_us, 1),
+        p99_added_us: round(filter.p99_us - plain.p99_us, 1),
+        cpu_us_added_per_request: round(filter.cpu_us_per_request - plain.cpu_us_per_request, 2),
+        variants: vec![plain, weighted, empty, filter],
+    };
+    Ok((figures, vm_memory))
+}

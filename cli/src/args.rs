@@ -1,0 +1,141 @@
+//! The command line: what each `coalmine` command takes.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coalmine",
+    version,
+    about = "Operate coalmine canaries: deployments, versions, traffic, health, events."
+)]
+pub struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// The controller.
+    #[arg(
+        long,
+        global = true,
+        env = "COALMINE_URL",
+        default_value = "http://127.0.0.1:8700"
+    )]
+    pub url: String,
+    /// Operator token (default: COALMINE_TOKEN, then .coalmine/operator-token).
+    #[arg(long, global = true, env = "COALMINE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// List, create or show deployments.
+    #[command(subcommand)]
+    Deployments(DeploymentsCmd),
+    /// List or register model versions.
+    #[command(subcommand)]
+    Versions(VersionsCmd),
+    /// Start a canary.
+    #[command(subcommand)]
+    Canary(CanaryCmd),
+    /// Set the canary's share by hand.
+    #[command(subcommand)]
+    Traffic(TrafficCmd),
+    /// Stop automatic steps (rollback stays armed).
+    Pause(Reasoned),
+    /// Restart automatic steps.
+    Resume(Reasoned),
+    /// Make the canary the baseline.
+    Promote(Reasoned),
+    /// Roll the canary back (or, after a promotion, return to the pinned version).
+    Rollback(Reasoned),
+    /// Per-role numbers, verdict, recommendation and reasons.
+    Status { deployment: String },
+    /// The timeline.
+    Events {
+        deployment: String,
+        /// Only events after this id.
+        #[arg(long)]
+        since: Option<i64>,
+    },
+    /// A live status view, refreshed in place until interrupted.
+    Watch {
+        deployment: String,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// Shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeploymentsCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long)]
+        baseline_version: String,
+        #[arg(long)]
+        baseline_cluster: String,
+        /// Policy JSON, or @file.json.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    Show {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VersionsCmd {
+    List {
+        deployment: String,
+    },
+    Register {
+        deployment: String,
+        version: String,
+        #[arg(long)]
+        cluster: String,
+        /// Metadata JSON object, or @file.json.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CanaryCmd {
+    Start {
+        deployment: String,
+        version: String,
+        /// Initial share (default: the first step).
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Schedule, e.g. 10,25,50,100.
+        #[arg(long, value_delimiter = ',')]
+        steps: Option<Vec<f64>>,
+        #[arg(long)]
+        bake_seconds: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrafficCmd {
+    Set {
+        deployment: String,
+        canary_percent: f64,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Reasoned {
+    pub deployment: String,
+    #[arg(long)]
+    pub reason: Option<String>,
+}

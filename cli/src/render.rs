@@ -1,0 +1,183 @@
+//! Tables for people: deployments, status, versions, events.
+
+use coalmine_client::types::{DeploymentView, StoredEvent};
+use coalmine_decide::engine::Version;
+use coalmine_decide::window::RoleWindowStats;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    t
+}
+
+fn pct(rate: f64) -> String {
+    format!("{:.2} %", rate * 100.0)
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.1} ms"))
+}
+
+fn canary_cell(d: &DeploymentView) -> String {
+    match &d.canary {
+        None => "-".into(),
+        Some(c) => format!(
+            "{} @ {} %{}",
+            c.version,
+            d.canary_percent,
+            if c.paused { " (paused)" } else { "" }
+        ),
+    }
+}
+
+/// `deployments list`.
+pub fn deployments(list: &[DeploymentView]) -> String {
+    let mut t = table(&[
+        "deployment",
+        "state",
+        "baseline",
+        "canary",
+        "verdict",
+        "epoch",
+    ]);
+    for d in list {
+        t.add_row(vec![
+            d.name.clone(),
+            d.state.as_str().to_string(),
+            d.baseline.version.clone(),
+            canary_cell(d),
+            d.health.verdict.as_str().to_string(),
+            d.epoch.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+fn role_row(role: &str, r: &RoleWindowStats) -> Vec<String> {
+    vec![
+        role.to_string(),
+        r.requests.to_string(),
+        r.errors.to_string(),
+        pct(r.error_rate),
+        ms(r.p50_ms),
+        ms(r.p95_ms),
+        ms(r.p99_ms),
+    ]
+}
+
+/// `status` (and `deployments show`, `watch`): split, per-role numbers, verdict.
+pub fn status(d: &DeploymentView) -> String {
+    let h = &d.health;
+    let mut out = format!(
+        "deployment {}  ({})\nbaseline   {} ({})\ncanary     {}\npinned     {}\n\n",
+        d.name,
+        d.state.as_str(),
+        d.baseline.version,
+        d.baseline.cluster,
+        canary_cell(d),
+        d.pinned.as_ref().map_or("-", |p| p.version.as_str()),
+    );
+    let mut t = table(&[
+        "role",
+        "requests",
+        "errors",
+        "error rate",
+        "p50",
+        "p95",
+        "p99",
+    ]);
+    t.add_row(role_row("baseline", &h.baseline));
+    t.add_row(role_row("canary", &h.canary));
+    out.push_str(&t.to_string());
+    out.push_str(&format!(
+        "\n\nverdict {}   recommendation {}   (window {} s)\n",
+        h.verdict.as_str(),
+        h.recommendation.as_str(),
+        h.window_seconds
+    ));
+    for r in &h.reasons {
+        out.push_str(&format!("  - {}\n", r.message));
+    }
+    out
+}
+
+/// `versions list` and `versions register`.
+pub fn versions(list: &[Version]) -> String {
+    let mut t = table(&[
+        "version", "cluster", "state", "healthy", "pinned", "metadata",
+    ]);
+    for v in list {
+        t.add_row(vec![
+            v.version.clone(),
+            v.cluster.clone(),
+            v.state.as_str().to_string(),
+            v.healthy.to_string(),
+            if v.pinned {
+                "★ last known good".into()
+            } else {
+                String::new()
+            },
+            v.metadata.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// `events`: the timeline, times in UTC.
+pub fn events(list: &[StoredEvent]) -> String {
+    let mut t = table(&["id", "at", "event", "actor", "reason"]);
+    for e in list {
+        let (ms, secs) = (e.at, e.at / 1000);
+        let at = format!(
+            "{:02}:{:02}:{:02}.{:03} UTC",
+            secs / 3600 % 24,
+            secs / 60 % 60,
+            secs % 60,
+            ms % 1000
+        );
+        t.add_row(vec![
+            e.id.to_string(),
+            at,
+            e.event.kind.as_str().to_string(),
+            e.event.actor.clone(),
+            e.event.reason.clone(),
+        ]);
+    }
+    t.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_renders_both_roles_and_the_reasons() {
+        let d: DeploymentView = serde_json::from_value(json!({
+            "name": "heart-prod", "state": "canary", "baseline": {"version": "v1", "cluster": "heart-v1"},
+            "canary": {"version": "v2", "cluster": "heart-v2", "percent": 20.0, "steps": [20.0, 50.0, 100.0],
+                "next_step_percent": 50.0, "bake_seconds": 60, "started_at": 0, "step_since": 0, "paused": false},
+            "canary_percent": 20.0, "pinned": {"version": "v1", "cluster": "heart-v1"}, "cooldown_until": null,
+            "versions_in_play": ["v1", "v2"], "epoch": 3, "policy": {},
+            "health": {"verdict": "CRITICAL", "recommendation": "ROLLBACK", "window_seconds": 60,
+                "reasons": [{"code": "error_rate_critical", "numbers": {},
+                    "message": "canary error rate 25.0 % exceeds baseline 0.0 % by 25.0 pp (limit 5.0 pp)"}],
+                "baseline": {"requests": 400, "errors": 0, "error_rate": 0.0, "p50_ms": 3.1, "p95_ms": 9.9, "p99_ms": 12.0},
+                "canary": {"requests": 100, "errors": 25, "error_rate": 0.25, "p50_ms": null, "p95_ms": null, "p99_ms": null}}
+        }))
+        .unwrap();
+        let out = status(&d);
+        for want in [
+            "v2 @ 20 %",
+            "25.00 %",
+            "9.9 ms",
+            "CRITICAL",
+            "ROLLBACK",
+            "- canary error rate 25.0 %",
+        ] {
+            assert!(out.contains(want), "{want:?} missing in\n{out}");
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The client: one typed call per operation of the API, over reqwest.
+
+use crate::paths;
+use crate::types::{
+    CreateDeployment, DeploymentView, ErrorBody, ReasonBody, RegisterVersion, Sample, SetTraffic,
+    StartCanary, StoredEvent,
+};
+use coalmine_decide::engine::Version;
+use coalmine_decide::policy::Policy;
+use coalmine_decide::verdict::Health;
+use coalmine_protocol::sync::{SyncRequest, SyncResponse};
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::time::Duration;
+
+/// How long a call may take unless the client is built with another timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the controller at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    /// The controller answered with an error (`{error, message}`).
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    /// A call that changes state, without an operator token.
+    #[error("no operator token given, and changes need one")]
+    NoToken,
+    /// An answer that is not what the API promises.
+    #[error("unexpected answer from the controller: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Which token a call presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Operator,
+    Sync,
+}
+
+/// A controller, reached at its base URL.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    url: String,
+    operator_token: Option<String>,
+    sync_token: Option<String>,
+}
+
+impl Client {
+    /// A client of the controller at `url` (e.g. `http://127.0.0.1:8700`),
+    /// calls time out after [`DEFAULT_TIMEOUT`].
+    pub fn new(url: &str) -> Client {
+        Client::with_timeout(url, DEFAULT_TIMEOUT)
+    }
+
+    pub fn with_timeout(url: &str, timeout: Duration) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Client {
+            http,
+            url: url.trim_end_matches('/').to_string(),
+            operator_token: None,
+            sync_token: None,
+        }
+    }
+
+    /// Presents `token` on calls that change state.
+    pub fn operator_token(mut self, token: Option<String>) -> Client {
+        self.operator_token = token;
+        self
+    }
+
+    /// Presents `token` on sync calls.
+    pub fn sync_token(mut self, token: Option<String>) -> Client {
+        self.sync_token = token;
+        self
+    }
+
+    /// The controller's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.url
+    }
+
+    /// The full URL of an API path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    fn request(&self, method: Method, path: &str, auth: Auth) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        let token = match auth {
+            Auth::None => None,
+            Auth::Operator => self.operator_token.as_ref(),
+            Auth::Sync => self.sync_token.as_ref(),
+        };
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, String), ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.url.clone(),
+            cause: unreachable_cause(&e),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Decode(format!("reading the answer: {e}")))?;
+        Ok((status, text))
+    }
+
+    /// Any call, as JSON in and out, whatever the status: for what the
+    /// typed calls cannot send (a malformed body, a missing token).
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        auth: Auth,
+    ) -> Result<(u16, Value), ClientError> {
+        let mut req = self.request(method, path, auth);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let (status, text) = self.send(req).await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// A typed call: `body` as JSON, the answer as `T`, an error answer as
+    /// [`ClientError::Api`].
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        auth: Auth,
+    ) -> Result<T, ClientError> {
+        if auth == Auth::Operator && self.operator_token.is_none() {
+            return Err(ClientError::NoToken);
+        }
+        let mut req = self.request(method, path, auth);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let (status, text) = self.send(req).await?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| e.message)
+                .unwrap_or(text);
+            return Err(ClientError::Api { status, message });
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), T>(Method::GET, path, None, Auth::None)
+            .await
+    }
+
+    async fn change<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call(method, path, Some(body), Auth::Operator).await
+    }
+
+    pub async fn deployments(&self) -> Result<Vec<DeploymentView>, ClientError> {
+        self.get(paths::DEPLOYMENTS).await
+    }
+
+    pub async fn deployment(&self, name: &str) -> Result<DeploymentView, ClientError> {
+        self.get(&paths::deployment(name)).await
+    }
+
+    pub async fn create_deployment(
+        &self,
+        body: &CreateDeployment,
+    ) -> Result<DeploymentView, ClientError> {
+        self.change(Method::POST, paths::DEPLOYMENTS, body).await
+    }
+
+    pub async fn versions(&self, name: &str) -> Result<Vec<Version>, ClientError> {
+        self.get(&paths::of(name, "versions")).await
+    }
+
+    pub async fn register_version(
+        &self,
+        name: &str,
+        body: &RegisterVersion,
+    ) -> Result<Version, ClientError> {
+        self.change(Method::POST, &paths::of(name, "versions"), body)
+            .await
+    }
+
+    pub async fn start_canary(
+        &self,
+        name: &str,
+        body: &StartCanary,
+    ) -> Result<DeploymentView, ClientError> {
+        self.change(Method::POST, &paths::of(name, "canary"), body)
+            .await
+    }
+
+    pub async fn set_traffic(
+        &self,
+        name: &str,
+        canary_percent: f64,
+    ) -> Result<DeploymentView, ClientError> {
+        let body = SetTraffic { canary_percent };
+        self.change(Method::PUT, &paths::of(name, "traffic"), &body)
+            .await
+    }
+
+    /// `pause`, `resume`, `promote` or `rollback`, with an optional reason.
+    pub async fn act(
+        &self,
+        name: &str,
+        action: Action,
+        reason: Option<String>,
+    ) -> Result<DeploymentView, ClientError> {
+        let path = paths::of(name, action.as_str());
+        self.change(Method::POST, &path, &ReasonBody { reason })
+            .await
+    }
+
+    pub async fn health(&self, name: &str) -> Result<Health, ClientError> {
+        self.get(&paths::of(name, "health")).await
+    }
+
+    pub async fn events(
+        &self,
+        name: &str,
+        since: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<StoredEvent>, ClientError> {
+        self.get(&paths::events(name, since, limit)).await
+    }
+
+    pub async fn history(
+        &self,
+        name: &str,
+        since: Option<u64>,
+    ) -> Result<Vec<Sample>, ClientError> {
+        self.get(&paths::history(name, since)).await
+    }
+
+    pub async fn policy(&self, name: &str) -> Result<Policy, ClientError> {
+        self.get(&paths::of(name, "policy")).await
+    }
+
+    pub async fn set_policy(
+        &self,
+        name: &str,
+        policy: &Policy,
+    ) -> Result<DeploymentView, ClientError> {
+        self.change(Method::PUT, &paths::of(name, "policy"), policy)
+            .await
+    }
+
+    /// A proxy's sync call (with the sync token), held up to `wait_ms`.
+    pub async fn sync(&self, req: &SyncRequest, wait_ms: u64) -> Result<SyncResponse, ClientError> {
+        self.call(Method::POST, &paths::sync(wait_ms), Some(req), Auth::Sync)
+            .await
+    }
+
+    /// The controller's Prometheus metrics (text).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.text(paths::METRICS).await
+    }
+
+    /// A page as text (the dashboard, `/metrics`), failing on an error status.
+    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, text) = self
+            .send(self.request(Method::GET, path, Auth::None))
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Api {
+                status,
+                message: text,
+            });
+        }
+        Ok(text)
+    }
+
+    /// Liveness: `Ok` when the controller answers `/healthz`.
+    pub async fn healthz(&self) -> Result<(), ClientError> {
+        self.get::<Value>(paths::HEALTHZ).await.map(|_| ())
+    }
+
+    /// The OpenAPI document.
+    pub async fn openapi(&self) -> Result<Value, ClientError> {
+        self.get(paths::OPENAPI).await
+    }
+}
+
+/// The operator's calls that take only an optional reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Promote,
+    Rollback,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Promote => "promote",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
+fn unreachable_cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection refused".into()
+    } else {
+        e.to_string()
+    }
+}

@@ -1,0 +1,170 @@
+//! The API's own types: what operator calls send and what the controller
+//! answers (DESIGN.md, "Controller REST API"). The controller serves these
+//! exact types, so a client built on them cannot drift from the server.
+//! Policies, verdicts, versions and events are the decision crate's types.
+
+use coalmine_decide::engine::{Event, Millis};
+use coalmine_decide::policy::Policy;
+use coalmine_decide::verdict::{Health, VerdictKind};
+use coalmine_decide::window::RoleWindowStats;
+use coalmine_protocol::Target;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /v1/deployments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$"))]
+    pub name: String,
+    pub baseline: Target,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+}
+
+/// `POST /v1/deployments/{name}/versions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegisterVersion {
+    pub version: String,
+    pub cluster: String,
+    /// Artifact digest, offline accuracy …: kept with the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub metadata: Option<Value>,
+}
+
+/// `POST /v1/deployments/{name}/canary`; what is left out comes from the
+/// deployment's policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StartCanary {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_seconds: Option<u64>,
+}
+
+/// `PUT /v1/deployments/{name}/traffic`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetTraffic {
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
+    pub canary_percent: f64,
+}
+
+/// The optional body of pause, resume, promote and rollback.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A canary in progress, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CanaryView {
+    pub version: String,
+    pub cluster: String,
+    pub percent: f64,
+    pub steps: Vec<f64>,
+    pub next_step_percent: Option<f64>,
+    pub bake_seconds: u64,
+    pub started_at: Millis,
+    pub step_since: Millis,
+    pub paused: bool,
+}
+
+/// Where a deployment is in its rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Stable,
+    Canary,
+    Paused,
+    Cooldown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stable => "stable",
+            Phase::Canary => "canary",
+            Phase::Paused => "paused",
+            Phase::Cooldown => "cooldown",
+        }
+    }
+}
+
+/// A deployment: its state, split, versions in play and current verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentView {
+    pub name: String,
+    pub state: Phase,
+    pub baseline: Target,
+    pub canary: Option<CanaryView>,
+    pub canary_percent: f64,
+    pub pinned: Option<Target>,
+    pub cooldown_until: Option<Millis>,
+    pub versions_in_play: Vec<String>,
+    pub epoch: u64,
+    pub policy: Policy,
+    pub health: Health,
+}
+
+/// One point of a deployment's history, for charts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Sample {
+    pub at: Millis,
+    pub canary_percent: f64,
+    pub canary_version: Option<String>,
+    pub verdict: VerdictKind,
+    pub baseline: RoleWindowStats,
+    pub canary: RoleWindowStats,
+}
+
+/// An event as stored: with its id, deployment and time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StoredEvent {
+    pub id: i64,
+    pub deployment: String,
+    pub at: Millis,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// What every error answer carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// What was wrong, for people.
+    pub message: String,
+}
+
+/// The kind of error, for programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    Unavailable,
+}

@@ -1,0 +1,119 @@
+//! What operators and Prometheus read: health, the event log, history,
+//! liveness, `/metrics` and the dashboard.
+
+use super::{ApiError, ApiResult, AppState, DeploymentName};
+use crate::clock::Millis;
+use crate::service::Controller;
+use crate::store::StoredEvent;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use coalmine_client::types::Sample;
+use coalmine_decide::verdict::Health;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use utoipa::IntoParams;
+
+#[utoipa::path(
+    get, path = "/deployments/{name}/health", tag = "health", params(DeploymentName),
+    responses((status = 200, description = "the current verdict and both roles' numbers", body = Health))
+)]
+pub(super) async fn health(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Health>> {
+    Ok(Json(s.controller.health(&name).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsQuery {
+    #[serde(default)]
+    since: Option<i64>,
+    /// At most this many events (default 1000).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 10_000)]
+    limit: Option<u32>,
+}
+
+#[utoipa::path(
+    get, path = "/deployments/{name}/events", tag = "health", params(DeploymentName, EventsQuery),
+    responses((status = 200, description = "the event log, oldest first", body = Vec<StoredEvent>))
+)]
+pub(super) async fn events(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<StoredEvent>>> {
+    let Query(q) =
+        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 10000, got {limit}"
+        )));
+    }
+    Ok(Json(
+        s.controller
+            .events(&name, q.since.unwrap_or(0), limit)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct HistoryQuery {
+    #[serde(default)]
+    since: Option<Millis>,
+}
+
+#[utoipa::path(
+    get, path = "/deployments/{name}/history", tag = "health", params(DeploymentName, HistoryQuery),
+    responses((status = 200, description = "one sample a second, oldest first", body = Vec<Sample>))
+)]
+pub(super) async fn history(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<Sample>>> {
+    let Query(q) =
+        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    Ok(Json(
+        s.controller.history(&name, q.since.unwrap_or(0)).await?,
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "the controller is up", body = Object, example = json!({"status": "ok"})))
+)]
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The dashboard: one self-contained page, embedded in the binary.
+const DASHBOARD: &str = include_str!("../../dashboard/index.html");
+
+#[utoipa::path(
+    get, path = "/", tag = "dashboard",
+    responses((status = 200, description = "the dashboard", content_type = "text/html", body = String))
+)]
+pub(super) async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(DASHBOARD)
+}
+
+#[utoipa::path(
+    get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+)]
+pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        c.metrics().encode(),
+    )
+}

@@ -1,0 +1,44 @@
+//! The proxies' call: each filter worker's report in, the split table and
+//! its lease out, held until the table changes (DESIGN.md, the sync
+//! protocol).
+
+use super::extract::{JsonBody, SyncCaller};
+use super::{ApiError, ApiResult, AppState};
+use axum::Json;
+use axum::extract::{Query, State};
+use coalmine_protocol::sync::{MAX_WAIT_MS, SyncRequest, SyncResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SyncQuery {
+    /// Hold the answer up to this long while the caller's table is current.
+    #[serde(default)]
+    #[param(maximum = 60_000)]
+    wait_ms: u64,
+}
+
+#[utoipa::path(
+    post, path = "/sync", tag = "proxies", params(SyncQuery), security(("sync_token" = [])),
+    request_body = SyncRequest,
+    responses((status = 200, description = "the split table and its lease", body = SyncResponse))
+)]
+pub(super) async fn sync(
+    State(s): State<AppState>,
+    _caller: SyncCaller,
+    query: Result<Query<SyncQuery>, axum::extract::rejection::QueryRejection>,
+    JsonBody(req): JsonBody<SyncRequest>,
+) -> ApiResult<Json<SyncResponse>> {
+    let Query(q) =
+        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    if q.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::BadRequest(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}, got {}",
+            q.wait_ms
+        )));
+    }
+    let wait = std::time::Duration::from_millis(q.wait_ms);
+    Ok(Json(s.controller.sync_held(&req, wait).await?))
+}

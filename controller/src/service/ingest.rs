@@ -1,0 +1,99 @@
+//! Sync ingest: every proxy worker's report checked, counted exactly once
+//! (deduplicated by proxy, instance and sequence number) and merged into
+//! the rolling windows the policy reads.
+
+use crate::clock::Millis;
+use crate::metrics::{Metrics, SyncResult};
+use coalmine_decide::engine::Deployment;
+use coalmine_decide::observe::{Observations, observe};
+use coalmine_decide::window::Windows;
+use coalmine_protocol::sync::{ReportError, SyncRequest};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Reporting instances not heard from for this long are forgotten.
+const INSTANCE_TTL_MS: u64 = 3_600_000;
+
+#[derive(Debug)]
+struct Instance {
+    seq: u64,
+    seen_at: Millis,
+}
+
+/// The windows and, per reporting instance, the last sequence number
+/// counted.
+#[derive(Debug, Default)]
+pub(crate) struct Ingest {
+    windows: Mutex<Windows>,
+    /// Last sequence number counted per (proxy, instance).
+    instances: Mutex<HashMap<(String, String), Instance>>,
+}
+
+impl Ingest {
+    /// Takes in a worker's report at `now`: refused whole when any part is
+    /// bad (nothing is counted), counted once when new, ignored when resent.
+    pub(crate) fn take(
+        &self,
+        req: &SyncRequest,
+        now: Millis,
+        metrics: &Metrics,
+    ) -> Result<(), ReportError> {
+        let checked = req.check().and_then(|()| {
+            // Decode everything before touching any state: a bad report changes nothing.
+            req.reports
+                .iter()
+                .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let decoded = match checked {
+            Ok(d) => d,
+            Err(e) => {
+                metrics.sync_report(SyncResult::Rejected);
+                tracing::debug!(proxy = %req.proxy, "report refused: {e}");
+                return Err(e);
+            }
+        };
+        let Ok(mut instances) = self.instances.lock() else {
+            return Ok(());
+        };
+        let key = (req.proxy.clone(), req.instance.clone());
+        let instance = instances.entry(key).or_insert(Instance {
+            seq: 0,
+            seen_at: now,
+        });
+        instance.seen_at = now;
+        // Sequence numbers start at 1; a number already counted is a resend.
+        if req.seq <= instance.seq {
+            metrics.sync_report(SyncResult::Duplicate);
+            tracing::debug!(proxy = %req.proxy, instance = %req.instance, seq = req.seq, "report already counted");
+            return Ok(());
+        }
+        instance.seq = req.seq;
+        metrics.sync_report(SyncResult::Accepted);
+        if let Ok(mut windows) = self.windows.lock() {
+            for (r, counts, h) in &decoded {
+                windows.add(&r.deployment, r.role, &r.version, now / 1000, counts, h);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the policy looks at for `d` at `now`.
+    pub(crate) fn observe(&self, d: &Deployment, now: Millis) -> Observations {
+        self.windows
+            .lock()
+            .map(|w| observe(&w, d, now))
+            .unwrap_or_default()
+    }
+
+    /// Forgets buckets older than `keep_seconds`, the series of deployments
+    /// gone, and instances not heard from for an hour.
+    pub(crate) fn prune(&self, now: Millis, keep_seconds: u64) {
+        if let Ok(mut w) = self.windows.lock() {
+            w.prune(now / 1000, keep_seconds);
+        }
+        if let Ok(mut i) = self.instances.lock() {
+            i.retain(|_, inst| now.saturating_sub(inst.seen_at) < INSTANCE_TTL_MS);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The engine's model: a deployment, its canary and version registry, the
+//! events that explain every change, and why a command may be refused.
+
+use crate::policy::{Policy, PolicyError};
+use crate::verdict::Verdict;
+use coalmine_protocol::{Bps, DeploymentSplit, Target};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub type Millis = u64;
+
+/// Who made a change: the engine, or an operator.
+pub const ENGINE: &str = "engine";
+pub const OPERATOR: &str = "operator";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    Registered,
+    Canary,
+    Production,
+    RolledBack,
+    Retired,
+}
+
+impl VersionState {
+    pub const ALL: [VersionState; 5] = [
+        VersionState::Registered,
+        VersionState::Canary,
+        VersionState::Production,
+        VersionState::RolledBack,
+        VersionState::Retired,
+    ];
+
+    /// The state as JSON writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Registered => "registered",
+            VersionState::Canary => "canary",
+            VersionState::Production => "production",
+            VersionState::RolledBack => "rolled_back",
+            VersionState::Retired => "retired",
+        }
+    }
+}
+
+/// A model version in a deployment's registry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Version {
+    pub version: String,
+    pub cluster: String,
+    pub state: VersionState,
+    pub healthy: bool,
+    /// The last known good version, which a rollback after a promotion
+    /// returns to.
+    pub pinned: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: Value,
+    pub registered_at: Millis,
+}
+
+impl Version {
+    pub fn target(&self) -> Target {
+        Target {
+            version: self.version.clone(),
+            cluster: self.cluster.clone(),
+        }
+    }
+}
+
+/// Which health events have been emitted for the running canary, so that
+/// each is emitted once on entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthMark {
+    #[default]
+    Ok,
+    Degraded,
+    Failed,
+}
+
+/// A canary in progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    pub target: Target,
+    pub bps: Bps,
+    /// The schedule: canary shares to step through, the last being 100 %.
+    pub steps: Vec<Bps>,
+    pub bake_seconds: u64,
+    pub started_at: Millis,
+    /// When the current share was set.
+    pub step_since: Millis,
+    /// Since when every verdict was HEALTHY (none: the last was not).
+    pub healthy_since: Option<Millis>,
+    pub paused: bool,
+    /// A sample-ratio mismatch was reported at the current share.
+    #[serde(default)]
+    pub mismatch_reported: bool,
+}
+
+impl Canary {
+    /// The next share of the schedule above the current one.
+    pub fn next_step(&self) -> Option<Bps> {
+        self.steps.iter().copied().find(|s| *s > self.bps)
+    }
+}
+
+/// A deployment's whole state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub name: String,
+    pub policy: Policy,
+    pub baseline: Target,
+    pub canary: Option<Canary>,
+    /// Last known good, for a rollback after a promotion.
+    pub pinned: Option<Target>,
+    /// No new canary and no automatic step before this time.
+    pub cooldown_until: Option<Millis>,
+    pub health: HealthMark,
+    pub created_at: Millis,
+    /// The registry; stored in its own table.
+    #[serde(skip)]
+    pub versions: Vec<Version>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    DeploymentCreated,
+    VersionRegistered,
+    CanaryStarted,
+    TrafficChanged,
+    HealthDegraded,
+    HealthRecovered,
+    HealthCheckFailed,
+    AutoRollbackTriggered,
+    RolledBack,
+    StepAdvanced,
+    Promoted,
+    Paused,
+    Resumed,
+    RevertedToPinned,
+    PolicyChanged,
+    SampleRatioMismatch,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DeploymentCreated => "deployment_created",
+            EventKind::VersionRegistered => "version_registered",
+            EventKind::CanaryStarted => "canary_started",
+            EventKind::TrafficChanged => "traffic_changed",
+            EventKind::HealthDegraded => "health_degraded",
+            EventKind::HealthRecovered => "health_recovered",
+            EventKind::HealthCheckFailed => "health_check_failed",
+            EventKind::AutoRollbackTriggered => "auto_rollback_triggered",
+            EventKind::RolledBack => "rolled_back",
+            EventKind::StepAdvanced => "step_advanced",
+            EventKind::Promoted => "promoted",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::RevertedToPinned => "reverted_to_pinned",
+            EventKind::PolicyChanged => "policy_changed",
+            EventKind::SampleRatioMismatch => "sample_ratio_mismatch",
+        }
+    }
+}
+
+/// Something that happened, why, and the numbers behind it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Event {
+    pub kind: EventKind,
+    pub actor: String,
+    pub reason: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub numbers: Map<String, Value>,
+}
+
+pub(crate) fn event(
+    kind: EventKind,
+    actor: &str,
+    reason: impl Into<String>,
+    numbers: Value,
+) -> Event {
+    Event {
+        kind,
+        actor: actor.to_string(),
+        reason: reason.into(),
+        numbers: match numbers {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+    }
+}
+
+/// A new state and the events that led to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub deployment: Deployment,
+    pub events: Vec<Event>,
+}
+
+/// What [`step`](super::step) decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub transition: Transition,
+    /// The verdict evaluated (none without a canary).
+    pub verdict: Option<Verdict>,
+}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Bad input (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// A version that does not exist (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not allowed in the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<PolicyError> for Refusal {
+    fn from(e: PolicyError) -> Self {
+        Refusal::Invalid(e.to_string())
+    }
+}
+
+impl Deployment {
+    /// The split the proxies route by.
+    pub fn split(&self) -> DeploymentSplit {
+        DeploymentSplit {
+            name: self.name.clone(),
+            baseline: self.baseline.clone(),
+            canary: self.canary.as_ref().map(|c| c.target.clone()),
+            canary_bps: self.canary.as_ref().map_or(Bps::ZERO, |c| c.bps),
+        }
+    }
+
+    pub fn version(&self, version: &str) -> Option<&Version> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    pub(crate) fn version_mut(&mut self, version: &str) -> Option<&mut Version> {
+        self.versions.iter_mut().find(|v| v.version == version)
+    }
+
+    pub(crate) fn set_version_state(&mut self, version: &str, state: VersionState, healthy: bool) {
+        if let Some(v) = self.version_mut(version) {
+            v.state = state;
+            v.healthy = healthy;
+        }
+    }
+
+    pub(crate) fn pin(&mut self, version: &str) {
+        for v in &mut self.versions {
+            v.pinned = v.version == version;
+        }
+    }
+
+    pub(crate) fn in_cooldown(&self, now: Millis) -> Option<u64> {
+        self.cooldown_until
+            .filter(|&until| until > now)
+            .map(|until| (until - now).div_ceil(1000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_as_json_writes_them() {
+        for s in VersionState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap().as_str(), Some(s.as_str()));
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! What the policy looks at for a deployment at a moment: both roles over
+//! the same window, the canary's slow requests, and the split observed
+//! since the current share was set, all read from the [`Windows`]. The
+//! controller and the simulator call [`observe`] alike.
+
+use crate::engine::Deployment;
+use crate::engine::Millis;
+use crate::window::{RoleWindowStats, Windows};
+use coalmine_protocol::Role;
+
+/// Seconds after a change of share before the observed split is compared
+/// with it (the proxies' sync interval and reporting lag, with margin).
+pub const SPLIT_SETTLE_SECONDS: u64 = 5;
+
+/// What the policy looks at.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observations {
+    /// Both roles over the same window.
+    pub baseline: RoleWindowStats,
+    pub canary: RoleWindowStats,
+    /// Canary requests in the window slower than the baseline's p95 plus
+    /// `critical.p95_delta_ms` (read from the canary's histogram).
+    pub canary_slow: u64,
+    /// Since the current share was set: canary and all requests, and that
+    /// share (0 ..= 1), for the sample-ratio check.
+    pub step_canary_requests: u64,
+    pub step_requests: u64,
+    pub configured_share: f64,
+}
+
+impl Observations {
+    /// Both roles' numbers only (no latency test input, no ratio check).
+    pub fn of(baseline: RoleWindowStats, canary: RoleWindowStats) -> Observations {
+        Observations {
+            baseline,
+            canary,
+            ..Observations::default()
+        }
+    }
+}
+
+/// What the policy looks at for `d` at `now`.
+pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
+    let (second, window, classes) = (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
+    let baseline = windows.stats(
+        &d.name,
+        Role::Baseline,
+        &d.baseline.version,
+        second,
+        window,
+        classes,
+    );
+    let Some(c) = &d.canary else {
+        return Observations::of(baseline, RoleWindowStats::default());
+    };
+    let v = &c.target.version;
+    let canary = windows.stats(&d.name, Role::Canary, v, second, window, classes);
+    let canary_slow = baseline.p95_ms.map_or(0, |p95| {
+        windows.count_slower(
+            &d.name,
+            Role::Canary,
+            v,
+            second,
+            window,
+            p95 + d.policy.critical.p95_delta_ms,
+        )
+    });
+    // The split since the share was set, after it settled: for a few
+    // seconds, proxies still route by the old table and report traffic they
+    // split before the change.
+    let from = c.step_since / 1000 + SPLIT_SETTLE_SECONDS + 1;
+    let to = second.saturating_sub(1);
+    let (step_canary, step_all) = if to < from {
+        (0, 0)
+    } else {
+        let span = (to - from + 1).min(window);
+        let b = windows.stats(
+            &d.name,
+            Role::Baseline,
+            &d.baseline.version,
+            to,
+            span,
+            classes,
+        );
+        let k = windows.stats(&d.name, Role::Canary, v, to, span, classes);
+        (k.requests, k.requests.saturating_add(b.requests))
+    };
+    Observations {
+        baseline,
+        canary,
+        canary_slow,
+        step_canary_requests: step_canary,
+        step_requests: step_all,
+        configured_share: c.bps.as_percent() / 100.0,
+    }
+}

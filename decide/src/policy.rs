@@ -1,0 +1,368 @@
+//! The policy: a deployment's thresholds, schedule and switches, as
+//! operators write them (JSON, every field optional) and validated once.
+//!
+//! Defaults are the seed rule set of DESIGN.md. How the thresholds are
+//! applied to both roles' numbers is [`crate::rules`].
+
+use coalmine_protocol::{Bps, Outcome};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Thresholds a canary is compared against its baseline with.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Canary error rate above baseline's by more than this (0.05 = 5 pp).
+    pub error_rate_delta: f64,
+    /// Canary p95 above baseline's by more than this many milliseconds.
+    pub p95_delta_ms: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct PromoteRule {
+    pub min_canary_requests: u64,
+    /// With the significance guard: promote only when the canary's error
+    /// rate is shown to exceed the baseline's by at most this much.
+    pub non_inferiority_margin: f64,
+}
+
+impl Default for PromoteRule {
+    fn default() -> Self {
+        PromoteRule {
+            min_canary_requests: 100,
+            non_inferiority_margin: 0.05,
+        }
+    }
+}
+
+/// Absolute service levels; a breach counts as CRITICAL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    pub max_error_rate: Option<f64>,
+    pub max_p95_ms: Option<f64>,
+}
+
+/// The statistical guard on CRITICAL breaches and promotions.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Significance {
+    /// The bare seed rules: thresholds on the observed numbers.
+    #[default]
+    None,
+    /// Anytime-valid tests at this level (see `significance`).
+    Alpha(f64),
+}
+
+impl Significance {
+    /// The level of the guard's tests, if it is on.
+    pub fn alpha(self) -> Option<f64> {
+        match self {
+            Significance::None => None,
+            Significance::Alpha(a) => Some(a),
+        }
+    }
+}
+
+impl Serialize for Significance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Significance::None => s.serialize_str("none"),
+            Significance::Alpha(a) => json!({ "alpha": a }).serialize(s),
+        }
+    }
+}
+
+/// As JSON: `"none"` or `{"alpha": 0.01}`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Significance {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["none"])),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .property("alpha", ObjectBuilder::new().schema_type(Type::Number))
+                    .required("alpha")
+                    .additional_properties(Some(
+                        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                    )),
+            )
+            .description(Some(
+                "The statistical guard: \"none\" (the bare thresholds) or {\"alpha\": level}",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Significance {}
+
+impl<'de> Deserialize<'de> for Significance {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Alpha {
+            alpha: f64,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Alpha(Alpha),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(n) if n == "none" => Ok(Significance::None),
+            Raw::Name(n) => Err(serde::de::Error::custom(format!(
+                "unknown significance {n:?}; use \"none\" or {{\"alpha\": 0.01}}"
+            ))),
+            Raw::Alpha(a) => Ok(Significance::Alpha(a.alpha)),
+        }
+    }
+}
+
+/// A deployment's policy. Every field is optional in JSON; the defaults are
+/// the seed rule set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub window_seconds: u64,
+    pub check_interval_seconds: u64,
+    pub min_requests: u64,
+    pub critical: Thresholds,
+    pub degraded: Thresholds,
+    pub promote: PromoteRule,
+    pub slo: Slo,
+    /// Canary percentages to step through; the last is 100.
+    pub steps: Vec<f64>,
+    pub bake_seconds: u64,
+    pub cooldown_seconds: u64,
+    pub auto_rollback: bool,
+    pub auto_promote: bool,
+    pub significance: Significance,
+    /// Outcome classes that count as errors.
+    pub error_classes: Vec<Outcome>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            window_seconds: 300,
+            check_interval_seconds: 5,
+            min_requests: 20,
+            critical: Thresholds {
+                error_rate_delta: 0.05,
+                p95_delta_ms: 100.0,
+            },
+            degraded: Thresholds {
+                error_rate_delta: 0.025,
+                p95_delta_ms: 50.0,
+            },
+            promote: PromoteRule::default(),
+            slo: Slo::default(),
+            steps: vec![20.0, 50.0, 100.0],
+            bake_seconds: 60,
+            cooldown_seconds: 120,
+            auto_rollback: true,
+            auto_promote: true,
+            significance: Significance::Alpha(0.01),
+            error_classes: vec![Outcome::ServerError, Outcome::Reset],
+        }
+    }
+}
+
+/// A policy field with a value out of range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("policy.{field}: {message}")]
+pub struct PolicyError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn rate(field: &str, v: f64) -> Result<(), PolicyError> {
+    if v.is_finite() && (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("must be a fraction between 0 and 1, got {v}"),
+        ))
+    }
+}
+
+fn millis(field: &str, v: f64) -> Result<(), PolicyError> {
+    if v.is_finite() && (0.0..=3_600_000.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("must be between 0 and 3600000 ms, got {v}"),
+        ))
+    }
+}
+
+impl Policy {
+    /// Checks every value is usable; the message names the field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if !(10..=86_400).contains(&self.window_seconds) {
+            return Err(bad(
+                "window_seconds",
+                format!("must be between 10 and 86400, got {}", self.window_seconds),
+            ));
+        }
+        if !(1..=3600).contains(&self.check_interval_seconds) {
+            return Err(bad(
+                "check_interval_seconds",
+                format!(
+                    "must be between 1 and 3600, got {}",
+                    self.check_interval_seconds
+                ),
+            ));
+        }
+        if self.min_requests == 0 {
+            return Err(bad("min_requests", "must be at least 1"));
+        }
+        rate("critical.error_rate_delta", self.critical.error_rate_delta)?;
+        rate("degraded.error_rate_delta", self.degraded.error_rate_delta)?;
+        millis("critical.p95_delta_ms", self.critical.p95_delta_ms)?;
+        millis("degraded.p95_delta_ms", self.degraded.p95_delta_ms)?;
+        if self.degraded.error_rate_delta > self.critical.error_rate_delta {
+            return Err(bad(
+                "degraded.error_rate_delta",
+                "must not exceed critical.error_rate_delta",
+            ));
+        }
+        if self.degraded.p95_delta_ms > self.critical.p95_delta_ms {
+            return Err(bad(
+                "degraded.p95_delta_ms",
+                "must not exceed critical.p95_delta_ms",
+            ));
+        }
+        if let Some(v) = self.slo.max_error_rate {
+            rate("slo.max_error_rate", v)?;
+        }
+        if let Some(v) = self.slo.max_p95_ms {
+            millis("slo.max_p95_ms", v)?;
+        }
+        schedule("steps", &self.steps)?;
+        check_seconds("bake_seconds", self.bake_seconds)?;
+        check_seconds("cooldown_seconds", self.cooldown_seconds)?;
+        if let Significance::Alpha(a) = self.significance
+            && !(a > 0.0 && a <= 0.2)
+        {
+            return Err(bad(
+                "significance.alpha",
+                format!("must be in (0, 0.2], got {a}"),
+            ));
+        }
+        rate(
+            "promote.non_inferiority_margin",
+            self.promote.non_inferiority_margin,
+        )?;
+        if self.error_classes.is_empty() {
+            return Err(bad("error_classes", "must name at least one outcome class"));
+        }
+        Ok(())
+    }
+}
+
+/// The longest bake or cooldown accepted (a day).
+pub const MAX_WAIT_SECONDS: u64 = 86_400;
+
+/// A bake or cooldown in seconds: at most [`MAX_WAIT_SECONDS`].
+pub fn check_seconds(field: &str, seconds: u64) -> Result<(), PolicyError> {
+    if seconds > MAX_WAIT_SECONDS {
+        return Err(bad(
+            field,
+            format!("must be at most {MAX_WAIT_SECONDS}, got {seconds}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A schedule: strictly increasing percentages in (0, 100], ending at 100,
+/// as the shares the engine steps through.
+pub fn schedule(field: &str, steps: &[f64]) -> Result<Vec<Bps>, PolicyError> {
+    if steps.is_empty() || steps.len() > 20 {
+        return Err(bad(field, "must list 1 to 20 percentages"));
+    }
+    let mut last = 0.0;
+    let mut shares = Vec::with_capacity(steps.len());
+    for &s in steps {
+        let share = Bps::parse_percent(s).map_err(|m| bad(field, m))?;
+        if s <= last {
+            return Err(bad(
+                field,
+                format!("must increase strictly within (0, 100]; {s} does not follow {last}"),
+            ));
+        }
+        shares.push(share);
+        last = s;
+    }
+    if last != 100.0 {
+        return Err(bad(field, "must end at 100"));
+    }
+    Ok(shares)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn policy_json_defaults_and_validation() {
+        let p: Policy = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, Policy::default());
+        let p: Policy =
+            serde_json::from_value(json!({"significance": "none", "steps": [5, 100]})).unwrap();
+        assert!(p.validate().is_ok());
+        assert!(serde_json::from_value::<Policy>(json!({"windw_seconds": 1})).is_err());
+        let field = |v: Value| {
+            serde_json::from_value::<Policy>(v)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(field(json!({"steps": [50, 20, 100]})), "steps");
+        assert_eq!(field(json!({"steps": [20, 50]})), "steps");
+        assert_eq!(
+            field(json!({"critical": {"error_rate_delta": 2.0, "p95_delta_ms": 100}})),
+            "critical.error_rate_delta"
+        );
+        assert_eq!(
+            field(json!({"check_interval_seconds": 0})),
+            "check_interval_seconds"
+        );
+        assert_eq!(
+            field(json!({"significance": {"alpha": 0.9}})),
+            "significance.alpha"
+        );
+        let none: Policy = serde_json::from_value(json!({"significance": "none"})).unwrap();
+        assert_eq!(none.significance, Significance::None);
+        assert_eq!(Policy::default().significance, Significance::Alpha(0.01));
+        assert_eq!(
+            field(json!({"degraded": {"error_rate_delta": 0.1, "p95_delta_ms": 50}})),
+            "degraded.error_rate_delta"
+        );
+        let round: Policy =
+            serde_json::from_str(&serde_json::to_string(&Policy::default()).unwrap()).unwrap();
+        assert_eq!(round, Policy::default());
+    }
+}

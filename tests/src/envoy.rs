@@ -1,0 +1,379 @@
+//! A real Envoy on loopback: its bootstrap (a shipped config re-pointed at
+//! the test's upstreams) and the running process.
+
+use crate::{envoy_bin, filter_wasm, poll, tail, tail_text, workspace_root};
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_yaml_ng::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// An Envoy bootstrap, starting from a shipped config file.
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    doc: Value,
+    /// The module the coalmine filter runs (default: the built filter).
+    wasm: Option<PathBuf>,
+}
+
+impl EnvoyConfig {
+    /// Loads a config shipped under `envoy/` (e.g. `envoy.yaml`).
+    pub fn shipped(name: &str) -> Result<EnvoyConfig> {
+        let path = workspace_root().join("envoy").join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let doc = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        Ok(EnvoyConfig { doc, wasm: None })
+    }
+
+    fn listeners(&mut self) -> Result<&mut Vec<Value>> {
+        self.doc["static_resources"]["listeners"]
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("config has no static listeners"))
+    }
+
+    /// The HTTP filter list of the first listener.
+    fn http_filters(&mut self) -> Result<&mut Vec<Value>> {
+        self.listeners()?
+            .get_mut(0)
+            .and_then(|l| {
+                l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                    .as_sequence_mut()
+            })
+            .ok_or_else(|| anyhow!("first listener has no http_filters"))
+    }
+
+    fn coalmine_filter(&mut self) -> Result<&mut Value> {
+        self.http_filters()?
+            .iter_mut()
+            .find(|f| f["name"].as_str() == Some("coalmine"))
+            .ok_or_else(|| anyhow!("no http filter named `coalmine`"))
+    }
+
+    fn cluster(&mut self, name: &str) -> Result<&mut Value> {
+        self.doc["static_resources"]["clusters"]
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("config has no static clusters"))?
+            .iter_mut()
+            .find(|c| c["name"].as_str() == Some(name))
+            .ok_or_else(|| anyhow!("no cluster named {name}"))
+    }
+
+    /// Points the named cluster's single endpoint at `addr`.
+    pub fn upstream(mut self, cluster: &str, addr: SocketAddr) -> Result<EnvoyConfig> {
+        let c = self.cluster(cluster)?;
+        // A name resolved by DNS in a deployment (compose, a mesh) is a
+        // loopback address here.
+        c["type"] = Value::from("STATIC");
+        let socket = &mut c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        socket["address"] = Value::from(addr.ip().to_string());
+        socket["port_value"] = Value::from(addr.port());
+        Ok(self)
+    }
+
+    /// Renames a cluster (as a control plane would name it).
+    pub fn rename_cluster(mut self, from: &str, to: &str) -> Result<EnvoyConfig> {
+        let c = self.cluster(from)?;
+        c["name"] = Value::from(to);
+        c["load_assignment"]["cluster_name"] = Value::from(to);
+        Ok(self)
+    }
+
+    /// Replaces the coalmine filter's plugin configuration.
+    pub fn plugin_config(mut self, json: &serde_json::Value) -> Result<EnvoyConfig> {
+        let filter = self.coalmine_filter()?;
+        filter["typed_config"]["config"]["configuration"]["value"] = Value::from(json.to_string());
+        Ok(self)
+    }
+
+    /// The shipped plugin configuration, as JSON.
+    pub fn shipped_plugin_config(&mut self) -> Result<serde_json::Value> {
+        let filter = self.coalmine_filter()?;
+        let text = filter["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .ok_or_else(|| anyhow!("coalmine filter has no configuration value"))?;
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// The shipped plugin configuration without its `controller` block
+    /// (standalone mode).
+    pub fn standalone_plugin_config(&mut self) -> Result<serde_json::Value> {
+        let mut plugin = self.shipped_plugin_config()?;
+        if let Some(o) = plugin.as_object_mut() {
+            o.remove("controller");
+        }
+        Ok(plugin)
+    }
+
+    /// Replaces the routes of the first listener's first virtual host.
+    pub fn routes(mut self, routes: serde_json::Value) -> Result<EnvoyConfig> {
+        let vhost = self
+            .listeners()?
+            .get_mut(0)
+            .map(|l| {
+                &mut l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                    ["virtual_hosts"][0]
+            })
+            .ok_or_else(|| anyhow!("no listener"))?;
+        vhost["routes"] = serde_yaml_ng::to_value(routes)?;
+        Ok(self)
+    }
+
+    /// Removes an HTTP filter by name (e.g. to test the coalmine filter alone).
+    pub fn without_http_filter(mut self, name: &str) -> Result<EnvoyConfig> {
+        let filters = self.http_filters()?;
+        let before = filters.len();
+        filters.retain(|f| f["name"].as_str() != Some(name));
+        if filters.len() == before {
+            bail!("no http filter named {name}");
+        }
+        Ok(self)
+    }
+
+    /// The module file the coalmine filter loads, as the config names it.
+    pub fn wasm_filename(&mut self) -> Result<String> {
+        let filter = self.coalmine_filter()?;
+        filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("the coalmine filter loads no local file"))
+    }
+
+    /// Runs another module in the coalmine filter's place.
+    pub fn wasm_module(mut self, path: PathBuf) -> EnvoyConfig {
+        self.wasm = Some(path);
+        self
+    }
+
+    /// The final bootstrap: ports 0 (Envoy picks), the built filter.
+    fn render(mut self) -> Result<String> {
+        let wasm = match self.wasm.take() {
+            Some(path) => path,
+            None => filter_wasm()?,
+        };
+        // Loopback only, whatever address a config binds in a deployment.
+        let admin = &mut self.doc["admin"]["address"]["socket_address"];
+        admin["address"] = Value::from("127.0.0.1");
+        admin["port_value"] = Value::from(0);
+        for l in self.listeners()? {
+            l["address"]["socket_address"]["address"] = Value::from("127.0.0.1");
+            l["address"]["socket_address"]["port_value"] = Value::from(0);
+        }
+        // A config without the filter (a benchmark's baseline) has no code.
+        if let Ok(filter) = self.coalmine_filter() {
+            filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+                Value::from(wasm.display().to_string());
+        }
+        Ok(serde_yaml_ng::to_string(&self.doc)?)
+    }
+}
+
+/// How to run Envoy: its node id, worker threads, and (optionally) the CPUs
+/// it may run on (a `taskset` list such as `"1"`), for benchmarks.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    pub node_id: String,
+    pub concurrency: u32,
+    pub cpus: Option<String>,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> EnvoyOptions {
+        EnvoyOptions {
+            node_id: "coalmine-e2e".to_string(),
+            concurrency: 2,
+            cpus: None,
+        }
+    }
+}
+
+/// A running Envoy; killed on drop.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+    listener: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Envoy {
+    fn spawn(config: EnvoyConfig, opts: &EnvoyOptions) -> Result<(Child, tempfile::TempDir)> {
+        let dir = tempfile::Builder::new()
+            .prefix("coalmine-envoy-")
+            .tempdir()?;
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config.render()?)?;
+        let log = std::fs::File::create(dir.path().join("envoy.log"))?;
+        let mut command = match &opts.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(envoy_bin()?);
+                c
+            }
+            None => Command::new(envoy_bin()?),
+        };
+        let child = command
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--disable-hot-restart", "-l", "info"])
+            .arg("--concurrency")
+            .arg(opts.concurrency.to_string())
+            .args(["--service-node", &opts.node_id])
+            .args(["--service-cluster", "coalmine-e2e"])
+            .arg("--admin-address-path")
+            .arg(dir.path().join("admin.address"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting envoy")?;
+        Ok((child, dir))
+    }
+
+    /// Starts Envoy and waits until its listener accepts requests.
+    pub async fn start(config: EnvoyConfig) -> Result<Envoy> {
+        Envoy::start_as(config, "coalmine-e2e").await
+    }
+
+    /// Starts Envoy with the given node id.
+    pub async fn start_as(config: EnvoyConfig, node_id: &str) -> Result<Envoy> {
+        let opts = EnvoyOptions {
+            node_id: node_id.to_string(),
+            ..EnvoyOptions::default()
+        };
+        Envoy::start_with(config, &opts).await
+    }
+
+    /// Starts Envoy as `opts` say.
+    pub async fn start_with(config: EnvoyConfig, opts: &EnvoyOptions) -> Result<Envoy> {
+        let (child, dir) = Envoy::spawn(config, opts)?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+            client,
+        };
+        let admin_file = envoy.dir.path().join("admin.address");
+        envoy.admin = poll("envoy's admin address", Duration::from_secs(30), || {
+            let r = envoy.check_running().map(|()| {
+                std::fs::read_to_string(&admin_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            });
+            async move { r }
+        })
+        .await?;
+        envoy.listener = poll("envoy's listener", Duration::from_secs(30), || {
+            let running = envoy.check_running();
+            let request = envoy
+                .client
+                .get(envoy.admin_url("/listeners?format=json"))
+                .send();
+            async move {
+                running?;
+                let body: serde_json::Value = match request.await {
+                    Ok(r) => r.json().await?,
+                    Err(_) => return Ok(None),
+                };
+                let a = &body["listener_statuses"][0]["local_address"]["socket_address"];
+                Ok(match (a["address"].as_str(), a["port_value"].as_u64()) {
+                    (Some(ip), Some(port)) if port > 0 => format!("{ip}:{port}").parse().ok(),
+                    _ => None,
+                })
+            }
+        })
+        .await?;
+        poll("envoy to be ready", Duration::from_secs(30), || {
+            let running = envoy.check_running();
+            let request = envoy.client.get(envoy.admin_url("/ready")).send();
+            async move {
+                running?;
+                Ok(request
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
+        })
+        .await?;
+        Ok(envoy)
+    }
+
+    /// Fails with the log's tail if Envoy has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "envoy exited with {status}:\n{}",
+                tail(&self.dir.path().join("envoy.log"), 30)
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs Envoy with a configuration it must refuse: returns its exit status
+    /// and log once it exits (within 30 s).
+    pub async fn start_expecting_refusal(config: EnvoyConfig) -> Result<(ExitStatus, String)> {
+        let (mut child, dir) = Envoy::spawn(config, &EnvoyOptions::default())?;
+        let status = poll("envoy to exit", Duration::from_secs(30), || {
+            let r = child.try_wait().map_err(anyhow::Error::from);
+            async move { r }
+        })
+        .await;
+        let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+        match status {
+            Ok(status) => Ok((status, log)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e.context(format!("envoy kept running:\n{}", tail_text(&log, 30))))
+            }
+        }
+    }
+
+    /// The process id (with `cpus`, `taskset` has exec'd into Envoy).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://<listener>` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listener)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The admin endpoint's Prometheus text.
+    pub async fn prometheus(&self) -> Result<String> {
+        Ok(self
+            .client
+            .get(self.admin_url("/stats/prometheus"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
