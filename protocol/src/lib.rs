@@ -11,9 +11,10 @@
 //!   it, uniformly at random or sticky by a user key.
 //! - [`outcome`]: the outcome class of a finished request (2xx/3xx, 4xx, 5xx,
 //!   reset).
-//! - [`stats`]: per-role outcome counters and latency HdrHistograms.
-//! - [`sync`]: the messages between filter and controller, the histogram
-//!   encoding, the outbox that resends until acknowledged, the lease rule.
+//! - [`stats`]: per-role outcome counters and latency HdrHistograms, their
+//!   wire encoding, and a worker's statistics pending its next report.
+//! - [`sync`]: the messages between filter and controller, the outbox that
+//!   resends until acknowledged, the lease rule.
 //! - [`secret`]: bearer tokens compared in constant time, never printed.
 // Nothing on the request path may panic: a panic is a VM trap that fails
 // user traffic. (Tests may.)
