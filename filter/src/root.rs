@@ -6,6 +6,7 @@ use crate::random::RandomPool;
 use crate::request::RequestContext;
 use crate::sync::Syncer;
 use coalmine_protocol::active::{ActiveSplits, Observed};
+use coalmine_protocol::shared::SPLIT_TABLE_KEY;
 use coalmine_protocol::stats::{PendingReports, RoleStats};
 use coalmine_protocol::sync::RoleReport;
 use coalmine_protocol::{Outcome, PluginConfig, Role};
@@ -15,9 +16,6 @@ use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Where the controller's split table lives in proxy shared data.
-pub(crate) const SPLIT_TABLE_KEY: &str = "coalmine.split_table";
 
 /// Everything a worker's request contexts share. Wasm VMs are single-threaded,
 /// so `Rc<RefCell<_>>` is enough; borrows never outlive one callback.

@@ -11,17 +11,16 @@
 //! or unparsable answer keeps the last good table and the pending report.
 
 use crate::host;
-use crate::root::{SPLIT_TABLE_KEY, Worker};
+use crate::root::Worker;
 use coalmine_protocol::config::ControllerConfig;
+use coalmine_protocol::shared::{
+    LEASE_EXPIRED, LEASE_OK, LEASE_STATE_KEY, LEASE_UNTIL_KEY, SPLIT_TABLE_KEY, decode_lease_until,
+    encode_lease_until, encode_split_table,
+};
 use coalmine_protocol::sync::{Outbox, SyncResponse, hold_ms, lease_expired, sync_path};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
-
-/// Until when the lease runs (ms since the UNIX epoch, 8 bytes LE).
-const LEASE_KEY: &str = "coalmine.lease_until_ms";
-/// `expired` or `ok`: lets exactly one worker per proxy log a transition.
-const LEASE_STATE_KEY: &str = "coalmine.lease_state";
 
 /// At most this many sync calls per tick interval (one regular, the rest
 /// following early answers).
@@ -154,8 +153,8 @@ impl Syncer {
         self.outbox.acknowledged();
         worker.refresh_splits();
         if worker.splits.epoch() != Some(response.table.epoch) {
-            let _ =
-                hostcalls::set_shared_data(SPLIT_TABLE_KEY, Some(&response.table.encode()), None);
+            let value = encode_split_table(&response.table);
+            let _ = hostcalls::set_shared_data(SPLIT_TABLE_KEY, Some(&value), None);
             worker.refresh_splits();
         }
         let lease = self
@@ -163,7 +162,7 @@ impl Syncer {
             .lease
             .min(Duration::from_millis(response.lease_ms));
         let until = now_ms().saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
-        let _ = hostcalls::set_shared_data(LEASE_KEY, Some(&until.to_le_bytes()), None);
+        let _ = hostcalls::set_shared_data(LEASE_UNTIL_KEY, Some(&encode_lease_until(until)), None);
         self.check_lease(worker, now_ms());
         if self.failing {
             self.failing = false;
@@ -199,10 +198,8 @@ impl Syncer {
     /// Falls back to baseline only when no worker synced for the lease, and
     /// back again once one does.
     fn check_lease(&mut self, worker: &mut Worker, now: u64) {
-        let (bytes, _) = host::shared_data(LEASE_KEY);
-        let until = bytes
-            .and_then(|b| b.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()))
-            .map(u64::from_le_bytes);
+        let (bytes, _) = host::shared_data(LEASE_UNTIL_KEY);
+        let until = bytes.as_deref().and_then(decode_lease_until);
         let lease_ms = u64::try_from(self.controller.lease.as_millis()).unwrap_or(u64::MAX);
         let expired = lease_expired(now, until, self.started_ms, lease_ms);
         if !worker.splits.set_lease_expired(expired) {
@@ -210,7 +207,7 @@ impl Syncer {
         }
         worker.publish_split_metrics();
         // One worker per proxy wins the CAS and speaks for the proxy.
-        let state: &[u8] = if expired { b"expired" } else { b"ok" };
+        let state = if expired { LEASE_EXPIRED } else { LEASE_OK };
         let (current, cas) = host::shared_data(LEASE_STATE_KEY);
         let first = current.as_deref() != Some(state)
             && (current.is_some() || expired)

@@ -7,6 +7,9 @@
 //!   validated structs; errors name the offending field.
 //! - [`split`]: the split table (baseline / canary targets and the canary share
 //!   in basis points) the filter routes by.
+//! - [`active`]: the splits a worker routes by right now: the configured
+//!   ones, then the controller's table, baseline only while the lease has
+//!   expired.
 //! - [`routing`]: which deployment a request belongs to, and which role serves
 //!   it, uniformly at random or sticky by a user key.
 //! - [`outcome`]: the outcome class of a finished request (2xx/3xx, 4xx, 5xx,
@@ -15,6 +18,8 @@
 //!   wire encoding, and a worker's statistics pending its next report.
 //! - [`sync`]: the messages between filter and controller, the outbox that
 //!   resends until acknowledged, the lease rule.
+//! - [`shared`]: the keys and values the workers of one proxy share through
+//!   proxy-wasm shared data (split table, lease).
 //! - [`secret`]: bearer tokens compared in constant time, never printed.
 // Nothing on the request path may panic: a panic is a VM trap that fails
 // user traffic. (Tests may.)
@@ -33,6 +38,7 @@ pub mod config;
 pub mod outcome;
 pub mod routing;
 pub mod secret;
+pub mod shared;
 pub mod split;
 pub mod stats;
 pub mod sync;
