@@ -6,10 +6,10 @@ use crate::random::RandomPool;
 use crate::request::RequestContext;
 use crate::sync::Syncer;
 use coalmine_protocol::active::{ActiveSplits, Observed};
-use coalmine_protocol::shared::SPLIT_TABLE_KEY;
+use coalmine_protocol::shared::{SPLIT_TABLE_KEY, encode_split_table};
 use coalmine_protocol::stats::{PendingReports, RoleStats};
 use coalmine_protocol::sync::RoleReport;
-use coalmine_protocol::{Outcome, PluginConfig, Role};
+use coalmine_protocol::{Outcome, PluginConfig, Role, SplitTable};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -75,6 +75,45 @@ impl Worker {
             Observed::Rejected(e) => {
                 log::warn!("keeping the last good split table: {e}");
             }
+        }
+    }
+
+    /// The epoch of the controller's table in force (0: none yet).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.splits.epoch().unwrap_or(0)
+    }
+
+    /// Puts this worker's own sync answer in force at once, decoded once;
+    /// when the table is new, its stored form for shared data (whose epoch
+    /// prefix lets this worker skip it on its next look).
+    pub(crate) fn take_answer(&mut self, table: SplitTable) -> Option<Vec<u8>> {
+        if self.splits.epoch() == Some(table.epoch) {
+            return None;
+        }
+        let value = encode_split_table(&table);
+        let epoch = table.epoch;
+        self.splits.apply(&self.config.deployments, table);
+        log::debug!("split table epoch {epoch} in force");
+        self.publish_split_metrics();
+        Some(value)
+    }
+
+    /// Enters or leaves the lease fail-safe (baseline only).
+    pub(crate) fn set_lease_expired(&mut self, expired: bool) {
+        if self.splits.set_lease_expired(expired) {
+            self.publish_split_metrics();
+        }
+    }
+
+    pub(crate) fn sync_failed(&self) {
+        for m in &self.metrics {
+            m.sync_failed();
+        }
+    }
+
+    pub(crate) fn lease_expired(&self) {
+        for m in &self.metrics {
+            m.lease_expired();
         }
     }
 

@@ -6,12 +6,26 @@
 //! out) is sent again unchanged, with the same sequence number, so the
 //! controller can count it exactly once: it deduplicates by
 //! `(proxy, instance, seq)`.
+//!
+//! Here: the messages, their structural limits and the sync path. The
+//! worker's side of the loop is in submodules:
+//! - `outbox`: the report sent and not yet acknowledged ([`Outbox`]).
+//! - [`lease`]: when the controller's lease runs out, and which worker
+//!   speaks for the transition.
+//! - [`worker_loop`]: the loop's state machine ([`worker_loop::SyncLoop`]),
+//!   which the filter's tick and HTTP callbacks drive.
 
 use crate::outcome::Outcome;
 use crate::split::{Role, SplitTable};
 use crate::stats::{HistogramError, RoleStats, decode_histogram, encode_histogram};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+pub mod lease;
+mod outbox;
+pub mod worker_loop;
+
+pub use outbox::Outbox;
 
 /// The codec's own bound, named here with the other limits of a report.
 pub use crate::stats::MAX_HISTOGRAM_BYTES;
@@ -203,98 +217,8 @@ impl SyncRequest {
     }
 }
 
-/// A worker's outgoing reports: one in flight or waiting to be resent, until
-/// the controller acknowledges it. Memory is bounded: one encoded report plus
-/// the live statistics it will be built from next.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    proxy: String,
-    instance: String,
-    seq: u64,
-    pending: Option<Vec<u8>>,
-}
-
-impl Outbox {
-    pub fn new(proxy: String, instance: String) -> Outbox {
-        Outbox {
-            proxy,
-            instance,
-            seq: 0,
-            pending: None,
-        }
-    }
-
-    /// The body to send now: the unacknowledged report again, or a new one
-    /// (next sequence number) from `reports()`, which drains the live stats.
-    pub fn body(&mut self, epoch: u64, reports: impl FnOnce() -> Vec<RoleReport>) -> &[u8] {
-        let Outbox {
-            proxy,
-            instance,
-            seq,
-            pending,
-        } = self;
-        pending.get_or_insert_with(|| {
-            *seq += 1;
-            serde_json::to_vec(&SyncRequest {
-                proxy: proxy.clone(),
-                instance: instance.clone(),
-                seq: *seq,
-                epoch,
-                reports: reports(),
-            })
-            .unwrap_or_default()
-        })
-    }
-
-    /// The controller has the pending report.
-    pub fn acknowledged(&mut self) {
-        self.pending = None;
-    }
-
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    pub fn has_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-}
-
-/// Whether the lease has run out at `now_ms`. `renewed_until_ms` is what the
-/// last successful sync (of any worker) granted; before the first one, the
-/// lease counts from `started_ms`.
-pub fn lease_expired(
-    now_ms: u64,
-    renewed_until_ms: Option<u64>,
-    started_ms: u64,
-    lease_ms: u64,
-) -> bool {
-    let until = renewed_until_ms.unwrap_or_else(|| started_ms.saturating_add(lease_ms));
-    now_ms > until
-}
-
 /// The longest a sync call may ask the controller to hold its answer.
 pub const MAX_WAIT_MS: u64 = 60_000;
-/// A held sync call comes back this long before the worker's next tick, so
-/// the tick finds no call in flight and sends the next report on time.
-pub const HOLD_MARGIN_MS: u64 = 100;
-/// Below this a hold is not worth a call of its own.
-pub const MIN_HOLD_MS: u64 = 100;
-
-/// How long the controller may hold a sync call sent `since_tick_ms` after
-/// the worker's last tick (`?wait_ms=`): until shortly before the next tick.
-/// The controller answers at once when the split table differs from the
-/// worker's epoch and otherwise as soon as it changes, so operator changes
-/// and rollbacks reach every worker without waiting for its next tick.
-/// 0 (an ordinary call) when too little time is left.
-pub fn hold_ms(interval_ms: u64, since_tick_ms: u64) -> u64 {
-    let hold = interval_ms
-        .saturating_sub(since_tick_ms)
-        .saturating_sub(HOLD_MARGIN_MS)
-        .min(MAX_WAIT_MS);
-    if hold < MIN_HOLD_MS { 0 } else { hold }
-}
-
 /// `path` with the hold as a query parameter (none for 0).
 pub fn sync_path(path: &str, wait_ms: u64) -> String {
     if wait_ms == 0 {
@@ -308,17 +232,6 @@ pub fn sync_path(path: &str, wait_ms: u64) -> String {
 mod tests {
     use super::*;
     use crate::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
-
-    #[test]
-    fn hold_ends_before_the_next_tick() {
-        assert_eq!(hold_ms(1000, 0), 900);
-        assert_eq!(hold_ms(1000, 350), 550);
-        // Too close to the next tick, or past it: an ordinary call.
-        assert_eq!(hold_ms(1000, 850), 0);
-        assert_eq!(hold_ms(1000, 5000), 0);
-        assert_eq!(hold_ms(100, 0), 0);
-        assert_eq!(hold_ms(3_600_000, 0), MAX_WAIT_MS);
-    }
 
     #[test]
     fn hold_goes_into_the_query() {
@@ -424,41 +337,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn the_outbox_resends_until_acknowledged() {
-        let mut out = Outbox::new("p".into(), "i".into());
-        let mut drained = 0;
-        let report = || RoleReport::from_stats("d", Role::Canary, "v2", &stats(&[5], 0));
-        let first = out
-            .body(0, || {
-                drained += 1;
-                vec![report()]
-            })
-            .to_vec();
-        // The call failed: the same bytes go again, the live stats are not drained.
-        let again = out
-            .body(7, || {
-                drained += 1;
-                vec![]
-            })
-            .to_vec();
-        assert_eq!(first, again);
-        assert_eq!(drained, 1);
-        let parsed: SyncRequest = serde_json::from_slice(&first).unwrap();
-        assert_eq!((parsed.seq, parsed.reports.len()), (1, 1));
-        out.acknowledged();
-        let next: SyncRequest = serde_json::from_slice(out.body(7, Vec::new)).unwrap();
-        assert_eq!((next.seq, next.epoch), (2, 7));
-    }
-
-    #[test]
-    fn the_lease_runs_from_start_then_from_each_renewal() {
-        assert!(!lease_expired(1_000, None, 0, 30_000));
-        assert!(!lease_expired(30_000, None, 0, 30_000));
-        assert!(lease_expired(30_001, None, 0, 30_000));
-        assert!(!lease_expired(40_000, Some(45_000), 0, 30_000));
-        assert!(lease_expired(45_001, Some(45_000), 0, 30_000));
     }
 }
