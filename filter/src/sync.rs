@@ -11,7 +11,7 @@
 //! per change).
 
 use crate::host;
-use crate::root::Worker;
+use crate::worker::Worker;
 use coalmine_protocol::config::ControllerConfig;
 use coalmine_protocol::shared::{
     LEASE_STATE_KEY, LEASE_UNTIL_KEY, SPLIT_TABLE_KEY, decode_lease_until, encode_lease_until,
@@ -51,7 +51,8 @@ impl Syncer {
             lease.as_deref().and_then(decode_lease_until),
         );
         self.lease_changed(worker, tick.lease);
-        worker.refresh_splits();
+        let (table, cas) = host::shared_data(SPLIT_TABLE_KEY);
+        worker.take_shared_table(table.as_deref(), cas);
         if let Some(failure) = tick.lost {
             self.failed(worker, &failure);
         }
