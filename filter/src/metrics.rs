@@ -196,3 +196,32 @@ impl DeploymentMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `DeploymentMetrics::define` takes ids by position: this is the layout
+    /// it relies on, and the names the shipped `stats_tags` parse.
+    #[test]
+    fn names_follow_the_layout_the_ids_are_taken_by() {
+        let names: Vec<String> = names("heart-prod").into_iter().map(|(_, n)| n).collect();
+        let d = "coalmine.deployment.heart-prod";
+        assert_eq!(names.len(), 15);
+        assert_eq!(names[0], format!("{d}.role.baseline.class.2xx.requests"));
+        assert_eq!(names[3], format!("{d}.role.baseline.class.reset.requests"));
+        assert_eq!(names[4], format!("{d}.role.baseline.latency_ms"));
+        assert_eq!(names[5], format!("{d}.role.canary.class.2xx.requests"));
+        assert_eq!(names[9], format!("{d}.role.canary.latency_ms"));
+        assert_eq!(
+            names[10..],
+            [
+                format!("{d}.canary_share_bps"),
+                format!("{d}.split_epoch"),
+                format!("{d}.sync_failures"),
+                format!("{d}.lease_expiries"),
+                format!("{d}.tester_overrides"),
+            ]
+        );
+    }
+}

@@ -302,3 +302,6 @@ impl<M: Metrics> Worker<M> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
