@@ -16,10 +16,13 @@
 //!   reset).
 //! - [`stats`]: per-role outcome counters and latency HdrHistograms, their
 //!   wire encoding, and a worker's statistics pending its next report.
-//! - [`sync`]: the messages between filter and controller, the outbox that
-//!   resends until acknowledged, the lease rule.
+//! - [`sync`]: the messages between filter and controller and their limits;
+//!   a worker's side of the loop as a state machine given the time (calls in
+//!   flight or lost, holds, answers, the outbox that resends until
+//!   acknowledged, the lease and its transitions), which the filter's
+//!   callbacks only carry out.
 //! - [`shared`]: the keys and values the workers of one proxy share through
-//!   proxy-wasm shared data (split table, lease).
+//!   proxy-wasm shared data (split table with its epoch up front, lease).
 //! - [`secret`]: bearer tokens compared in constant time, never printed.
 // Nothing on the request path may panic: a panic is a VM trap that fails
 // user traffic. (Tests may.)
