@@ -16,6 +16,7 @@ use coalmine_protocol::config::ControllerConfig;
 use coalmine_protocol::shared::{
     LEASE_STATE_KEY, LEASE_UNTIL_KEY, SPLIT_TABLE_KEY, decode_lease_until, encode_lease_until,
 };
+use coalmine_protocol::sync::SyncResponse;
 use coalmine_protocol::sync::lease::LeaseChange;
 use coalmine_protocol::sync::worker_loop::{
     Accepted, Answer, Call, Failure, Request, SyncLoop, parse_answer,
@@ -167,7 +168,7 @@ fn dispatch(c: &ControllerConfig, request: &Request<'_>) -> Result<u32, String> 
 
 /// The controller's answer to the call in flight (the body is read only
 /// after a 200).
-fn read_answer(body_size: usize) -> Result<coalmine_protocol::sync::SyncResponse, String> {
+fn read_answer(body_size: usize) -> Result<SyncResponse, String> {
     let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten();
