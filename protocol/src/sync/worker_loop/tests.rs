@@ -4,7 +4,7 @@ use crate::sync::SyncRequest;
 
 fn controller() -> ControllerConfig {
     PluginConfig::parse(
-        br#"{"controller":{"cluster":"ctl","interval_ms":1000,"timeout_ms":500,"lease_ms":30000},
+        br#"{"controller":{"cluster":"ctl","path":"/sync","interval_ms":1000,"timeout_ms":500,"lease_ms":30000},
              "deployments":[{"name":"a","match":{"path_prefix":"/a"}}]}"#,
     )
     .unwrap()
@@ -79,7 +79,7 @@ fn a_tick_sends_a_call_held_until_shortly_before_the_next() {
     assert!(tick.lease.is_none() && tick.lost.is_none());
     let (sent, failure) = send(&mut m, tick.call.unwrap(), 0, Ok(7));
     assert_eq!(failure, None);
-    assert_eq!(sent.path, "/v1/sync?wait_ms=900");
+    assert_eq!(sent.path, "/sync?wait_ms=900");
     assert_eq!(sent.timeout, Duration::from_millis(500 + 900));
     assert_eq!((sent.request.seq, sent.request.epoch), (1, 0));
     assert_eq!(sent.request.proxy, "p");
@@ -179,10 +179,10 @@ fn an_early_answer_is_followed_by_a_held_call_at_most_four_per_tick() {
     assert_eq!(
         holds,
         [
-            "/v1/sync?wait_ms=900",
-            "/v1/sync?wait_ms=890",
-            "/v1/sync?wait_ms=880",
-            "/v1/sync?wait_ms=870"
+            "/sync?wait_ms=900",
+            "/sync?wait_ms=890",
+            "/sync?wait_ms=880",
+            "/sync?wait_ms=870"
         ]
     );
     // The next tick starts a fresh allowance.
