@@ -27,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(table) = decode_split_table(data) {
         assert!(table.validate().is_ok());
         assert_eq!(split_table_epoch(data), Some(table.epoch));
-        assert_eq!(decode_split_table(&encode_split_table(&table)).ok(), Some(table));
+        assert_eq!(
+            decode_split_table(&encode_split_table(&table)).ok(),
+            Some(table)
+        );
     }
 });
