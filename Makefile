@@ -66,11 +66,11 @@ fuzz: setup ## the long fuzz runs: FUZZ_SECONDS (600) per target, corpus grows i
 	tools/fuzz.sh $(FUZZ_SECONDS)
 
 test-unit: ## unit, property and router tests (native)
-	$(CARGO) test --workspace --exclude coalmine-filter --exclude coalmine-e2e --locked
+	$(CARGO) test --workspace --exclude coalmine-e2e --locked
 
-test-wasm: ## the pure core's tests compiled to wasm32-wasip1
+test-wasm: ## the pure core's and the filter's tests compiled to wasm32-wasip1
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" \
-	  $(CARGO) test -p coalmine-protocol --target $(WASM_TARGET) --locked
+	  $(CARGO) test -p coalmine-protocol -p coalmine-filter --target $(WASM_TARGET) --locked
 
 test-e2e: build-wasm ## end-to-end tests on the real Envoy and controller
 	$(CARGO) build -p coalmine-controller -p coalmine-cli -p coalmine-models-server --locked

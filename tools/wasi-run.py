@@ -2,6 +2,8 @@
 
 Cargo calls this as the wasm32-wasip1 test runner (see the Makefile), so the
 pure core's tests run with 32-bit `usize` exactly as the filter does in a proxy.
+The filter's tests import the proxy-wasm host calls without calling them; the
+imports are defined as traps, so a test that did call one would fail loudly.
 The exit code of the program is passed through.
 """
 
@@ -25,7 +27,9 @@ def main() -> int:
     wasi.inherit_env()
     store = Store(engine)
     store.set_wasi(wasi)
-    instance = linker.instantiate(store, Module.from_file(engine, wasm))
+    module = Module.from_file(engine, wasm)
+    linker.define_unknown_imports_as_traps(module)
+    instance = linker.instantiate(store, module)
     try:
         instance.exports(store)["_start"](store)
     except ExitTrap as exit:

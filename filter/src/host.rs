@@ -6,6 +6,7 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Bytes, MapType};
+use std::time::UNIX_EPOCH;
 
 pub(crate) fn property(path: &[&str]) -> Option<Bytes> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
@@ -39,4 +40,18 @@ pub(crate) fn set_response_header(name: &str, value: &str) {
 /// The value and CAS stored under `key` in shared data.
 pub(crate) fn shared_data(key: &str) -> (Option<Bytes>, Option<u32>) {
     hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// Stores `value` under `key` in shared data (only if the CAS still matches,
+/// when given); whether it was stored.
+pub(crate) fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+}
+
+/// The host's clock, in ms since the UNIX epoch (0 if it has none).
+pub(crate) fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -1,9 +1,9 @@
-//! The per-request context: route, tag, record.
+//! The per-request context: carries out the worker's decisions with host
+//! calls. Route and tag on the request headers, name the role and version on
+//! the response, record the outcome in `on_log`.
 
 use crate::host;
-use crate::root::Worker;
-use coalmine_protocol::routing::{find_match, point_from_draw, role_at, sticky_point, tester_role};
-use coalmine_protocol::{DeploymentSplit, Outcome, Role};
+use crate::worker::{Finished, HeaderEdit, Routed, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -15,18 +15,6 @@ pub(crate) struct RequestContext {
     routed: Option<Routed>,
 }
 
-/// The decision taken for a request that belongs to a deployment.
-#[derive(Debug)]
-struct Routed {
-    deployment: usize,
-    role: Role,
-    /// The split the decision was made with (the table may change before the
-    /// response; the response still names what served it).
-    split: Rc<DeploymentSplit>,
-    /// A tester chose the role (with the override secret).
-    forced: bool,
-}
-
 impl RequestContext {
     pub(crate) fn new(worker: Option<Rc<RefCell<Worker>>>) -> RequestContext {
         RequestContext {
@@ -36,126 +24,50 @@ impl RequestContext {
     }
 }
 
-/// The role a tester asked for with the override header, if configured;
-/// the header itself never goes upstream.
-fn tester_override(worker: &Worker) -> Option<Role> {
-    let t = worker.config.headers.tester_override.as_ref()?;
-    let value = host::request_header(&t.header)?;
-    host::remove_request_header(&t.header);
-    tester_role(&value, &t.secret)
-}
-
-/// Chooses the role for a request of deployment `index` and overwrites the
-/// role and cluster headers; outside every deployment, strips them.
-fn route(worker: &mut Worker) -> Option<Routed> {
-    let forced = tester_override(worker);
-    let path = host::request_header(":path").unwrap_or_default();
-    // One host call fewer per request when no deployment matches on host.
-    let authority = if worker.match_on_host {
-        host::request_header(":authority")
-    } else {
-        None
-    };
-    let index = find_match(
-        worker.config.deployments.iter().map(|d| &d.matcher),
-        &path,
-        authority.as_deref(),
-    );
-    let routed = index.and_then(|index| {
-        let Worker {
-            config,
-            splits,
-            random,
-            ..
-        } = worker;
-        let deployment = config.deployments.get(index)?;
-        let split = splits.get(index)?.clone();
-        let sticky = deployment
-            .sticky_header
-            .as_deref()
-            .and_then(host::request_header);
-        let point = match sticky {
-            Some(key) => Some(sticky_point(deployment.sticky_seed, &key)),
-            // No entropy: fail safe to the baseline.
-            None => random.next_u64().map(point_from_draw),
-        };
-        let drawn = || point.map_or(Role::Baseline, |p| role_at(p, split.effective_bps()));
-        // A forced role the deployment does not have (no canary) is ignored.
-        let forced = forced.filter(|&r| split.target(r).is_some());
-        Some(Routed {
-            deployment: index,
-            role: forced.unwrap_or_else(drawn),
-            forced: forced.is_some(),
-            split,
-        })
-    });
-    let names = &worker.config.headers;
-    match routed
-        .as_ref()
-        .and_then(|r| Some((r.role, r.split.target(r.role)?)))
-    {
-        Some((role, target)) => {
-            host::set_request_header(&names.role, role.as_str());
-            host::set_request_header(&names.cluster, &target.cluster);
-        }
-        None => {
-            host::remove_request_header(&names.role);
-            host::remove_request_header(&names.cluster);
-        }
-    }
-    routed
-}
-
 impl Context for RequestContext {}
 
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(Ok(mut worker)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
-            self.routed = route(&mut worker);
+            let decision = worker.route(host::request_header);
+            for edit in worker.request_edits(&decision) {
+                match edit {
+                    HeaderEdit::Set(name, value) => host::set_request_header(name, value),
+                    HeaderEdit::Remove(name) => host::remove_request_header(name),
+                }
+            }
+            self.routed = decision.into_routed();
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let (Some(routed), Some(Ok(worker))) = (
+        if let (Some(routed), Some(Ok(worker))) = (
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow()),
-        ) else {
-            return Action::Continue;
-        };
-        let names = &worker.config.headers;
-        if let Some(target) = routed.split.target(routed.role)
-            && names.respond_with_role
-        {
-            host::set_response_header(&names.role, routed.role.as_str());
-            host::set_response_header(&names.version, &target.version);
+        ) {
+            for (name, value) in worker.response_headers(routed) {
+                host::set_response_header(name, value);
+            }
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let (Some(routed), Some(Ok(mut worker))) = (
+        if let (Some(routed), Some(Ok(mut worker))) = (
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow_mut()),
-        ) else {
-            return;
-        };
-        if routed.forced {
-            worker.record_tester_override(routed.deployment);
-            return;
+        ) {
+            worker.record(routed, finished);
         }
-        let latency_us = host::property_u64(&["request", "duration"]).unwrap_or(0) / 1000;
-        let code = host::property_u64(&["response", "code"]).unwrap_or(0);
-        let details = host::property(&["response", "code_details"]).unwrap_or_default();
-        let outcome = Outcome::classify(code, &details);
-        if let Some(target) = routed.split.target(routed.role) {
-            worker.record(
-                routed.deployment,
-                routed.role,
-                &target.version,
-                outcome,
-                latency_us,
-            );
-        }
+    }
+}
+
+/// What Envoy says of the finished request.
+fn finished() -> Finished {
+    Finished {
+        duration_ns: host::property_u64(&["request", "duration"]).unwrap_or(0),
+        code: host::property_u64(&["response", "code"]).unwrap_or(0),
+        details: host::property(&["response", "code_details"]).unwrap_or_default(),
     }
 }

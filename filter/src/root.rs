@@ -1,130 +1,19 @@
-//! The root context: configuration, the worker's state, request contexts,
-//! and (with a controller) the sync loop.
+//! The root context wires the others together: it validates the plugin
+//! configuration, defines the metrics, builds the worker, hands it to each
+//! request context, and (with a controller) drives the sync loop from its
+//! tick and its HTTP call answers.
 
-use crate::metrics::{DeploymentMetrics, VmMetrics};
-use crate::random::RandomPool;
+use crate::metrics::{EnvoyMetrics, VmMetrics};
 use crate::request::RequestContext;
 use crate::sync::Syncer;
-use coalmine_protocol::active::{ActiveSplits, Observed};
-use coalmine_protocol::stats::RoleStats;
-use coalmine_protocol::sync::{PendingReports, RoleReport};
-use coalmine_protocol::{Outcome, PluginConfig, Role};
+use crate::worker::Worker;
+use coalmine_protocol::PluginConfig;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Where the controller's split table lives in proxy shared data.
-pub(crate) const SPLIT_TABLE_KEY: &str = "coalmine.split_table";
-
-/// Everything a worker's request contexts share. Wasm VMs are single-threaded,
-/// so `Rc<RefCell<_>>` is enough; borrows never outlive one callback.
-#[derive(Debug)]
-pub(crate) struct Worker {
-    pub(crate) config: PluginConfig,
-    pub(crate) splits: ActiveSplits,
-    pub(crate) metrics: Vec<DeploymentMetrics>,
-    /// Statistics since the last report, per deployment, role and version.
-    pending: PendingReports,
-    pub(crate) random: RandomPool,
-    /// Whether any deployment matches on host (else `:authority` is not read).
-    pub(crate) match_on_host: bool,
-}
-
-impl Worker {
-    fn new(config: PluginConfig) -> Result<Worker, String> {
-        let metrics = config
-            .deployments
-            .iter()
-            .map(DeploymentMetrics::define)
-            .collect::<Result<Vec<_>, _>>()?;
-        // Fail at load, not on the request path, if histograms cannot be made.
-        RoleStats::try_new().map_err(|e| e.to_string())?;
-        let splits = ActiveSplits::from_static(&config.deployments);
-        let match_on_host = config.deployments.iter().any(|d| d.matcher.host.is_some());
-        let worker = Worker {
-            config,
-            splits,
-            metrics,
-            pending: PendingReports::default(),
-            random: RandomPool::default(),
-            match_on_host,
-        };
-        worker.publish_split_metrics();
-        Ok(worker)
-    }
-
-    /// With a controller, takes in the split table from shared data when it
-    /// changed (decoding only on change). Called on every tick and after this
-    /// worker's own sync answer, never per request: the request path reads
-    /// no shared data.
-    pub(crate) fn refresh_splits(&mut self) {
-        if self.config.controller.is_none() {
-            return;
-        }
-        let (bytes, cas) = crate::host::shared_data(SPLIT_TABLE_KEY);
-        match self
-            .splits
-            .observe(&self.config.deployments, cas, || bytes.as_deref())
-        {
-            Observed::Unchanged => {}
-            Observed::Updated { epoch } => {
-                log::debug!("split table epoch {epoch} in force");
-                self.publish_split_metrics();
-            }
-            Observed::Rejected(e) => {
-                log::warn!("keeping the last good split table: {e}");
-            }
-        }
-    }
-
-    pub(crate) fn publish_split_metrics(&self) {
-        let epoch = self.splits.epoch().unwrap_or_default();
-        for (i, m) in self.metrics.iter().enumerate() {
-            let bps = self.splits.get(i).map_or(0, |s| s.effective_bps().get());
-            m.set_split(bps, epoch);
-        }
-    }
-
-    pub(crate) fn record(
-        &mut self,
-        deployment: usize,
-        role: Role,
-        version: &str,
-        outcome: Outcome,
-        latency_us: u64,
-    ) {
-        self.pending
-            .record(deployment, role, version, outcome, latency_us);
-        if let Some(m) = self.metrics.get(deployment) {
-            m.record(role, outcome, latency_us);
-        }
-    }
-
-    pub(crate) fn record_tester_override(&self, deployment: usize) {
-        if let Some(m) = self.metrics.get(deployment) {
-            m.tester_override();
-        }
-    }
-
-    /// The reports of everything recorded since the last call, which starts
-    /// afresh. Entries of versions no longer in play are dropped once empty.
-    pub(crate) fn drain_reports(&mut self) -> Vec<RoleReport> {
-        let deployments = &self.config.deployments;
-        let splits = &self.splits;
-        self.pending.drain(
-            |i| deployments.get(i).map(|d| d.name.as_str()),
-            |i, role, version| {
-                splits
-                    .get(i)
-                    .and_then(|s| s.target(role))
-                    .is_some_and(|t| t.version == version)
-            },
-        )
-    }
-}
 
 /// How often a VM without a controller publishes its memory gauge.
 const STANDALONE_TICK: Duration = Duration::from_secs(10);
@@ -153,6 +42,37 @@ impl Context for CoalmineRoot {
     }
 }
 
+impl CoalmineRoot {
+    /// Defines the metrics, builds the worker and starts the timer; the
+    /// log line to refuse the configuration with when any of it fails.
+    fn start(&mut self, config: PluginConfig) -> Result<(), String> {
+        let vm = VmMetrics::define().map_err(|e| format!("cannot start: {e}"))?;
+        vm.publish_memory();
+        self.vm = Some(vm);
+        let controller = config.controller.clone();
+        let count = config.deployments.len();
+        let worker = EnvoyMetrics::define(&config.deployments)
+            .and_then(|metrics| Worker::new(config, metrics))
+            .map_err(|e| format!("cannot start: {e}"))?;
+        self.worker = Some(Rc::new(RefCell::new(worker)));
+        let Some(controller) = controller else {
+            log::info!("configured {count} deployment(s), standalone mode");
+            if hostcalls::set_tick_period(STANDALONE_TICK).is_err() {
+                log::warn!("cannot start the timer; the memory gauge will not be updated");
+            }
+            return Ok(());
+        };
+        let interval = controller.interval;
+        log::info!(
+            "configured {count} deployment(s); syncing with cluster {:?} every {} ms",
+            controller.cluster,
+            interval.as_millis()
+        );
+        self.syncer = Some(Syncer::new(controller));
+        hostcalls::set_tick_period(interval).map_err(|_| "cannot start the sync timer".to_string())
+    }
+}
+
 impl RootContext for CoalmineRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
@@ -166,48 +86,13 @@ impl RootContext for CoalmineRoot {
                 return false;
             }
         };
-        let controller = config.controller.clone();
-        let count = config.deployments.len();
-        match VmMetrics::define() {
-            Ok(vm) => {
-                vm.publish_memory();
-                self.vm = Some(vm);
-            }
-            Err(e) => {
-                log::error!("cannot start: {e}");
-                return false;
+        match self.start(config) {
+            Ok(()) => true,
+            Err(why) => {
+                log::error!("{why}");
+                false
             }
         }
-        let worker = match Worker::new(config) {
-            Ok(worker) => worker,
-            Err(e) => {
-                log::error!("cannot start: {e}");
-                return false;
-            }
-        };
-        self.worker = Some(Rc::new(RefCell::new(worker)));
-        match controller {
-            Some(controller) => {
-                let interval = controller.interval;
-                log::info!(
-                    "configured {count} deployment(s); syncing with cluster {:?} every {} ms",
-                    controller.cluster,
-                    interval.as_millis()
-                );
-                self.syncer = Some(Syncer::new(controller));
-                if hostcalls::set_tick_period(interval).is_err() {
-                    log::error!("cannot start the sync timer");
-                    return false;
-                }
-            }
-            None => {
-                log::info!("configured {count} deployment(s), standalone mode");
-                if hostcalls::set_tick_period(STANDALONE_TICK).is_err() {
-                    log::warn!("cannot start the timer; the memory gauge will not be updated");
-                }
-            }
-        }
-        true
     }
 
     fn on_tick(&mut self) {

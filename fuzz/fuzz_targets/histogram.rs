@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use coalmine_protocol::sync::{decode_histogram, encode_histogram};
+use coalmine_protocol::stats::{decode_histogram, encode_histogram};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,10 +2,14 @@
 //!
 //! The filter asks proxy shared data for the split table on every sync tick
 //! (never per request), but decodes it only when the shared-data CAS changed
-//! since the last look; a table that does not decode is remembered as seen
-//! (so it is not decoded again) and the last good splits stay in force.
+//! since the last look and the stored epoch is not the one already in force
+//! (a worker puts its own answer in force directly, decoded once, and finds
+//! its own value in shared data on the next look); a table that does not
+//! decode is remembered as seen (so it is not decoded again) and the last
+//! good splits stay in force.
 
 use crate::config::Deployment;
+use crate::shared::{decode_split_table, split_table_epoch};
 use crate::split::{DeploymentSplit, SplitTable, SplitTableError};
 use std::rc::Rc;
 
@@ -25,7 +29,8 @@ pub struct ActiveSplits {
 /// What [`ActiveSplits::observe`] did.
 #[derive(Debug)]
 pub enum Observed {
-    /// Same CAS as before (or nothing stored): nothing decoded.
+    /// Same CAS as before, nothing stored, or the epoch already in force:
+    /// nothing decoded.
     Unchanged,
     /// A new table was decoded and is now in force.
     Updated { epoch: u64 },
@@ -93,8 +98,9 @@ impl ActiveSplits {
         self.epoch
     }
 
-    /// Takes in what shared data holds now. `read` is called only when `cas`
-    /// differs from the last one seen.
+    /// Takes in what shared data holds now (a value in the form of
+    /// [`crate::shared::encode_split_table`]). `read` is called only when
+    /// `cas` differs from the last one seen.
     pub fn observe<'a>(
         &mut self,
         deployments: &[Deployment],
@@ -108,7 +114,10 @@ impl ActiveSplits {
         let Some(bytes) = read() else {
             return Observed::Unchanged;
         };
-        match SplitTable::decode(bytes) {
+        if self.epoch.is_some() && split_table_epoch(bytes) == self.epoch {
+            return Observed::Unchanged;
+        }
+        match decode_split_table(bytes) {
             Ok(table) => {
                 self.apply(deployments, table);
                 Observed::Updated {
@@ -155,6 +164,10 @@ mod tests {
     }
 
     fn table(epoch: u64, bps: u16) -> Vec<u8> {
+        crate::shared::encode_split_table(&decoded(epoch, bps))
+    }
+
+    fn decoded(epoch: u64, bps: u16) -> SplitTable {
         SplitTable {
             epoch,
             deployments: vec![DeploymentSplit {
@@ -170,7 +183,6 @@ mod tests {
                 canary_bps: Bps::new(bps).unwrap(),
             }],
         }
-        .encode()
     }
 
     #[test]
@@ -226,5 +238,36 @@ mod tests {
         assert_eq!(fallback.baseline.cluster, "b1");
         assert!(active.set_lease_expired(false));
         assert_eq!(active.get(1).unwrap().canary_bps.get(), 5000);
+    }
+
+    #[test]
+    fn a_table_put_in_force_directly_is_not_decoded_again() {
+        let ds = deployments();
+        let mut active = ActiveSplits::from_static(&ds);
+        active.apply(&ds, decoded(3, 2500));
+        // Its own value (or another worker's of the same epoch) under a new
+        // CAS: the prefix says epoch 3, which is in force already. The JSON
+        // behind it is deliberately broken: it must not be read.
+        let mut own = 3u64.to_le_bytes().to_vec();
+        own.extend_from_slice(b"{never decoded");
+        assert!(matches!(
+            active.observe(&ds, Some(1), || Some(&own)),
+            Observed::Unchanged
+        ));
+        assert_eq!(active.get(1).unwrap().canary_bps.get(), 2500);
+        // Another epoch is decoded; a damaged one keeps the table in force.
+        let mut damaged = 4u64.to_le_bytes().to_vec();
+        damaged.extend_from_slice(b"{not json");
+        assert!(matches!(
+            active.observe(&ds, Some(2), || Some(&damaged)),
+            Observed::Rejected(_)
+        ));
+        assert_eq!(active.epoch(), Some(3));
+        let t4 = table(4, 7500);
+        assert!(matches!(
+            active.observe(&ds, Some(3), || Some(&t4)),
+            Observed::Updated { epoch: 4 }
+        ));
+        assert_eq!(active.get(1).unwrap().canary_bps.get(), 7500);
     }
 }

@@ -7,13 +7,22 @@
 //!   validated structs; errors name the offending field.
 //! - [`split`]: the split table (baseline / canary targets and the canary share
 //!   in basis points) the filter routes by.
+//! - [`active`]: the splits a worker routes by right now: the configured
+//!   ones, then the controller's table, baseline only while the lease has
+//!   expired.
 //! - [`routing`]: which deployment a request belongs to, and which role serves
 //!   it, uniformly at random or sticky by a user key.
 //! - [`outcome`]: the outcome class of a finished request (2xx/3xx, 4xx, 5xx,
 //!   reset).
-//! - [`stats`]: per-role outcome counters and latency HdrHistograms.
-//! - [`sync`]: the messages between filter and controller, the histogram
-//!   encoding, the outbox that resends until acknowledged, the lease rule.
+//! - [`stats`]: per-role outcome counters and latency HdrHistograms, their
+//!   wire encoding, and a worker's statistics pending its next report.
+//! - [`sync`]: the messages between filter and controller and their limits;
+//!   a worker's side of the loop as a state machine given the time (calls in
+//!   flight or lost, holds, answers, the outbox that resends until
+//!   acknowledged, the lease and its transitions), which the filter's
+//!   callbacks only carry out.
+//! - [`shared`]: the keys and values the workers of one proxy share through
+//!   proxy-wasm shared data (split table with its epoch up front, lease).
 //! - [`secret`]: bearer tokens compared in constant time, never printed.
 // Nothing on the request path may panic: a panic is a VM trap that fails
 // user traffic. (Tests may.)
@@ -32,6 +41,7 @@ pub mod config;
 pub mod outcome;
 pub mod routing;
 pub mod secret;
+pub mod shared;
 pub mod split;
 pub mod stats;
 pub mod sync;

@@ -196,6 +196,9 @@ pub enum SplitTableError {
     Json(#[from] serde_json::Error),
     #[error("split table deployment {name:?}: {message}")]
     Invalid { name: String, message: String },
+    /// The value in proxy shared data is not in the stored form.
+    #[error("stored split table: {0}")]
+    Stored(&'static str),
 }
 
 impl SplitTable {

@@ -1,5 +1,17 @@
 //! Per-role request statistics: outcome counters and a latency HdrHistogram
 //! in microseconds.
+//!
+//! - [`RoleStats`]: what one role of one deployment saw.
+//! - `histogram`: the wire form of a latency histogram ([`encode_histogram`],
+//!   [`decode_histogram`]), strict about what it accepts from outside.
+//! - `pending`: a worker's [`PendingReports`], per deployment, role and
+//!   version, until a sync drains them into [`crate::sync::RoleReport`]s.
+
+mod histogram;
+mod pending;
+
+pub use histogram::{HistogramError, MAX_HISTOGRAM_BYTES, decode_histogram, encode_histogram};
+pub use pending::PendingReports;
 
 use crate::outcome::Outcome;
 use hdrhistogram::Histogram;

@@ -6,15 +6,29 @@
 //! out) is sent again unchanged, with the same sequence number, so the
 //! controller can count it exactly once: it deduplicates by
 //! `(proxy, instance, seq)`.
+//!
+//! Here: the messages, their structural limits and the sync path. The
+//! worker's side of the loop is in submodules:
+//! - `outbox`: the report sent and not yet acknowledged ([`Outbox`]).
+//! - [`lease`]: when the controller's lease runs out, and which worker
+//!   speaks for the transition.
+//! - [`worker_loop`]: the loop's state machine ([`worker_loop::SyncLoop`]),
+//!   which the filter's tick and HTTP callbacks drive.
 
 use crate::outcome::Outcome;
 use crate::split::{Role, SplitTable};
-use crate::stats::{LATENCY_MAX_US, LATENCY_SIGFIG, RoleStats};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use crate::stats::{HistogramError, RoleStats, decode_histogram, encode_histogram};
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use serde::{Deserialize, Serialize};
+
+pub mod lease;
+mod outbox;
+pub mod worker_loop;
+
+pub use outbox::Outbox;
+
+/// The codec's own bound, named here with the other limits of a report.
+pub use crate::stats::MAX_HISTOGRAM_BYTES;
 
 /// Where the controller answers sync calls (the plugin configuration's
 /// default `controller.path`).
@@ -23,8 +37,6 @@ pub const SYNC_PATH: &str = "/v1/sync";
 /// Limits a controller enforces on one report (a filter never comes close).
 pub const MAX_REPORTS: usize = 1024;
 pub const MAX_ID_LEN: usize = 256;
-/// An encoded histogram longer than this is refused before decoding.
-pub const MAX_HISTOGRAM_BYTES: usize = 64 * 1024;
 /// One report claiming more requests than this is refused: about three
 /// hours of a million requests a second, far above anything a worker
 /// accumulates, and far enough below `u64::MAX` that sums cannot overflow.
@@ -138,65 +150,14 @@ pub enum ReportError {
     TooManyRequests(u64),
 }
 
-/// Encodes a latency histogram for a report.
-pub fn encode_histogram(h: &Histogram<u64>) -> String {
-    let mut bytes = Vec::new();
-    // Writing into a Vec cannot fail; an empty string decodes as "empty".
-    match V2Serializer::new().serialize(h, &mut bytes) {
-        Ok(_) => BASE64.encode(bytes),
-        Err(_) => String::new(),
+impl From<HistogramError> for ReportError {
+    fn from(e: HistogramError) -> ReportError {
+        match e {
+            HistogramError::Base64 => ReportError::Base64,
+            HistogramError::TooLarge(n) => ReportError::HistogramTooLarge(n),
+            HistogramError::Invalid(why) => ReportError::Histogram(why),
+        }
     }
-}
-
-/// The V2 header is 40 bytes: cookie, payload length, normalizing offset,
-/// significant digits, lowest, highest, int-to-double ratio.
-const V2_HEADER: usize = 40;
-
-/// Decodes a report's histogram, accepting only coalmine's own parameters
-/// (1 µs .. 1 h, two significant digits) and a payload that is really there,
-/// so a hostile report cannot make the controller allocate at will.
-pub fn decode_histogram(encoded: &str) -> Result<Histogram<u64>, ReportError> {
-    let empty = || Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG);
-    if encoded.is_empty() {
-        return empty().map_err(|e| ReportError::Histogram(e.to_string()));
-    }
-    if encoded.len() > MAX_HISTOGRAM_BYTES * 4 / 3 + 4 {
-        return Err(ReportError::HistogramTooLarge(encoded.len() * 3 / 4));
-    }
-    let bytes = BASE64.decode(encoded).map_err(|_| ReportError::Base64)?;
-    if bytes.len() > MAX_HISTOGRAM_BYTES {
-        return Err(ReportError::HistogramTooLarge(bytes.len()));
-    }
-    let header = bytes
-        .get(..V2_HEADER)
-        .ok_or_else(|| ReportError::Histogram("truncated header".into()))?;
-    let be_u32 = |at: usize| {
-        header
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_be_bytes)
-    };
-    let be_u64 = |at: usize| {
-        header
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes)
-    };
-    let payload = be_u32(4) as usize;
-    if payload != bytes.len() - V2_HEADER {
-        return Err(ReportError::Histogram(format!(
-            "payload length {payload} does not match the {} bytes sent",
-            bytes.len() - V2_HEADER
-        )));
-    }
-    if be_u32(12) != u32::from(LATENCY_SIGFIG) || be_u64(16) != 1 || be_u64(24) != LATENCY_MAX_US {
-        return Err(ReportError::Histogram(
-            "unexpected range or precision (want 1 µs .. 1 h, 2 significant digits)".into(),
-        ));
-    }
-    Deserializer::new()
-        .deserialize(&mut bytes.as_slice())
-        .map_err(|e| ReportError::Histogram(format!("{e:?}")))
 }
 
 impl RoleReport {
@@ -260,98 +221,8 @@ impl SyncRequest {
     }
 }
 
-/// A worker's outgoing reports: one in flight or waiting to be resent, until
-/// the controller acknowledges it. Memory is bounded: one encoded report plus
-/// the live statistics it will be built from next.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    proxy: String,
-    instance: String,
-    seq: u64,
-    pending: Option<Vec<u8>>,
-}
-
-impl Outbox {
-    pub fn new(proxy: String, instance: String) -> Outbox {
-        Outbox {
-            proxy,
-            instance,
-            seq: 0,
-            pending: None,
-        }
-    }
-
-    /// The body to send now: the unacknowledged report again, or a new one
-    /// (next sequence number) from `reports()`, which drains the live stats.
-    pub fn body(&mut self, epoch: u64, reports: impl FnOnce() -> Vec<RoleReport>) -> &[u8] {
-        let Outbox {
-            proxy,
-            instance,
-            seq,
-            pending,
-        } = self;
-        pending.get_or_insert_with(|| {
-            *seq += 1;
-            serde_json::to_vec(&SyncRequest {
-                proxy: proxy.clone(),
-                instance: instance.clone(),
-                seq: *seq,
-                epoch,
-                reports: reports(),
-            })
-            .unwrap_or_default()
-        })
-    }
-
-    /// The controller has the pending report.
-    pub fn acknowledged(&mut self) {
-        self.pending = None;
-    }
-
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    pub fn has_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-}
-
-/// Whether the lease has run out at `now_ms`. `renewed_until_ms` is what the
-/// last successful sync (of any worker) granted; before the first one, the
-/// lease counts from `started_ms`.
-pub fn lease_expired(
-    now_ms: u64,
-    renewed_until_ms: Option<u64>,
-    started_ms: u64,
-    lease_ms: u64,
-) -> bool {
-    let until = renewed_until_ms.unwrap_or_else(|| started_ms.saturating_add(lease_ms));
-    now_ms > until
-}
-
 /// The longest a sync call may ask the controller to hold its answer.
 pub const MAX_WAIT_MS: u64 = 60_000;
-/// A held sync call comes back this long before the worker's next tick, so
-/// the tick finds no call in flight and sends the next report on time.
-pub const HOLD_MARGIN_MS: u64 = 100;
-/// Below this a hold is not worth a call of its own.
-pub const MIN_HOLD_MS: u64 = 100;
-
-/// How long the controller may hold a sync call sent `since_tick_ms` after
-/// the worker's last tick (`?wait_ms=`): until shortly before the next tick.
-/// The controller answers at once when the split table differs from the
-/// worker's epoch and otherwise as soon as it changes, so operator changes
-/// and rollbacks reach every worker without waiting for its next tick.
-/// 0 (an ordinary call) when too little time is left.
-pub fn hold_ms(interval_ms: u64, since_tick_ms: u64) -> u64 {
-    let hold = interval_ms
-        .saturating_sub(since_tick_ms)
-        .saturating_sub(HOLD_MARGIN_MS)
-        .min(MAX_WAIT_MS);
-    if hold < MIN_HOLD_MS { 0 } else { hold }
-}
-
 /// `path` with the hold as a query parameter (none for 0).
 pub fn sync_path(path: &str, wait_ms: u64) -> String {
     if wait_ms == 0 {
@@ -361,100 +232,20 @@ pub fn sync_path(path: &str, wait_ms: u64) -> String {
     format!("{path}{sep}wait_ms={wait_ms}")
 }
 
-/// One worker's statistics since its last report, per deployment (by its
-/// index in the configuration), role and version.
-#[derive(Debug, Default)]
-pub struct PendingReports {
-    entries: Vec<PendingEntry>,
-}
-
-#[derive(Debug)]
-struct PendingEntry {
-    deployment: usize,
-    role: Role,
-    version: String,
-    stats: RoleStats,
-}
-
-impl PendingReports {
-    /// Records one finished request. Allocates only for a version not seen
-    /// since its entry was last dropped; a histogram that cannot be made
-    /// loses the request rather than failing it.
-    pub fn record(
-        &mut self,
-        deployment: usize,
-        role: Role,
-        version: &str,
-        outcome: Outcome,
-        latency_us: u64,
-    ) {
-        let found = self
-            .entries
-            .iter_mut()
-            .find(|e| e.deployment == deployment && e.role == role && e.version == version);
-        match found {
-            Some(e) => e.stats.record(outcome, latency_us),
-            None => {
-                if let Ok(mut stats) = RoleStats::try_new() {
-                    stats.record(outcome, latency_us);
-                    self.entries.push(PendingEntry {
-                        deployment,
-                        role,
-                        version: version.to_string(),
-                        stats,
-                    });
-                }
-            }
-        }
-    }
-
-    /// The reports of everything recorded since the last call, which starts
-    /// afresh. `name` gives a deployment's name by index; entries for which
-    /// `in_play` is false are dropped once reported (their histograms are not
-    /// kept for versions that no longer serve).
-    pub fn drain<'a>(
-        &mut self,
-        name: impl Fn(usize) -> Option<&'a str>,
-        in_play: impl Fn(usize, Role, &str) -> bool,
-    ) -> Vec<RoleReport> {
-        let mut reports = Vec::new();
-        for e in &mut self.entries {
-            if e.stats.requests() == 0 {
-                continue;
-            }
-            if let Some(n) = name(e.deployment) {
-                reports.push(RoleReport::from_stats(n, e.role, &e.version, &e.stats));
-            }
-            e.stats.clear();
-        }
-        self.entries
-            .retain(|e| in_play(e.deployment, e.role, &e.version));
-        reports
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hold_ends_before_the_next_tick() {
-        assert_eq!(hold_ms(1000, 0), 900);
-        assert_eq!(hold_ms(1000, 350), 550);
-        // Too close to the next tick, or past it: an ordinary call.
-        assert_eq!(hold_ms(1000, 850), 0);
-        assert_eq!(hold_ms(1000, 5000), 0);
-        assert_eq!(hold_ms(100, 0), 0);
-        assert_eq!(hold_ms(3_600_000, 0), MAX_WAIT_MS);
-    }
+    use crate::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
 
     #[test]
     fn hold_goes_into_the_query() {
-        assert_eq!(sync_path("/v1/sync", 0), "/v1/sync");
-        assert_eq!(sync_path("/v1/sync", 900), "/v1/sync?wait_ms=900");
+        assert_eq!(sync_path(SYNC_PATH, 0), SYNC_PATH);
+        assert_eq!(
+            sync_path(SYNC_PATH, 900),
+            format!("{SYNC_PATH}?wait_ms=900")
+        );
         assert_eq!(sync_path("/sync?x=1", 900), "/sync?x=1&wait_ms=900");
     }
-    use proptest::prelude::*;
 
     fn stats(latencies: &[u64], errors: u64) -> RoleStats {
         let mut s = RoleStats::try_new().unwrap();
@@ -495,43 +286,6 @@ mod tests {
             s.latency_us().value_at_quantile(0.75)
         );
         assert!(req.check().is_ok());
-    }
-
-    #[test]
-    fn the_encoding_is_compact() {
-        let latencies: Vec<u64> = (0..1000).map(|i| 20_000 + (i * 37) % 5_000).collect();
-        let encoded = encode_histogram(stats(&latencies, 0).latency_us());
-        assert!(encoded.len() < 600, "{} bytes", encoded.len());
-    }
-
-    #[test]
-    fn hostile_histograms_are_refused() {
-        assert_eq!(decode_histogram("!!!"), Err(ReportError::Base64));
-        assert!(matches!(
-            decode_histogram("AAAA"),
-            Err(ReportError::Histogram(_))
-        ));
-        // A valid histogram with another range would allocate at the sender's will.
-        let big = Histogram::<u64>::new_with_bounds(1, u64::MAX / 4, 5).unwrap();
-        assert!(matches!(
-            decode_histogram(&encode_histogram(&big)),
-            Err(ReportError::Histogram(_))
-        ));
-        // A payload length that promises more than is there.
-        let mut bytes = BASE64
-            .decode(encode_histogram(stats(&[5], 0).latency_us()))
-            .unwrap();
-        bytes[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            decode_histogram(&BASE64.encode(bytes)),
-            Err(ReportError::Histogram(_))
-        ));
-        let too_long = "A".repeat(MAX_HISTOGRAM_BYTES * 2);
-        assert!(matches!(
-            decode_histogram(&too_long),
-            Err(ReportError::HistogramTooLarge(_))
-        ));
-        assert_eq!(decode_histogram("").unwrap().len(), 0);
     }
 
     #[test]
@@ -590,111 +344,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[test]
-    fn the_outbox_resends_until_acknowledged() {
-        let mut out = Outbox::new("p".into(), "i".into());
-        let mut drained = 0;
-        let report = || RoleReport::from_stats("d", Role::Canary, "v2", &stats(&[5], 0));
-        let first = out
-            .body(0, || {
-                drained += 1;
-                vec![report()]
-            })
-            .to_vec();
-        // The call failed: the same bytes go again, the live stats are not drained.
-        let again = out
-            .body(7, || {
-                drained += 1;
-                vec![]
-            })
-            .to_vec();
-        assert_eq!(first, again);
-        assert_eq!(drained, 1);
-        let parsed: SyncRequest = serde_json::from_slice(&first).unwrap();
-        assert_eq!((parsed.seq, parsed.reports.len()), (1, 1));
-        out.acknowledged();
-        let next: SyncRequest = serde_json::from_slice(out.body(7, Vec::new)).unwrap();
-        assert_eq!((next.seq, next.epoch), (2, 7));
-    }
-
-    #[test]
-    fn the_lease_runs_from_start_then_from_each_renewal() {
-        assert!(!lease_expired(1_000, None, 0, 30_000));
-        assert!(!lease_expired(30_000, None, 0, 30_000));
-        assert!(lease_expired(30_001, None, 0, 30_000));
-        assert!(!lease_expired(40_000, Some(45_000), 0, 30_000));
-        assert!(lease_expired(45_001, Some(45_000), 0, 30_000));
-    }
-
-    proptest! {
-        #[test]
-        fn decode_never_panics(s in ".{0,300}") {
-            let _ = decode_histogram(&s);
-        }
-
-        #[test]
-        fn decode_never_panics_on_mangled_bytes(
-            latencies in prop::collection::vec(1u64..10_000_000, 0..50),
-            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
-        ) {
-            let mut bytes = BASE64.decode(encode_histogram(stats(&latencies, 0).latency_us())).unwrap_or_default();
-            for (i, b) in flips {
-                if !bytes.is_empty() {
-                    let at = i.index(bytes.len());
-                    bytes[at] = b;
-                }
-            }
-            let _ = decode_histogram(&BASE64.encode(bytes));
-        }
-
-        #[test]
-        fn round_trip_preserves_every_count(latencies in prop::collection::vec(1u64..LATENCY_MAX_US, 0..200)) {
-            let s = stats(&latencies, 0);
-            let back = decode_histogram(&encode_histogram(s.latency_us())).unwrap();
-            prop_assert_eq!(back.len(), s.latency_us().len());
-            for q in [0.5, 0.95, 0.99] {
-                prop_assert_eq!(back.value_at_quantile(q), s.latency_us().value_at_quantile(q));
-            }
-        }
-    }
-
-    #[test]
-    fn pending_reports_drain_once_and_forget_versions_out_of_play() {
-        let mut p = PendingReports::default();
-        p.record(0, Role::Baseline, "v1", Outcome::Success, 1_000);
-        p.record(0, Role::Canary, "v2", Outcome::ServerError, 2_000);
-        p.record(0, Role::Canary, "v2", Outcome::Success, 3_000);
-        p.record(1, Role::Baseline, "b1", Outcome::Success, 500);
-        let names = ["heart", "fraud"];
-        let name = |i: usize| names.get(i).copied();
-        // v2 is no longer in play after this report.
-        let reports = p.drain(name, |_, _, v| v != "v2");
-        let summary: Vec<(&str, Role, &str, u64)> = reports
-            .iter()
-            .map(|r| {
-                (
-                    r.deployment.as_str(),
-                    r.role,
-                    r.version.as_str(),
-                    r.counts.total(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                ("heart", Role::Baseline, "v1", 1),
-                ("heart", Role::Canary, "v2", 2),
-                ("fraud", Role::Baseline, "b1", 1)
-            ]
-        );
-        assert_eq!(reports[1].counts.server_error, 1);
-        // Nothing new: nothing to report; v2's entry is gone.
-        assert!(p.drain(name, |_, _, _| true).is_empty());
-        assert_eq!(p.entries.len(), 2);
-        p.record(0, Role::Baseline, "v1", Outcome::Success, 1_000);
-        assert_eq!(p.drain(name, |_, _, _| true).len(), 1);
     }
 }

@@ -13,7 +13,7 @@ use coalmine_protocol::Outcome;
 use coalmine_protocol::PluginConfig;
 use coalmine_protocol::active::ActiveSplits;
 use coalmine_protocol::routing::{find_match, point_from_draw, role_at};
-use coalmine_protocol::sync::PendingReports;
+use coalmine_protocol::stats::PendingReports;
 use std::hint::black_box;
 
 fn main() -> anyhow::Result<()> {

@@ -1,0 +1,307 @@
+//! A worker's state and its decisions: what its request contexts and its
+//! sync loop share.
+//!
+//! Envoy runs one VM per worker thread, so a worker is single-threaded: the
+//! root context owns it behind `Rc<RefCell<_>>` and lends it to one callback
+//! at a time. Every decision here is made on plain values: [`Worker::route`]
+//! reads request headers through a closure and returns what to do with
+//! them, [`Worker::record`] reads what Envoy says of a finished request
+//! through a closure, and metrics go through the [`Metrics`] trait. So
+//! `request` and `sync` only carry out host calls, and the decisions are
+//! tested natively, without Envoy.
+
+use crate::metrics::{EnvoyMetrics, Metrics};
+use crate::random::RandomPool;
+use coalmine_protocol::active::{ActiveSplits, Observed};
+use coalmine_protocol::routing::{find_match, point_from_draw, role_at, sticky_point, tester_role};
+use coalmine_protocol::shared::encode_split_table;
+use coalmine_protocol::stats::{PendingReports, RoleStats};
+use coalmine_protocol::sync::RoleReport;
+use coalmine_protocol::{DeploymentSplit, Outcome, PluginConfig, Role, SplitTable, Target};
+use std::rc::Rc;
+
+/// Everything one worker's contexts share.
+#[derive(Debug)]
+pub(crate) struct Worker<M = EnvoyMetrics> {
+    config: PluginConfig,
+    splits: ActiveSplits,
+    /// Statistics since the last report, per deployment, role and version.
+    pending: PendingReports,
+    metrics: M,
+    random: RandomPool,
+    /// Whether any deployment matches on host (else `:authority` is not read).
+    match_on_host: bool,
+}
+
+/// How a request that belongs to a deployment is served.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    deployment: usize,
+    role: Role,
+    /// The split the decision was made with (the table may change before the
+    /// response; the response still names what served it).
+    split: Rc<DeploymentSplit>,
+    /// A tester chose the role (with the override secret).
+    forced: bool,
+}
+
+impl Routed {
+    /// The role's target. Always there: a role without one is never chosen.
+    fn target(&self) -> Option<&Target> {
+        self.split.target(self.role)
+    }
+}
+
+/// What [`Worker::route`] decided for one request.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    /// The request carried the tester override header, which never goes
+    /// upstream whatever it says.
+    tester_header: bool,
+    /// `None` outside every deployment (or without a split in force).
+    routed: Option<Routed>,
+}
+
+impl Decision {
+    pub(crate) fn into_routed(self) -> Option<Routed> {
+        self.routed
+    }
+}
+
+/// One change to a request's or response's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderEdit<'a> {
+    Set(&'a str, &'a str),
+    Remove(&'a str),
+}
+
+/// What Envoy says of a finished request.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    /// `request.duration`, in nanoseconds.
+    pub(crate) duration_ns: u64,
+    /// `response.code` (0: no response).
+    pub(crate) code: u64,
+    /// `response.code_details`.
+    pub(crate) details: Vec<u8>,
+}
+
+impl<M: Metrics> Worker<M> {
+    pub(crate) fn new(config: PluginConfig, metrics: M) -> Result<Worker<M>, String> {
+        // Fail at load, not on the request path, if histograms cannot be made.
+        RoleStats::try_new().map_err(|e| e.to_string())?;
+        let splits = ActiveSplits::from_static(&config.deployments);
+        let match_on_host = config.deployments.iter().any(|d| d.matcher.host.is_some());
+        let worker = Worker {
+            config,
+            splits,
+            pending: PendingReports::default(),
+            metrics,
+            random: RandomPool::default(),
+            match_on_host,
+        };
+        worker.publish_split_metrics();
+        Ok(worker)
+    }
+
+    /// Chooses the role of a request: finds its deployment, then takes the
+    /// tester's choice (with the secret), the user's sticky point, or a
+    /// random draw. `header` reads a request header; headers are read only
+    /// when the decision needs them (`:authority` only if some deployment
+    /// matches on host, the sticky header only in a sticky deployment).
+    pub(crate) fn route(&mut self, mut header: impl FnMut(&str) -> Option<Vec<u8>>) -> Decision {
+        let tester = self.config.headers.tester_override.as_ref();
+        let tester_value = tester.and_then(|t| header(&t.header));
+        let forced = tester
+            .zip(tester_value.as_deref())
+            .and_then(|(t, value)| tester_role(value, &t.secret));
+        let path = header(":path").unwrap_or_default();
+        // One host call fewer per request when no deployment matches on host.
+        let authority = if self.match_on_host {
+            header(":authority")
+        } else {
+            None
+        };
+        let index = find_match(
+            self.config.deployments.iter().map(|d| &d.matcher),
+            &path,
+            authority.as_deref(),
+        );
+        Decision {
+            tester_header: tester_value.is_some(),
+            routed: index.and_then(|index| self.choose(index, forced, header)),
+        }
+    }
+
+    /// The role for a request of deployment `index`.
+    fn choose(
+        &mut self,
+        index: usize,
+        forced: Option<Role>,
+        mut header: impl FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Option<Routed> {
+        let deployment = self.config.deployments.get(index)?;
+        let split = self.splits.get(index)?.clone();
+        let sticky = deployment.sticky_header.as_deref().and_then(&mut header);
+        let point = match sticky {
+            Some(key) => Some(sticky_point(deployment.sticky_seed, &key)),
+            // No entropy: fail safe to the baseline.
+            None => self.random.next_u64().map(point_from_draw),
+        };
+        let drawn = || point.map_or(Role::Baseline, |p| role_at(p, split.effective_bps()));
+        // A forced role the deployment does not have (no canary) is ignored.
+        let forced = forced.filter(|&r| split.target(r).is_some());
+        Some(Routed {
+            deployment: index,
+            role: forced.unwrap_or_else(drawn),
+            forced: forced.is_some(),
+            split,
+        })
+    }
+
+    /// The request header edits of a decision: the role and cluster headers
+    /// overwritten inside a deployment and removed outside every one (a
+    /// client never chooses an upstream), the tester header removed.
+    pub(crate) fn request_edits<'a>(
+        &'a self,
+        decision: &'a Decision,
+    ) -> impl Iterator<Item = HeaderEdit<'a>> {
+        let names = &self.config.headers;
+        let tester = names
+            .tester_override
+            .as_ref()
+            .filter(|_| decision.tester_header)
+            .map(|t| HeaderEdit::Remove(&t.header));
+        let served = decision
+            .routed
+            .as_ref()
+            .and_then(|r| Some((r.role, r.target()?)));
+        let (role, cluster) = match served {
+            Some((role, target)) => (
+                HeaderEdit::Set(&names.role, role.as_str()),
+                HeaderEdit::Set(&names.cluster, &target.cluster),
+            ),
+            None => (
+                HeaderEdit::Remove(&names.role),
+                HeaderEdit::Remove(&names.cluster),
+            ),
+        };
+        [tester, Some(role), Some(cluster)].into_iter().flatten()
+    }
+
+    /// The response headers naming the role and version that served a
+    /// request (none with `respond_with_role` off).
+    pub(crate) fn response_headers<'a>(
+        &'a self,
+        routed: &'a Routed,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let names = &self.config.headers;
+        let target = routed.target().filter(|_| names.respond_with_role);
+        target.into_iter().flat_map(move |t| {
+            [
+                (names.role.as_str(), routed.role.as_str()),
+                (names.version.as_str(), t.version.as_str()),
+            ]
+        })
+    }
+
+    /// Records a finished request into the pending statistics and Envoy's
+    /// metrics. `finished` is read only when the request counts: a tester's
+    /// request is counted apart and kept out of the comparison.
+    pub(crate) fn record(&mut self, routed: &Routed, finished: impl FnOnce() -> Finished) {
+        if routed.forced {
+            self.metrics.tester_override(routed.deployment);
+            return;
+        }
+        let Some(target) = routed.target() else {
+            return;
+        };
+        let finished = finished();
+        let outcome = Outcome::classify(finished.code, &finished.details);
+        let latency_us = finished.duration_ns / 1000;
+        let (d, role) = (routed.deployment, routed.role);
+        self.pending
+            .record(d, role, &target.version, outcome, latency_us);
+        self.metrics.request(d, role, outcome, latency_us);
+    }
+
+    /// The reports of everything recorded since the last call, which starts
+    /// afresh. Entries of versions no longer in play are dropped once empty.
+    pub(crate) fn drain_reports(&mut self) -> Vec<RoleReport> {
+        let deployments = &self.config.deployments;
+        let splits = &self.splits;
+        self.pending.drain(
+            |i| deployments.get(i).map(|d| d.name.as_str()),
+            |i, role, version| {
+                splits
+                    .get(i)
+                    .and_then(|s| s.target(role))
+                    .is_some_and(|t| t.version == version)
+            },
+        )
+    }
+
+    /// The epoch of the controller's table in force (0: none yet).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.splits.epoch().unwrap_or(0)
+    }
+
+    /// Takes in the split table shared data holds (`value` under `cas`),
+    /// decoding only a new table of another epoch. A value that does not
+    /// decode leaves the last good table in force. Called on the sync tick,
+    /// never per request: the request path reads no shared data.
+    pub(crate) fn take_shared_table(&mut self, value: Option<&[u8]>, cas: Option<u32>) {
+        match self.splits.observe(&self.config.deployments, cas, || value) {
+            Observed::Unchanged => {}
+            Observed::Updated { epoch } => {
+                log::debug!("split table epoch {epoch} in force");
+                self.publish_split_metrics();
+            }
+            Observed::Rejected(e) => {
+                log::warn!("keeping the last good split table: {e}");
+            }
+        }
+    }
+
+    /// Puts this worker's own sync answer in force at once, decoded once.
+    /// When the table is new, its stored form for shared data, whose epoch
+    /// prefix lets every worker that has it skip decoding it again.
+    pub(crate) fn take_answer(&mut self, table: SplitTable) -> Option<Vec<u8>> {
+        if self.splits.epoch() == Some(table.epoch) {
+            return None;
+        }
+        let value = encode_split_table(&table);
+        let epoch = table.epoch;
+        self.splits.apply(&self.config.deployments, table);
+        log::debug!("split table epoch {epoch} in force");
+        self.publish_split_metrics();
+        Some(value)
+    }
+
+    /// Enters or leaves the lease fail-safe (baseline only).
+    pub(crate) fn set_lease_expired(&mut self, expired: bool) {
+        if self.splits.set_lease_expired(expired) {
+            self.publish_split_metrics();
+        }
+    }
+
+    pub(crate) fn sync_failed(&self) {
+        self.metrics.sync_failed();
+    }
+
+    pub(crate) fn lease_expired(&self) {
+        self.metrics.lease_expired();
+    }
+
+    /// The split gauges of every deployment: canary share in force, epoch.
+    fn publish_split_metrics(&self) {
+        let epoch = self.epoch();
+        for i in 0..self.config.deployments.len() {
+            let bps = self.splits.get(i).map_or(0, |s| s.effective_bps().get());
+            self.metrics.split(i, bps, epoch);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
