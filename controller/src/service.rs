@@ -700,30 +700,41 @@ mod tests {
         assert_eq!(c.table().deployments[0].canary_bps.get(), 2000);
     }
 
-    #[tokio::test]
-    async fn evaluation_rolls_back_from_reported_stats() {
+    /// heart-prod with `policy` and canary v2 at the first step, on a
+    /// clock the test moves.
+    async fn with_canary(policy: Policy) -> (Arc<Controller>, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(T0));
         let c = controller_at(clock.clone()).await;
-        let policy = Policy {
-            check_interval_seconds: 1,
-            ..Policy::default()
-        };
         c.create("heart-prod", target("v1"), policy, "operator")
             .await
             .unwrap();
         register_v2(&c).await;
         start_v2(&c, None).await;
-        let req = SyncRequest {
+        (c, clock)
+    }
+
+    /// Report `seq` of one worker: v1's and v2's (successes, errors).
+    fn both_roles(seq: u64, v1: (u64, u64), v2: (u64, u64)) -> SyncRequest {
+        SyncRequest {
             proxy: "p".into(),
             instance: "i".into(),
-            seq: 1,
+            seq,
             epoch: 2,
             reports: vec![
-                report(Role::Baseline, "v1", 400, 0),
-                report(Role::Canary, "v2", 75, 25),
+                report(Role::Baseline, "v1", v1.0, v1.1),
+                report(Role::Canary, "v2", v2.0, v2.1),
             ],
+        }
+    }
+
+    #[tokio::test]
+    async fn evaluation_rolls_back_from_reported_stats() {
+        let policy = Policy {
+            check_interval_seconds: 1,
+            ..Policy::default()
         };
-        c.sync(&req).unwrap();
+        let (c, clock) = with_canary(policy).await;
+        c.sync(&both_roles(1, (400, 0), (75, 25))).unwrap();
         clock.advance(1000);
         c.evaluate_due().await;
         let d = c.deployment("heart-prod").await.unwrap();
@@ -755,30 +766,14 @@ mod tests {
     /// keeps the last step's CRITICAL although the window now looks healthy.
     #[tokio::test]
     async fn the_history_keeps_the_engines_verdict() {
-        let clock = Arc::new(ManualClock::new(T0));
-        let c = controller_at(clock.clone()).await;
         let policy = Policy {
             check_interval_seconds: 1,
             window_seconds: 10,
             auto_rollback: false,
             ..Policy::default()
         };
-        c.create("heart-prod", target("v1"), policy, "operator")
-            .await
-            .unwrap();
-        register_v2(&c).await;
-        start_v2(&c, None).await;
-        let bad = SyncRequest {
-            proxy: "p".into(),
-            instance: "i".into(),
-            seq: 1,
-            epoch: 2,
-            reports: vec![
-                report(Role::Baseline, "v1", 400, 0),
-                report(Role::Canary, "v2", 50, 50),
-            ],
-        };
-        c.sync(&bad).unwrap();
+        let (c, clock) = with_canary(policy).await;
+        c.sync(&both_roles(1, (400, 0), (50, 50))).unwrap();
         clock.advance(1000);
         c.evaluate_due().await;
         c.sample().await;
@@ -789,15 +784,7 @@ mod tests {
         );
         // The bad second leaves the window; healthy numbers arrive.
         clock.advance(20_000);
-        let good = SyncRequest {
-            seq: 2,
-            reports: vec![
-                report(Role::Baseline, "v1", 400, 0),
-                report(Role::Canary, "v2", 400, 0),
-            ],
-            ..bad
-        };
-        c.sync(&good).unwrap();
+        c.sync(&both_roles(2, (400, 0), (400, 0))).unwrap();
         let d = c.deployment("heart-prod").await.unwrap();
         assert_eq!(c.health_of(&d).verdict, VerdictKind::Healthy);
         c.sample().await;

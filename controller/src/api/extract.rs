@@ -6,7 +6,7 @@ use super::error::ApiError;
 use crate::auth::bearer_matches;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -81,6 +81,20 @@ impl<T: DeserializeOwned + ToSchema + Default> FromRequest<AppState> for Optiona
             return Ok(OptionalJsonBody(T::default()));
         }
         parse(&bytes, state).map(OptionalJsonBody)
+    }
+}
+
+/// Query parameters; unknown or malformed ones are a 400 saying which.
+#[derive(Debug)]
+pub(super) struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(q) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+        Ok(QueryParams(q))
     }
 }
 

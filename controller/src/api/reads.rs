@@ -1,12 +1,13 @@
 //! What operators and Prometheus read: health, the event log, history,
 //! liveness, `/metrics` and the dashboard.
 
+use super::extract::QueryParams;
 use super::{ApiError, ApiResult, AppState, DeploymentName};
 use crate::clock::Millis;
 use crate::service::Controller;
 use crate::store::StoredEvent;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use coalmine_client::types::Sample;
 use coalmine_decide::verdict::Health;
 use serde::Deserialize;
@@ -44,10 +45,8 @@ pub(super) struct EventsQuery {
 pub(super) async fn events(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<EventsQuery>,
 ) -> ApiResult<Json<Vec<StoredEvent>>> {
-    let Query(q) =
-        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -76,10 +75,8 @@ pub(super) struct HistoryQuery {
 pub(super) async fn history(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<HistoryQuery>,
 ) -> ApiResult<Json<Vec<Sample>>> {
-    let Query(q) =
-        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
     Ok(Json(
         s.controller.history(&name, q.since.unwrap_or(0)).await?,
     ))

@@ -2,10 +2,10 @@
 //! its lease out, held until the table changes (DESIGN.md, the sync
 //! protocol).
 
-use super::extract::{JsonBody, SyncCaller};
+use super::extract::{JsonBody, QueryParams, SyncCaller};
 use super::{ApiError, ApiResult, AppState};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use coalmine_protocol::sync::{MAX_WAIT_MS, SyncRequest, SyncResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -28,11 +28,9 @@ pub(super) struct SyncQuery {
 pub(super) async fn sync(
     State(s): State<AppState>,
     _caller: SyncCaller,
-    query: Result<Query<SyncQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(q): QueryParams<SyncQuery>,
     JsonBody(req): JsonBody<SyncRequest>,
 ) -> ApiResult<Json<SyncResponse>> {
-    let Query(q) =
-        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
     if q.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::BadRequest(format!(
             "wait_ms must be at most {MAX_WAIT_MS}, got {}",
