@@ -20,7 +20,6 @@ use anyhow::{Context as _, Result, bail};
 use coalmine_client::Action;
 use coalmine_client::types::{CreateDeployment, RegisterVersion, StartCanary};
 use coalmine_e2e::{ControllerProc, Envoy, EnvoyConfig, SYNC_TOKEN, poll, prometheus_value};
-use coalmine_protocol::Target;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -137,14 +136,8 @@ impl Bench {
         cluster: &str,
         policy: Value,
     ) -> Result<()> {
-        let body = CreateDeployment {
-            name: name.into(),
-            baseline: Target {
-                version: "v1".into(),
-                cluster: cluster.into(),
-            },
-            policy: Some(serde_json::from_value(policy)?),
-        };
+        let policy = Some(serde_json::from_value(policy)?);
+        let body = CreateDeployment::new(name, "v1", cluster, policy);
         c.client().create_deployment(&body).await?;
         Ok(())
     }

@@ -23,6 +23,21 @@ pub struct CreateDeployment {
     pub policy: Option<Policy>,
 }
 
+impl CreateDeployment {
+    /// `name`, serving `version` from `cluster`, with `policy` (none: the
+    /// seed rules).
+    pub fn new(name: &str, version: &str, cluster: &str, policy: Option<Policy>) -> Self {
+        CreateDeployment {
+            name: name.into(),
+            baseline: Target {
+                version: version.into(),
+                cluster: cluster.into(),
+            },
+            policy,
+        }
+    }
+}
+
 /// `POST /v1/deployments/{name}/versions`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -11,7 +11,6 @@
 use anyhow::{Context, Result, bail};
 use coalmine_client::types::{CreateDeployment, RegisterVersion, StartCanary};
 use coalmine_client::{Client, paths};
-use coalmine_protocol::Target;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Write;
@@ -111,14 +110,12 @@ async fn story(keep: bool) -> Result<()> {
     let policy = serde_json::from_value(
         json!({"check_interval_seconds": 1, "window_seconds": 60, "min_requests": 20}),
     )?;
-    api.create_deployment(&CreateDeployment {
-        name: "heart-prod".into(),
-        baseline: Target {
-            version: "v1".into(),
-            cluster: "heart-v1".into(),
-        },
-        policy: Some(policy),
-    })
+    api.create_deployment(&CreateDeployment::new(
+        "heart-prod",
+        "v1",
+        "heart-v1",
+        Some(policy),
+    ))
     .await?;
     let v2 = &models["v2"];
     api.register_version(

@@ -4,7 +4,6 @@ use crate::poll;
 use anyhow::{Context as _, Result, anyhow, bail};
 use coalmine_client::Client;
 use coalmine_client::types::{CreateDeployment, DeploymentView, RegisterVersion, StartCanary};
-use coalmine_protocol::Target;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -260,16 +259,8 @@ impl ControllerProc {
     /// registered.
     pub async fn heart_prod(&self, policy: Value) -> Result<()> {
         let policy = serde_json::from_value(policy).context("the test's policy")?;
-        self.api
-            .create_deployment(&CreateDeployment {
-                name: "heart-prod".into(),
-                baseline: Target {
-                    version: "v1".into(),
-                    cluster: "heart-v1".into(),
-                },
-                policy: Some(policy),
-            })
-            .await?;
+        let create = CreateDeployment::new("heart-prod", "v1", "heart-v1", Some(policy));
+        self.api.create_deployment(&create).await?;
         self.api
             .register_version(
                 "heart-prod",
