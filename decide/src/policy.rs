@@ -38,6 +38,58 @@ impl Default for PromoteRule {
     }
 }
 
+/// How far a field's distribution may move (total variation distance: the
+/// share of the canary's answers that would have to change to look like
+/// the baseline's).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ShiftLimit {
+    pub max_shift: f64,
+}
+
+/// The outputs rule (deployments whose proxies read outputs): a field's
+/// shift beyond `critical` is CRITICAL, beyond `degraded` DEGRADED, judged
+/// once both roles have `min_samples` answers of it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsRule {
+    pub critical: ShiftLimit,
+    pub degraded: ShiftLimit,
+    pub min_samples: u64,
+}
+
+impl Default for OutputsRule {
+    fn default() -> Self {
+        OutputsRule {
+            critical: ShiftLimit { max_shift: 0.25 },
+            degraded: ShiftLimit { max_shift: 0.10 },
+            min_samples: 50,
+        }
+    }
+}
+
+impl OutputsRule {
+    fn validate(&self) -> Result<(), PolicyError> {
+        rate("outputs.critical.max_shift", self.critical.max_shift)?;
+        rate("outputs.degraded.max_shift", self.degraded.max_shift)?;
+        if self.degraded.max_shift > self.critical.max_shift {
+            return Err(bad(
+                "outputs.degraded.max_shift",
+                "must not exceed outputs.critical.max_shift",
+            ));
+        }
+        if !(1..=1_000_000_000).contains(&self.min_samples) {
+            return Err(bad(
+                "outputs.min_samples",
+                format!("must be between 1 and 1000000000, got {}", self.min_samples),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Absolute service levels; a breach counts as CRITICAL.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -141,6 +193,7 @@ pub struct Policy {
     pub degraded: Thresholds,
     pub promote: PromoteRule,
     pub slo: Slo,
+    pub outputs: OutputsRule,
     /// Canary percentages to step through; the last is 100.
     pub steps: Vec<f64>,
     pub bake_seconds: u64,
@@ -168,13 +221,14 @@ impl Default for Policy {
             },
             promote: PromoteRule::default(),
             slo: Slo::default(),
+            outputs: OutputsRule::default(),
             steps: vec![20.0, 50.0, 100.0],
             bake_seconds: 60,
             cooldown_seconds: 120,
             auto_rollback: true,
             auto_promote: true,
             significance: Significance::Alpha(0.01),
-            error_classes: vec![Outcome::ServerError, Outcome::Reset],
+            error_classes: vec![Outcome::ServerError, Outcome::Reset, Outcome::BadOutput],
         }
     }
 }
@@ -259,6 +313,7 @@ impl Policy {
         if let Some(v) = self.slo.max_p95_ms {
             millis("slo.max_p95_ms", v)?;
         }
+        self.outputs.validate()?;
         schedule("steps", &self.steps)?;
         check_seconds("bake_seconds", self.bake_seconds)?;
         check_seconds("cooldown_seconds", self.cooldown_seconds)?;

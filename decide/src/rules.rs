@@ -6,9 +6,15 @@
 //! 3. [`insufficient_data`]: too few requests in either role;
 //! 4. [`error_rate`], [`latency`] and [`slo`]: CRITICAL breaches (under the
 //!    significance guard, a breach not yet established only holds);
-//! 5. [`error_rate_degraded`], [`latency_degraded`]: the same at the
+//! 5. [`outputs()`]: each output field's shift, CRITICAL or DEGRADED
+//!    (`rules/outputs.rs`);
+//! 6. [`error_rate_degraded`], [`latency_degraded`]: the same at the
 //!    DEGRADED thresholds;
-//! 6. [`promotion`]: whether a healthy canary may advance.
+//! 7. [`promotion`]: whether a healthy canary may advance.
+
+mod outputs;
+
+pub use outputs::{OutputFindings, outputs};
 
 use crate::observe::Observations;
 use crate::policy::Policy;
@@ -53,11 +59,14 @@ pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
             .partition(|f| f.established);
     let mut critical: Vec<Reason> = established.into_iter().map(|f| f.reason).collect();
     critical.extend(slo(policy, &obs.canary));
+    let answers = outputs(policy, obs, guard);
+    critical.extend(answers.critical);
     if !critical.is_empty() {
         let reasons = with_srm(critical);
         return verdict(VerdictKind::Critical, Recommendation::Rollback, reasons);
     }
     let mut degraded: Vec<Reason> = unproven.into_iter().map(|f| f.reason).collect();
+    degraded.extend(answers.degraded);
     if !degraded.iter().any(|r| r.code.is_error_rate()) {
         degraded.extend(error_rate_degraded(policy, obs));
     }
@@ -68,7 +77,7 @@ pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
         let reasons = with_srm(degraded);
         return verdict(VerdictKind::Degraded, Recommendation::Hold, reasons);
     }
-    promotion(policy, obs, guard, srm)
+    promotion(policy, obs, guard, srm, answers.waiting)
 }
 
 fn verdict(verdict: VerdictKind, recommendation: Recommendation, reasons: Vec<Reason>) -> Verdict {
@@ -359,14 +368,15 @@ pub fn latency_degraded(policy: &Policy, obs: &Observations) -> Option<Reason> {
 }
 
 /// A canary within every threshold: PROMOTE when it has enough requests,
-/// no more errors than the baseline, a split that is what it was set to
-/// and (with the guard) is shown non-inferior; otherwise CONTINUE (or HOLD
-/// on a sample-ratio mismatch).
+/// no more errors than the baseline, outputs judged (`waiting` empty), a
+/// split that is what it was set to and (with the guard) is shown
+/// non-inferior; otherwise CONTINUE (or HOLD on a sample-ratio mismatch).
 pub fn promotion(
     policy: &Policy,
     obs: &Observations,
     guard: Option<f64>,
     srm: Option<Reason>,
+    waiting: Vec<Reason>,
 ) -> Verdict {
     let (baseline, canary) = (&obs.baseline, &obs.canary);
     let mut numbers = json!({
@@ -391,6 +401,9 @@ pub fn promotion(
             pct(baseline.error_rate)
         );
         return keep_going(ReasonCode::HealthyNotBetter, message, numbers);
+    }
+    if !waiting.is_empty() {
+        return verdict(VerdictKind::Healthy, Recommendation::Continue, waiting);
     }
     if let Some(r) = srm {
         return verdict(VerdictKind::Healthy, Recommendation::Hold, vec![r]);
@@ -461,6 +474,7 @@ pub(crate) mod tests {
             p50_ms: Some(p95 / 2.0),
             p95_ms: Some(p95),
             p99_ms: Some(p95 * 1.2),
+            ..RoleWindowStats::default()
         }
     }
 

@@ -11,7 +11,7 @@
 use crate::engine::{self, Command, Deployment, EventKind, Millis, OPERATOR};
 use crate::observe::observe;
 use crate::policy::Policy;
-use crate::window::Windows;
+use crate::window::{Reported, Windows};
 use coalmine_protocol::routing::{point_from_draw, role_at};
 use coalmine_protocol::stats::RoleStats;
 use coalmine_protocol::sync::OutcomeCounts;
@@ -200,14 +200,8 @@ pub fn run(s: &Scenario, policy: &Policy, seed: u64) -> RunOutcome {
                 for o in Outcome::ALL {
                     counts.add(o, st.count(o));
                 }
-                windows.add(
-                    "sim",
-                    role,
-                    &target.version,
-                    T0 / 1000 + t,
-                    &counts,
-                    st.latency_us(),
-                );
+                let reported = Reported::requests(&counts, st.latency_us());
+                windows.add("sim", role, &target.version, T0 / 1000 + t, &reported);
             }
             st.clear();
         }

@@ -85,6 +85,16 @@ pub enum ReasonCode {
     LatencyDegraded,
     SloErrorRate,
     SloP95,
+    /// An output field's shift beyond the critical limit (established,
+    /// with the guard).
+    OutputsCritical,
+    /// An output field's shift beyond the degraded limit.
+    OutputsDegraded,
+    /// An output field's shift beyond the critical limit, not established
+    /// yet: promotion waits.
+    OutputsUnproven,
+    /// Too few answers read to judge an output field: promotion waits.
+    OutputsCollecting,
     /// Within thresholds, too few canary requests to advance yet.
     HealthyCollecting,
     /// Within thresholds, but more canary errors than baseline errors.
@@ -97,7 +107,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 16] = [
+    pub const ALL: [ReasonCode; 20] = [
         ReasonCode::OverwhelmingFailure,
         ReasonCode::SampleRatioMismatch,
         ReasonCode::InsufficientData,
@@ -109,6 +119,10 @@ impl ReasonCode {
         ReasonCode::LatencyDegraded,
         ReasonCode::SloErrorRate,
         ReasonCode::SloP95,
+        ReasonCode::OutputsCritical,
+        ReasonCode::OutputsDegraded,
+        ReasonCode::OutputsUnproven,
+        ReasonCode::OutputsCollecting,
         ReasonCode::HealthyCollecting,
         ReasonCode::HealthyNotBetter,
         ReasonCode::HealthyNotYetNonInferior,
@@ -130,6 +144,10 @@ impl ReasonCode {
             ReasonCode::LatencyDegraded => "latency_degraded",
             ReasonCode::SloErrorRate => "slo_error_rate",
             ReasonCode::SloP95 => "slo_p95",
+            ReasonCode::OutputsCritical => "outputs_critical",
+            ReasonCode::OutputsDegraded => "outputs_degraded",
+            ReasonCode::OutputsUnproven => "outputs_unproven",
+            ReasonCode::OutputsCollecting => "outputs_collecting",
             ReasonCode::HealthyCollecting => "healthy_collecting",
             ReasonCode::HealthyNotBetter => "healthy_not_better",
             ReasonCode::HealthyNotYetNonInferior => "healthy_not_yet_non_inferior",

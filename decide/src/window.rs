@@ -5,8 +5,10 @@
 //! kept sparse: a second of traffic touches few buckets) of everything
 //! reported during that second. A window's statistics merge its buckets into
 //! one HdrHistogram, so percentiles are exact to the histogram's precision,
-//! never averages of per-proxy percentiles.
+//! never averages of per-proxy percentiles. For deployments that read
+//! outputs, a bucket also holds each field's counts by label or score slot.
 
+use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};
 use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
 use coalmine_protocol::sync::OutcomeCounts;
 use coalmine_protocol::{Outcome, Role};
@@ -25,6 +27,14 @@ pub struct RoleWindowStats {
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Per output field, the answers read by label or score slot (at most
+    /// [`MAX_LABELS`] labels, the most frequent; the rest are `other`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub outputs: BTreeMap<String, FieldCounts>,
+    /// Answers sampled but not read, by why.
+    #[serde(default, skip_serializing_if = "Skips::is_empty")]
+    pub outputs_skipped: Skips,
 }
 
 /// errors / requests, 0 without requests (never NaN).
@@ -43,21 +53,93 @@ struct SeriesKey {
     version: String,
 }
 
+/// Labels a bucket keeps per field before counting further ones as
+/// `other`: twice what a window shows, so the most frequent survive.
+const BUCKET_LABELS: usize = 2 * MAX_LABELS;
+
 #[derive(Debug, Default)]
 struct Bucket {
     second: u64,
     counts: OutcomeCounts,
     /// Highest equivalent value of an HdrHistogram bucket → count.
     latency_us: BTreeMap<u64, u64>,
+    /// Per output field (at most [`MAX_FIELDS`]).
+    outputs: BTreeMap<String, FieldCounts>,
+    skipped: Skips,
+}
+
+/// One report of one role and version: what [`Windows::add`] takes in.
+#[derive(Clone, Copy, Debug)]
+pub struct Reported<'a> {
+    pub counts: &'a OutcomeCounts,
+    pub latency: &'a Histogram<u64>,
+    pub outputs: &'a [FieldReport],
+    pub skipped: Skips,
+}
+
+impl<'a> Reported<'a> {
+    /// Counts and latencies only.
+    pub fn requests(counts: &'a OutcomeCounts, latency: &'a Histogram<u64>) -> Reported<'a> {
+        Reported {
+            counts,
+            latency,
+            outputs: &[],
+            skipped: Skips::default(),
+        }
+    }
 }
 
 impl Bucket {
-    fn add(&mut self, counts: &OutcomeCounts, latency: &Histogram<u64>) {
-        self.counts.merge(counts);
-        for v in latency.iter_recorded() {
+    fn add(&mut self, r: &Reported<'_>) {
+        self.counts.merge(r.counts);
+        for v in r.latency.iter_recorded() {
             let c = self.latency_us.entry(v.value_iterated_to()).or_default();
             *c = c.saturating_add(v.count_at_value());
         }
+        let fields = r.outputs.iter().map(|f| (f.field.as_str(), &f.counts));
+        merge_outputs(&mut self.outputs, fields, BUCKET_LABELS);
+        self.skipped.merge(&r.skipped);
+    }
+}
+
+/// Adds fields' counts to `into`: a new field while there is room for it,
+/// a known one when of the same kind and shape (otherwise dropped).
+fn merge_outputs<'a>(
+    into: &mut BTreeMap<String, FieldCounts>,
+    fields: impl Iterator<Item = (&'a str, &'a FieldCounts)>,
+    max_labels: usize,
+) {
+    for (field, counts) in fields {
+        let room = into.len() < MAX_FIELDS;
+        match into.get_mut(field) {
+            Some(c) => {
+                c.merge(counts, max_labels);
+            }
+            None if room => {
+                let mut c = counts.emptied();
+                c.merge(counts, max_labels);
+                into.insert(field.to_string(), c);
+            }
+            None => {}
+        }
+    }
+}
+
+/// A field's labels cut to the [`MAX_LABELS`] most frequent (ties by
+/// label), the rest counted as `other`.
+fn most_frequent(counts: FieldCounts) -> FieldCounts {
+    match counts {
+        FieldCounts::Class { labels, other } if labels.len() > MAX_LABELS => {
+            let mut by_count: Vec<(String, u64)> = labels.into_iter().collect();
+            by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let rest = by_count.split_off(MAX_LABELS);
+            let other = rest.iter().fold(other, |a, (_, n)| a.saturating_add(*n));
+            FieldCounts::Class {
+                labels: by_count.into_iter().collect(),
+                other,
+            }
+        }
+        counts => counts,
     }
 }
 
@@ -76,8 +158,7 @@ impl Windows {
         role: Role,
         version: &str,
         second: u64,
-        counts: &OutcomeCounts,
-        latency: &Histogram<u64>,
+        reported: &Reported<'_>,
     ) {
         let key = SeriesKey {
             deployment: deployment.to_string(),
@@ -118,7 +199,7 @@ impl Windows {
             },
         };
         if let Some(b) = buckets.get_mut(at) {
-            b.add(counts, latency);
+            b.add(reported);
         }
     }
 
@@ -161,12 +242,21 @@ impl Windows {
         else {
             return RoleWindowStats::default();
         };
+        let mut outputs = BTreeMap::new();
+        let mut outputs_skipped = Skips::default();
         for b in self.buckets_in(deployment, role, version, now_second, window_seconds) {
             counts.merge(&b.counts);
             for (&v, &c) in &b.latency_us {
                 merged.saturating_record_n(v, c);
             }
+            let fields = b.outputs.iter().map(|(f, c)| (f.as_str(), c));
+            merge_outputs(&mut outputs, fields, usize::MAX);
+            outputs_skipped.merge(&b.skipped);
         }
+        let outputs = outputs
+            .into_iter()
+            .map(|(f, c)| (f, most_frequent(c)))
+            .collect();
         let requests = counts.total();
         let errors = error_classes
             .iter()
@@ -180,6 +270,8 @@ impl Windows {
             p50_ms: quantile(0.50),
             p95_ms: quantile(0.95),
             p99_ms: quantile(0.99),
+            outputs,
+            outputs_skipped,
         }
     }
 
@@ -234,6 +326,18 @@ mod tests {
         h
     }
 
+    fn add(
+        w: &mut Windows,
+        role: Role,
+        version: &str,
+        second: u64,
+        counts: OutcomeCounts,
+        latency: Histogram<u64>,
+    ) {
+        let r = Reported::requests(&counts, &latency);
+        w.add("d", role, version, second, &r);
+    }
+
     fn counts(ok: u64, server_errors: u64, resets: u64) -> OutcomeCounts {
         OutcomeCounts {
             success: ok,
@@ -249,15 +353,15 @@ mod tests {
         // Two proxies report in the same second, a third a second later.
         let a: Vec<u64> = (1..=50).map(|i| i * 1000).collect();
         let b: Vec<u64> = (51..=100).map(|i| i * 1000).collect();
-        w.add("d", Role::Canary, "v2", 100, &counts(49, 1, 0), &hist(&a));
-        w.add("d", Role::Canary, "v2", 100, &counts(50, 0, 0), &hist(&b));
-        w.add(
-            "d",
+        add(&mut w, Role::Canary, "v2", 100, counts(49, 1, 0), hist(&a));
+        add(&mut w, Role::Canary, "v2", 100, counts(50, 0, 0), hist(&b));
+        add(
+            &mut w,
             Role::Canary,
             "v2",
             101,
-            &counts(0, 0, 1),
-            &hist(&[500_000]),
+            counts(0, 0, 1),
+            hist(&[500_000]),
         );
         let s = w.stats(
             "d",
@@ -285,21 +389,21 @@ mod tests {
     #[test]
     fn the_window_slides() {
         let mut w = Windows::default();
-        w.add(
-            "d",
+        add(
+            &mut w,
             Role::Baseline,
             "v1",
             10,
-            &counts(5, 5, 0),
-            &hist(&[1000; 10]),
+            counts(5, 5, 0),
+            hist(&[1000; 10]),
         );
-        w.add(
-            "d",
+        add(
+            &mut w,
             Role::Baseline,
             "v1",
             20,
-            &counts(10, 0, 0),
-            &hist(&[2000; 10]),
+            counts(10, 0, 0),
+            hist(&[2000; 10]),
         );
         let at = |now, window| {
             w.stats(
@@ -328,34 +432,117 @@ mod tests {
     #[test]
     fn late_reports_land_in_their_second_and_pruning_forgets() {
         let mut w = Windows::default();
-        w.add(
-            "d",
+        add(
+            &mut w,
             Role::Canary,
             "v2",
             50,
-            &counts(1, 0, 0),
-            &hist(&[1000]),
+            counts(1, 0, 0),
+            hist(&[1000]),
         );
-        w.add(
-            "d",
+        add(
+            &mut w,
             Role::Canary,
             "v2",
             40,
-            &counts(1, 0, 0),
-            &hist(&[1000]),
+            counts(1, 0, 0),
+            hist(&[1000]),
         );
-        w.add(
-            "d",
+        add(
+            &mut w,
             Role::Canary,
             "v2",
             45,
-            &counts(1, 0, 0),
-            &hist(&[1000]),
+            counts(1, 0, 0),
+            hist(&[1000]),
         );
         assert_eq!(w.stats("d", Role::Canary, "v2", 50, 8, &[]).requests, 2);
         w.prune(50, 6);
         assert_eq!(w.stats("d", Role::Canary, "v2", 50, 100, &[]).requests, 2);
         w.prune(1000, 6);
         assert!(w.series.is_empty());
+    }
+
+    fn class(labels: &[(&str, u64)]) -> FieldReport {
+        FieldReport {
+            field: "prediction".into(),
+            counts: FieldCounts::Class {
+                labels: labels.iter().map(|&(l, n)| (l.to_string(), n)).collect(),
+                other: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn outputs_merge_over_the_window_keeping_the_most_frequent_labels() {
+        let mut w = Windows::default();
+        let ok = counts(100, 0, 0);
+        let h = hist(&[1000; 100]);
+        fn reported<'a>(
+            counts: &'a OutcomeCounts,
+            latency: &'a Histogram<u64>,
+            outputs: &'a [FieldReport],
+            skipped: Skips,
+        ) -> Reported<'a> {
+            Reported {
+                counts,
+                latency,
+                outputs,
+                skipped,
+            }
+        }
+        let first = [class(&[("0", 30), ("1", 20)])];
+        let none = Skips::default();
+        w.add(
+            "d",
+            Role::Canary,
+            "v2",
+            10,
+            &reported(&ok, &h, &first, none),
+        );
+        let skipped = Skips {
+            too_large: 2,
+            encoded: 1,
+        };
+        let second = [class(&[("1", 5), ("2", 1)])];
+        w.add(
+            "d",
+            Role::Canary,
+            "v2",
+            11,
+            &reported(&ok, &h, &second, skipped),
+        );
+        // Twenty more labels, each seen once, in another second.
+        let many: Vec<(String, u64)> = (0..20).map(|i| (format!("x{i}"), 1)).collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        let third = [class(&many)];
+        w.add(
+            "d",
+            Role::Canary,
+            "v2",
+            12,
+            &reported(&ok, &h, &third, none),
+        );
+        let s = w.stats("d", Role::Canary, "v2", 12, 60, &[]);
+        let FieldCounts::Class { labels, other } = &s.outputs["prediction"] else {
+            panic!("{s:?}")
+        };
+        assert_eq!(labels.len(), MAX_LABELS);
+        assert_eq!((labels["0"], labels["1"], labels["2"]), (30, 25, 1));
+        assert_eq!(
+            s.outputs["prediction"].total(),
+            76,
+            "nothing lost: {other} other"
+        );
+        assert_eq!(s.outputs_skipped, skipped);
+        // The first second leaves a 2 s window.
+        let s = w.stats("d", Role::Canary, "v2", 12, 2, &[]);
+        assert_eq!(s.outputs["prediction"].total(), 26);
+        // Without outputs, the statistics show none.
+        assert!(
+            w.stats("d", Role::Baseline, "v1", 12, 60, &[])
+                .outputs
+                .is_empty()
+        );
     }
 }

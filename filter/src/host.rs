@@ -5,7 +5,7 @@
 //! treats a host error as "no value".
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Bytes, MapType};
+use proxy_wasm::types::{BufferType, Bytes, MapType};
 use std::time::UNIX_EPOCH;
 
 pub(crate) fn property(path: &[&str]) -> Option<Bytes> {
@@ -31,6 +31,19 @@ pub(crate) fn set_request_header(name: &str, value: &str) {
 
 pub(crate) fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+}
+
+pub(crate) fn response_header(name: &str) -> Option<Bytes> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The response body chunk Envoy holds now (`size` bytes).
+pub(crate) fn response_body(size: usize) -> Option<Bytes> {
+    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        .ok()
+        .flatten()
 }
 
 pub(crate) fn set_response_header(name: &str, value: &str) {

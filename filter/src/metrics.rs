@@ -3,13 +3,17 @@
 //! Names carry the labels as `deployment.<name>.role.<role>.class.<class>`
 //! segments; the `stats_tags` of the shipped Envoy configs extract them, so
 //! the admin `/stats/prometheus` shows for example
-//! `coalmine_requests{deployment="heart-prod",role="canary",class="5xx"}`.
+//! `coalmine_requests{deployment="heart-prod",role="canary",class="5xx"}`,
+//! and, for deployments that read outputs,
+//! `coalmine_outputs{deployment,role,field,value}` and
+//! `coalmine_outputs_skipped{deployment,role,reason}`.
 //!
 //! The worker writes them through the [`Metrics`] trait: [`EnvoyMetrics`]
 //! in the filter, a recording in the worker's tests (which run natively,
 //! where Envoy's host calls do not exist).
 
 use coalmine_protocol::config::Deployment;
+use coalmine_protocol::outputs::{FieldKind, FieldValue, MAX_LABELS, OTHER, Skip, metric_label};
 use coalmine_protocol::{Outcome, Role};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -18,6 +22,10 @@ use proxy_wasm::types::MetricType;
 pub(crate) trait Metrics {
     /// A finished request of a role: its outcome class and latency.
     fn request(&self, deployment: usize, role: Role, outcome: Outcome, latency_us: u64);
+    /// One field of an answer read (`field`: its index in `outputs`).
+    fn output(&mut self, deployment: usize, role: Role, field: usize, value: &FieldValue);
+    /// An answer not read, and why.
+    fn output_skipped(&self, deployment: usize, role: Role, skip: Skip);
     /// A request whose role a tester chose (kept out of the role counters
     /// and the reports: it is not part of the comparison).
     fn tester_override(&self, deployment: usize);
@@ -53,6 +61,33 @@ impl Metrics for EnvoyMetrics {
         }
     }
 
+    fn output(&mut self, deployment: usize, role: Role, field: usize, value: &FieldValue) {
+        let Some(m) = self.deployments.get_mut(deployment) else {
+            return;
+        };
+        let Some(f) = m
+            .outputs
+            .get_mut(role.index())
+            .and_then(|f| f.get_mut(field))
+        else {
+            return;
+        };
+        if let Some(id) = f.id(value) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn output_skipped(&self, deployment: usize, role: Role, skip: Skip) {
+        let id = self
+            .deployments
+            .get(deployment)
+            .and_then(|m| m.skipped.get(role.index()))
+            .and_then(|s| s.get(skip.index()));
+        if let Some(&id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
     fn tester_override(&self, deployment: usize) {
         if let Some(m) = self.deployments.get(deployment) {
             let _ = hostcalls::increment_metric(m.tester_overrides, 1);
@@ -79,13 +114,116 @@ impl Metrics for EnvoyMetrics {
     }
 }
 
+/// The name of a deployment-wide metric.
+fn deployment_name(deployment: &str, what: &str) -> String {
+    format!("coalmine.deployment.{deployment}.{what}")
+}
+
+/// The name of a role's metric.
+fn role_name(deployment: &str, role: Role, what: &str) -> String {
+    format!("coalmine.deployment.{deployment}.role.{role}.{what}")
+}
+
+/// The counter of one value of one output field.
+fn output_name(deployment: &str, role: Role, field: &str, value: &str) -> String {
+    role_name(
+        deployment,
+        role,
+        &format!("field.{field}.value.{value}.outputs"),
+    )
+}
+
+fn define(kind: MetricType, name: &str) -> Result<u32, String> {
+    hostcalls::define_metric(kind, name)
+        .map_err(|status| format!("cannot define metric {name}: {status:?}"))
+}
+
+/// The counters of one output field of one role.
+#[derive(Debug, Clone)]
+enum FieldIds {
+    /// Labels get their counter when first seen (at most [`MAX_LABELS`];
+    /// the others count as `other`).
+    Class {
+        /// The name of a label's counter, but for the label.
+        name: (String, String),
+        labels: Vec<(String, u32)>,
+        other: u32,
+    },
+    /// One counter per slot, defined at load.
+    Score { slots: Vec<u32> },
+}
+
+impl FieldIds {
+    fn define(
+        deployment: &str,
+        role: Role,
+        field: &str,
+        kind: FieldKind,
+    ) -> Result<FieldIds, String> {
+        let counter = |value: &str| {
+            define(
+                MetricType::Counter,
+                &output_name(deployment, role, field, value),
+            )
+        };
+        Ok(match kind {
+            FieldKind::Class => FieldIds::Class {
+                name: (
+                    role_name(deployment, role, &format!("field.{field}.value.")),
+                    ".outputs".to_string(),
+                ),
+                labels: Vec::new(),
+                other: counter(OTHER)?,
+            },
+            FieldKind::Score(bins) => FieldIds::Score {
+                slots: (0..bins.slots())
+                    .map(|s| counter(&bins.slot_label(s)))
+                    .collect::<Result<_, _>>()?,
+            },
+        })
+    }
+
+    /// The counter of `value`; a new label's is defined here (one host call
+    /// for each of the first [`MAX_LABELS`] labels, never again).
+    fn id(&mut self, value: &FieldValue) -> Option<u32> {
+        match (self, value) {
+            (FieldIds::Score { slots }, FieldValue::Slot(s)) => slots.get(*s).copied(),
+            (
+                FieldIds::Class {
+                    name,
+                    labels,
+                    other,
+                },
+                FieldValue::Label(label),
+            ) => {
+                let label = metric_label(label);
+                if let Some((_, id)) = labels.iter().find(|(l, _)| *l == label) {
+                    return Some(*id);
+                }
+                if labels.len() >= MAX_LABELS || label == OTHER {
+                    return Some(*other);
+                }
+                let id =
+                    define(MetricType::Counter, &format!("{}{label}{}", name.0, name.1)).ok()?;
+                labels.push((label, id));
+                Some(id)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Metric ids of one deployment (ids are per VM; Envoy shares the stat).
 #[derive(Debug, Clone)]
 struct DeploymentMetrics {
     /// `[role][class]` request counters.
-    requests: [[u32; 4]; 2],
+    requests: [[u32; Outcome::ALL.len()]; 2],
     /// Per role latency histogram in milliseconds.
     latency_ms: [u32; 2],
+    /// Per role, per output field (none without `outputs`).
+    outputs: [Vec<FieldIds>; 2],
+    /// `[role][skip]` answers not read.
+    skipped: [[u32; Skip::ALL.len()]; 2],
     canary_share_bps: u32,
     split_epoch: u32,
     sync_failures: u32,
@@ -93,42 +231,68 @@ struct DeploymentMetrics {
     tester_overrides: u32,
 }
 
-/// The metric names of one deployment, in the order they are defined.
-fn names(deployment: &str) -> Vec<(MetricType, String)> {
-    let mut out = Vec::with_capacity(15);
-    for role in Role::ALL {
-        for class in Outcome::ALL {
-            out.push((
-                MetricType::Counter,
-                format!("coalmine.deployment.{deployment}.role.{role}.class.{class}.requests"),
-            ));
+impl DeploymentMetrics {
+    /// Defines (or looks up) the deployment's metrics.
+    fn define(deployment: &Deployment) -> Result<DeploymentMetrics, String> {
+        let d = deployment.name.as_str();
+        let fields = deployment.outputs.as_ref().map_or(&[][..], |o| &o.fields);
+        let mut requests = [[0; Outcome::ALL.len()]; 2];
+        let mut latency_ms = [0; 2];
+        let mut outputs: [Vec<FieldIds>; 2] = Default::default();
+        let mut skipped = [[0; Skip::ALL.len()]; 2];
+        for role in Role::ALL {
+            let r = role.index();
+            for (i, class) in Outcome::ALL.iter().enumerate() {
+                let name = role_name(d, role, &format!("class.{class}.requests"));
+                if let Some(id) = requests.get_mut(r).and_then(|c| c.get_mut(i)) {
+                    *id = define(MetricType::Counter, &name)?;
+                }
+            }
+            if let Some(id) = latency_ms.get_mut(r) {
+                *id = define(MetricType::Histogram, &role_name(d, role, "latency_ms"))?;
+            }
+            if fields.is_empty() {
+                continue;
+            }
+            if let Some(o) = outputs.get_mut(r) {
+                *o = fields
+                    .iter()
+                    .map(|f| FieldIds::define(d, role, &f.name, f.kind))
+                    .collect::<Result<_, _>>()?;
+            }
+            for (i, skip) in Skip::ALL.iter().enumerate() {
+                let name = role_name(
+                    d,
+                    role,
+                    &format!("reason.{}.outputs_skipped", skip.as_str()),
+                );
+                if let Some(id) = skipped.get_mut(r).and_then(|s| s.get_mut(i)) {
+                    *id = define(MetricType::Counter, &name)?;
+                }
+            }
         }
-        out.push((
-            MetricType::Histogram,
-            format!("coalmine.deployment.{deployment}.role.{role}.latency_ms"),
-        ));
+        Ok(DeploymentMetrics {
+            requests,
+            latency_ms,
+            outputs,
+            skipped,
+            canary_share_bps: define(MetricType::Gauge, &deployment_name(d, "canary_share_bps"))?,
+            split_epoch: define(MetricType::Gauge, &deployment_name(d, "split_epoch"))?,
+            sync_failures: define(MetricType::Counter, &deployment_name(d, "sync_failures"))?,
+            lease_expiries: define(MetricType::Counter, &deployment_name(d, "lease_expiries"))?,
+            tester_overrides: define(MetricType::Counter, &deployment_name(d, "tester_overrides"))?,
+        })
     }
-    out.push((
-        MetricType::Gauge,
-        format!("coalmine.deployment.{deployment}.canary_share_bps"),
-    ));
-    out.push((
-        MetricType::Gauge,
-        format!("coalmine.deployment.{deployment}.split_epoch"),
-    ));
-    out.push((
-        MetricType::Counter,
-        format!("coalmine.deployment.{deployment}.sync_failures"),
-    ));
-    out.push((
-        MetricType::Counter,
-        format!("coalmine.deployment.{deployment}.lease_expiries"),
-    ));
-    out.push((
-        MetricType::Counter,
-        format!("coalmine.deployment.{deployment}.tester_overrides"),
-    ));
-    out
+
+    fn record(&self, role: Role, outcome: Outcome, latency_us: u64) {
+        let r = role.index();
+        if let Some(id) = self.requests.get(r).and_then(|c| c.get(outcome.index())) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+        if let Some(id) = self.latency_ms.get(r) {
+            let _ = hostcalls::record_metric(*id, latency_us / 1000);
+        }
+    }
 }
 
 /// The VM's own gauge: its linear memory in bytes. Every worker's VM sets
@@ -140,9 +304,7 @@ pub(crate) struct VmMetrics {
 
 impl VmMetrics {
     pub(crate) fn define() -> Result<VmMetrics, String> {
-        let name = "coalmine.vm_memory_bytes";
-        let memory_bytes = hostcalls::define_metric(MetricType::Gauge, name)
-            .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
+        let memory_bytes = define(MetricType::Gauge, "coalmine.vm_memory_bytes")?;
         Ok(VmMetrics { memory_bytes })
     }
 
@@ -163,65 +325,29 @@ fn linear_memory_bytes() -> u64 {
     }
 }
 
-impl DeploymentMetrics {
-    /// Defines (or looks up) the deployment's metrics.
-    fn define(deployment: &Deployment) -> Result<DeploymentMetrics, String> {
-        let mut ids = Vec::with_capacity(15);
-        for (kind, name) in names(&deployment.name) {
-            let id = hostcalls::define_metric(kind, &name)
-                .map_err(|status| format!("cannot define metric {name}: {status:?}"))?;
-            ids.push(id);
-        }
-        let id = |i: usize| ids.get(i).copied().unwrap_or_default();
-        // Layout of `names`: per role 4 counters then the histogram; then 2
-        // gauges and 3 counters.
-        Ok(DeploymentMetrics {
-            requests: [[id(0), id(1), id(2), id(3)], [id(5), id(6), id(7), id(8)]],
-            latency_ms: [id(4), id(9)],
-            canary_share_bps: id(10),
-            split_epoch: id(11),
-            sync_failures: id(12),
-            lease_expiries: id(13),
-            tester_overrides: id(14),
-        })
-    }
-
-    fn record(&self, role: Role, outcome: Outcome, latency_us: u64) {
-        let r = role.index();
-        if let Some(id) = self.requests.get(r).and_then(|c| c.get(outcome.index())) {
-            let _ = hostcalls::increment_metric(*id, 1);
-        }
-        if let Some(id) = self.latency_ms.get(r) {
-            let _ = hostcalls::record_metric(*id, latency_us / 1000);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `DeploymentMetrics::define` takes ids by position: this is the layout
-    /// it relies on, and the names the shipped `stats_tags` parse.
+    /// The names the shipped `stats_tags` parse into labels.
     #[test]
-    fn names_follow_the_layout_the_ids_are_taken_by() {
-        let names: Vec<String> = names("heart-prod").into_iter().map(|(_, n)| n).collect();
+    fn names_carry_their_labels_as_segments() {
         let d = "coalmine.deployment.heart-prod";
-        assert_eq!(names.len(), 15);
-        assert_eq!(names[0], format!("{d}.role.baseline.class.2xx.requests"));
-        assert_eq!(names[3], format!("{d}.role.baseline.class.reset.requests"));
-        assert_eq!(names[4], format!("{d}.role.baseline.latency_ms"));
-        assert_eq!(names[5], format!("{d}.role.canary.class.2xx.requests"));
-        assert_eq!(names[9], format!("{d}.role.canary.latency_ms"));
         assert_eq!(
-            names[10..],
-            [
-                format!("{d}.canary_share_bps"),
-                format!("{d}.split_epoch"),
-                format!("{d}.sync_failures"),
-                format!("{d}.lease_expiries"),
-                format!("{d}.tester_overrides"),
-            ]
+            role_name("heart-prod", Role::Canary, "class.bad_output.requests"),
+            format!("{d}.role.canary.class.bad_output.requests")
+        );
+        assert_eq!(
+            role_name("heart-prod", Role::Baseline, "latency_ms"),
+            format!("{d}.role.baseline.latency_ms")
+        );
+        assert_eq!(
+            output_name("heart-prod", Role::Canary, "probability", "07"),
+            format!("{d}.role.canary.field.probability.value.07.outputs")
+        );
+        assert_eq!(
+            deployment_name("heart-prod", "canary_share_bps"),
+            format!("{d}.canary_share_bps")
         );
     }
 }

@@ -1,9 +1,12 @@
 //! The per-request context: carries out the worker's decisions with host
 //! calls. Route and tag on the request headers, name the role and version on
-//! the response, record the outcome in `on_log`.
+//! the response, collect the answer's body as it passes when its outputs are
+//! read (never holding it back or changing it), record the outcome in
+//! `on_log`.
 
 use crate::host;
-use crate::worker::{Finished, HeaderEdit, Routed, Worker};
+use crate::worker::{Answer, Finished, HeaderEdit, Routed, Worker};
+use coalmine_protocol::outputs::{BodyCollector, Collected};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -13,6 +16,10 @@ use std::rc::Rc;
 pub(crate) struct RequestContext {
     worker: Option<Rc<RefCell<Worker>>>,
     routed: Option<Routed>,
+    /// The answer's body while it is collected; none unless its outputs are
+    /// read.
+    collecting: Option<BodyCollector>,
+    answer: Answer,
 }
 
 impl RequestContext {
@@ -20,6 +27,36 @@ impl RequestContext {
         RequestContext {
             worker,
             routed: None,
+            collecting: None,
+            answer: Answer::NotRead,
+        }
+    }
+}
+
+/// Whether the answer is read, from its headers (three host calls, made
+/// only for a sampled request of a deployment that reads outputs).
+fn start_reading(limit: usize) -> Result<BodyCollector, Answer> {
+    BodyCollector::for_response(
+        host::response_header(":status").as_deref(),
+        host::response_header("content-encoding").as_deref(),
+        host::response_header("content-length").as_deref(),
+        limit,
+    )
+    .map_err(|skip| skip.map_or(Answer::NotRead, Answer::Skipped))
+}
+
+impl RequestContext {
+    fn collected(&mut self, collected: Collected) {
+        match collected {
+            Collected::Partial => {}
+            Collected::Done(body) => {
+                self.collecting = None;
+                self.answer = Answer::Body(body);
+            }
+            Collected::Skipped(skip) => {
+                self.collecting = None;
+                self.answer = Answer::Skipped(skip);
+            }
         }
     }
 }
@@ -41,7 +78,7 @@ impl HttpContext for RequestContext {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let (Some(routed), Some(Ok(worker))) = (
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow()),
@@ -49,6 +86,33 @@ impl HttpContext for RequestContext {
             for (name, value) in worker.response_headers(routed) {
                 host::set_response_header(name, value);
             }
+            if let Some(outputs) = worker.outputs_to_read(routed) {
+                match start_reading(outputs.max_body_bytes) {
+                    // No body will follow: the answer is empty.
+                    Ok(_) if end_of_stream => self.answer = Answer::Body(Vec::new()),
+                    Ok(c) => self.collecting = Some(c),
+                    Err(answer) => self.answer = answer,
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // Each chunk goes on to the user at once: it is copied, never held.
+        if let Some(c) = self.collecting.as_mut() {
+            let chunk = c.wants(body_size).then(|| host::response_body(body_size));
+            let collected = c.push(chunk.flatten().as_deref(), body_size, end_of_stream);
+            self.collected(collected);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the body.
+        if let Some(c) = self.collecting.as_mut() {
+            let collected = c.push(None, 0, true);
+            self.collected(collected);
         }
         Action::Continue
     }
@@ -58,7 +122,7 @@ impl HttpContext for RequestContext {
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow_mut()),
         ) {
-            worker.record(routed, finished);
+            worker.record(routed, finished, std::mem::take(&mut self.answer));
         }
     }
 }

@@ -13,11 +13,12 @@
 use crate::metrics::{EnvoyMetrics, Metrics};
 use crate::random::RandomPool;
 use coalmine_protocol::active::{ActiveSplits, Observed};
+use coalmine_protocol::outputs::{FieldValue, OutputField, Outputs, Seen, Skip, read};
 use coalmine_protocol::routing::{find_match, point_from_draw, role_at, sticky_point, tester_role};
 use coalmine_protocol::shared::encode_split_table;
-use coalmine_protocol::stats::{PendingReports, RoleStats};
+use coalmine_protocol::stats::{FinishedRequest, PendingReports, RoleStats};
 use coalmine_protocol::sync::RoleReport;
-use coalmine_protocol::{DeploymentSplit, Outcome, PluginConfig, Role, SplitTable, Target};
+use coalmine_protocol::{Bps, DeploymentSplit, Outcome, PluginConfig, Role, SplitTable, Target};
 use std::rc::Rc;
 
 /// Everything one worker's contexts share.
@@ -43,6 +44,9 @@ pub(crate) struct Routed {
     split: Rc<DeploymentSplit>,
     /// A tester chose the role (with the override secret).
     forced: bool,
+    /// The answer's outputs are read (the deployment reads outputs and
+    /// this request is in the sampled share).
+    read_outputs: bool,
 }
 
 impl Routed {
@@ -73,6 +77,18 @@ impl Decision {
 pub(crate) enum HeaderEdit<'a> {
     Set(&'a str, &'a str),
     Remove(&'a str),
+}
+
+/// What was read of a request's answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Not read (not sampled, not a 2xx, or the stream ended early).
+    #[default]
+    NotRead,
+    /// Sampled but not read, and why.
+    Skipped(Skip),
+    /// The whole body.
+    Body(Vec<u8>),
 }
 
 /// What Envoy says of a finished request.
@@ -151,12 +167,36 @@ impl<M: Metrics> Worker<M> {
         let drawn = || point.map_or(Role::Baseline, |p| role_at(p, split.effective_bps()));
         // A forced role the deployment does not have (no canary) is ignored.
         let forced = forced.filter(|&r| split.target(r).is_some());
+        let role = forced.unwrap_or_else(drawn);
+        // A tester's request is not part of the comparison: never read.
+        let sample = deployment.outputs.as_ref().map(|o| o.sample);
+        let read_outputs = forced.is_none() && sample.is_some_and(|s| self.sampled(s));
         Some(Routed {
             deployment: index,
-            role: forced.unwrap_or_else(drawn),
+            role,
             forced: forced.is_some(),
+            read_outputs,
             split,
         })
+    }
+
+    /// Whether a request falls in a share (all or none without a draw).
+    fn sampled(&mut self, share: Bps) -> bool {
+        match share {
+            Bps::FULL => true,
+            Bps::ZERO => false,
+            share => self
+                .random
+                .next_u64()
+                .is_some_and(|d| point_from_draw(d) < share.get()),
+        }
+    }
+
+    /// The outputs a request's answer is read for: its deployment's, when
+    /// it is in the sampled share.
+    pub(crate) fn outputs_to_read(&self, routed: &Routed) -> Option<&Outputs> {
+        let d = self.config.deployments.get(routed.deployment)?;
+        d.outputs.as_ref().filter(|_| routed.read_outputs)
     }
 
     /// The request header edits of a decision: the role and cluster headers
@@ -207,8 +247,15 @@ impl<M: Metrics> Worker<M> {
 
     /// Records a finished request into the pending statistics and Envoy's
     /// metrics. `finished` is read only when the request counts: a tester's
-    /// request is counted apart and kept out of the comparison.
-    pub(crate) fn record(&mut self, routed: &Routed, finished: impl FnOnce() -> Finished) {
+    /// request is counted apart and kept out of the comparison. An answer
+    /// read whole gives a value per output field, or makes the request a
+    /// `bad_output`.
+    pub(crate) fn record(
+        &mut self,
+        routed: &Routed,
+        finished: impl FnOnce() -> Finished,
+        answer: Answer,
+    ) {
         if routed.forced {
             self.metrics.tester_override(routed.deployment);
             return;
@@ -217,12 +264,38 @@ impl<M: Metrics> Worker<M> {
             return;
         };
         let finished = finished();
-        let outcome = Outcome::classify(finished.code, &finished.details);
+        let served = Outcome::classify(finished.code, &finished.details);
         let latency_us = finished.duration_ns / 1000;
         let (d, role) = (routed.deployment, routed.role);
+        let fields = self
+            .config
+            .deployments
+            .get(d)
+            .and_then(|dep| dep.outputs.as_ref())
+            .map_or(&[][..], |o| &o.fields);
+        let (outcome, seen) = judge(served, answer, fields);
+        let outputs = match &seen {
+            Judged::Read(values) => Seen::Read(values),
+            Judged::Skipped(skip) => Seen::Skipped(*skip),
+            Judged::NotRead => Seen::NotRead,
+        };
+        let request = FinishedRequest {
+            outcome,
+            latency_us,
+            outputs,
+        };
         self.pending
-            .record(d, role, &target.version, outcome, latency_us);
+            .record(d, role, &target.version, fields, request);
         self.metrics.request(d, role, outcome, latency_us);
+        match seen {
+            Judged::Read(values) => {
+                for (i, v) in values.iter().enumerate() {
+                    self.metrics.output(d, role, i, v);
+                }
+            }
+            Judged::Skipped(skip) => self.metrics.output_skipped(d, role, skip),
+            Judged::NotRead => {}
+        }
     }
 
     /// The reports of everything recorded since the last call, which starts
@@ -231,7 +304,11 @@ impl<M: Metrics> Worker<M> {
         let deployments = &self.config.deployments;
         let splits = &self.splits;
         self.pending.drain(
-            |i| deployments.get(i).map(|d| d.name.as_str()),
+            |i| {
+                let d = deployments.get(i)?;
+                let fields = d.outputs.as_ref().map_or(&[][..], |o| &o.fields);
+                Some((d.name.as_str(), fields))
+            },
             |i, role, version| {
                 splits
                     .get(i)
@@ -300,6 +377,31 @@ impl<M: Metrics> Worker<M> {
             let bps = self.splits.get(i).map_or(0, |s| s.effective_bps().get());
             self.metrics.split(i, bps, epoch);
         }
+    }
+}
+
+/// What a served request's answer turned out to be.
+#[derive(Debug)]
+enum Judged {
+    NotRead,
+    Skipped(Skip),
+    Read(Vec<FieldValue>),
+}
+
+/// A served request's outcome once its answer is judged: a 2xx answer read
+/// whole gives a value per field, or is a `bad_output`; a skipped one is
+/// counted as such. Any other answer stays what Envoy said.
+fn judge(served: Outcome, answer: Answer, fields: &[OutputField]) -> (Outcome, Judged) {
+    if served != Outcome::Success {
+        return (served, Judged::NotRead);
+    }
+    match answer {
+        Answer::NotRead => (served, Judged::NotRead),
+        Answer::Skipped(skip) => (served, Judged::Skipped(skip)),
+        Answer::Body(body) => match read(&body, fields) {
+            Ok(values) => (served, Judged::Read(values)),
+            Err(_) => (Outcome::BadOutput, Judged::NotRead),
+        },
     }
 }
 

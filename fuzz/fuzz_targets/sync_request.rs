@@ -5,7 +5,7 @@
 //! loses a request (counts saturate rather than wrap).
 #![no_main]
 
-use coalmine_decide::window::Windows;
+use coalmine_decide::window::{Reported, Windows};
 use coalmine_protocol::sync::SyncRequest;
 use coalmine_protocol::{Outcome, Role};
 use libfuzzer_sys::fuzz_target;
@@ -28,8 +28,14 @@ fuzz_target!(|data: &[u8]| {
     let mut windows = Windows::default();
     for (r, counts, h) in &decoded {
         assert_eq!(counts.total(), h.len());
-        windows.add(&r.deployment, r.role, &r.version, 100, counts, h);
-        windows.add(&r.deployment, r.role, &r.version, 99, counts, h);
+        let reported = Reported {
+            counts,
+            latency: h,
+            outputs: &r.outputs,
+            skipped: r.outputs_skipped,
+        };
+        windows.add(&r.deployment, r.role, &r.version, 100, &reported);
+        windows.add(&r.deployment, r.role, &r.version, 99, &reported);
     }
     for (r, counts, _) in &decoded {
         let stats = windows.stats(
@@ -43,6 +49,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(stats.requests >= counts.total().min(u64::MAX / 2));
         assert!(stats.errors <= stats.requests);
         assert!((0.0..=1.0).contains(&stats.error_rate));
+        for counts in stats.outputs.values() {
+            assert!(counts.total() <= stats.requests);
+        }
         let _ = windows.count_slower(&r.deployment, Role::Canary, &r.version, 100, 60, 1.0);
     }
 });

@@ -10,12 +10,14 @@
 //! Here: the typed configuration the filter runs with. `raw`: the JSON
 //! shape as Envoy hands it over, and its validation into these types.
 
+use crate::outputs::Outputs;
 use crate::routing::RequestMatch;
 use crate::secret::Secret;
 use crate::split::DeploymentSplit;
 use std::fmt;
 use std::time::Duration;
 
+mod outputs;
 mod raw;
 
 /// A refused configuration: the field's path and what is wrong with it.
@@ -106,6 +108,8 @@ pub struct Deployment {
     pub static_split: Option<DeploymentSplit>,
     /// Salt for sticky hashing, derived from the name.
     pub sticky_seed: u64,
+    /// Which outputs of the answers are read (none: bodies are never read).
+    pub outputs: Option<Outputs>,
 }
 
 /// Shortest sync interval accepted: faster adds load without faster decisions.
@@ -380,6 +384,140 @@ mod tests {
             let err = parse(&v).expect_err(&format!("{want} should be refused: {v}"));
             assert_eq!(err.field, want, "{err}");
             assert!(err.to_string().starts_with(want), "{err}");
+        }
+    }
+
+    fn with_outputs(outputs: Value) -> Value {
+        let mut v = design_example();
+        v["deployments"][0]["outputs"] = outputs;
+        v
+    }
+
+    fn heart_outputs() -> Value {
+        json!({
+          "fields": [
+            { "name": "prediction",  "pointer": "/prediction",  "kind": "class" },
+            { "name": "probability", "pointer": "/probability", "kind": "score", "min": 0, "max": 1, "bins": 10 }
+          ],
+          "sample_percent": 100,
+          "max_body_bytes": 65536
+        })
+    }
+
+    #[test]
+    fn the_design_outputs_example_parses_and_defaults_fill_the_rest() {
+        use crate::outputs::{FieldKind, ScoreBins};
+        let c = parse(&with_outputs(heart_outputs())).unwrap();
+        let o = c.deployments[0].outputs.as_ref().unwrap();
+        assert_eq!((o.sample, o.max_body_bytes), (Bps::FULL, 65536));
+        assert_eq!(o.fields[0].kind, FieldKind::Class);
+        assert_eq!(
+            o.fields[1].kind,
+            FieldKind::Score(ScoreBins {
+                min: 0.0,
+                max: 1.0,
+                bins: 10
+            })
+        );
+        let minimal = json!({"fields": [{"name": "p", "pointer": "/p", "kind": "score", "min": -1, "max": 1}]});
+        let c = parse(&with_outputs(minimal)).unwrap();
+        let o = c.deployments[0].outputs.as_ref().unwrap();
+        assert_eq!((o.sample, o.max_body_bytes), (Bps::FULL, 64 * 1024));
+        assert!(matches!(o.fields[0].kind, FieldKind::Score(b) if b.bins == 10));
+        assert!(
+            parse(&design_example()).unwrap().deployments[0]
+                .outputs
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn invalid_outputs_are_refused_naming_the_field() {
+        let at = "deployments[0].outputs";
+        let cases: Vec<(String, Mutation)> = vec![
+            (
+                format!("{at}.fields"),
+                Box::new(|o| o["fields"] = json!([])),
+            ),
+            (
+                format!("{at}.fields[0].name"),
+                Box::new(|o| o["fields"][0]["name"] = json!("Pred")),
+            ),
+            (
+                format!("{at}.fields[1].name"),
+                Box::new(|o| o["fields"][1]["name"] = json!("prediction")),
+            ),
+            (
+                format!("{at}.fields[0].pointer"),
+                Box::new(|o| o["fields"][0]["pointer"] = json!("prediction")),
+            ),
+            (
+                format!("{at}.fields[0].pointer"),
+                Box::new(|o| o["fields"][0]["pointer"] = json!("/a~2")),
+            ),
+            (
+                format!("{at}.fields[0].kind"),
+                Box::new(|o| o["fields"][0]["kind"] = json!("label")),
+            ),
+            (
+                format!("{at}.fields[0].bins"),
+                Box::new(|o| o["fields"][0]["bins"] = json!(4)),
+            ),
+            (
+                format!("{at}.fields[1].min"),
+                Box::new(|o| {
+                    o["fields"][1].as_object_mut().unwrap().remove("min");
+                }),
+            ),
+            (
+                format!("{at}.fields[1].max"),
+                Box::new(|o| o["fields"][1]["max"] = json!(0)),
+            ),
+            (
+                format!("{at}.fields[1].bins"),
+                Box::new(|o| o["fields"][1]["bins"] = json!(0)),
+            ),
+            (
+                format!("{at}.fields[1].bins"),
+                Box::new(|o| o["fields"][1]["bins"] = json!(101)),
+            ),
+            (
+                format!("{at}.fields[1].colour"),
+                Box::new(|o| o["fields"][1]["colour"] = json!(1)),
+            ),
+            (
+                format!("{at}.sample_percent"),
+                Box::new(|o| o["sample_percent"] = json!(101)),
+            ),
+            (
+                format!("{at}.max_body_bytes"),
+                Box::new(|o| o["max_body_bytes"] = json!(0)),
+            ),
+            (
+                format!("{at}.max_body_bytes"),
+                Box::new(|o| o["max_body_bytes"] = json!(2_000_000)),
+            ),
+            (
+                format!("{at}.fields"),
+                Box::new(|o| {
+                    let f = o["fields"][0].clone();
+                    o["fields"] = json!(
+                        (0..9)
+                            .map(|i| {
+                                let mut f = f.clone();
+                                f["name"] = json!(format!("f{i}"));
+                                f
+                            })
+                            .collect::<Vec<_>>()
+                    );
+                }),
+            ),
+        ];
+        for (want, mutate) in cases {
+            let mut o = heart_outputs();
+            mutate(&mut o);
+            let err = parse(&with_outputs(o.clone())).expect_err(&format!("{want}: {o}"));
+            assert_eq!(err.field, want, "{err}");
         }
     }
 

@@ -13,7 +13,10 @@
 //! - [`routing`]: which deployment a request belongs to, and which role serves
 //!   it, uniformly at random or sticky by a user key.
 //! - [`outcome`]: the outcome class of a finished request (2xx/3xx, 4xx, 5xx,
-//!   reset).
+//!   reset, bad_output).
+//! - [`outputs`]: what a deployment's answers say: the fields read, reading
+//!   and binning them, a body collected as it passes, the counts by label
+//!   or bin.
 //! - [`stats`]: per-role outcome counters and latency HdrHistograms, their
 //!   wire encoding, and a worker's statistics pending its next report.
 //! - [`sync`]: the messages between filter and controller and their limits;
@@ -39,6 +42,7 @@
 pub mod active;
 pub mod config;
 pub mod outcome;
+pub mod outputs;
 pub mod routing;
 pub mod secret;
 pub mod shared;

@@ -4,7 +4,9 @@
 //! `response.code_details`. A response the upstream actually sent is classed
 //! by its status; a request that never got one from the model (reset,
 //! timeout, connection refused, no healthy host) is a `reset`, even when
-//! Envoy answered the client with a local 503/504.
+//! Envoy answered the client with a local 503/504. A 2xx answer whose body
+//! was read for its outputs and could not be (not JSON, a field missing or
+//! of the wrong kind) is a `bad_output`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -24,6 +26,9 @@ pub enum Outcome {
     /// No response from the upstream.
     #[serde(rename = "reset")]
     Reset,
+    /// A 2xx answer read for its outputs that holds no usable answer.
+    #[serde(rename = "bad_output")]
+    BadOutput,
 }
 
 /// `response.code_details` prefixes that mean the upstream never answered.
@@ -37,11 +42,12 @@ const NO_RESPONSE_DETAILS: [&[u8]; 6] = [
 ];
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Success,
         Outcome::ClientError,
         Outcome::ServerError,
         Outcome::Reset,
+        Outcome::BadOutput,
     ];
 
     /// The label used in metric names and JSON.
@@ -51,16 +57,18 @@ impl Outcome {
             Outcome::ClientError => "4xx",
             Outcome::ServerError => "5xx",
             Outcome::Reset => "reset",
+            Outcome::BadOutput => "bad_output",
         }
     }
 
-    /// A dense index (0 ..= 3) for per-class arrays.
+    /// A dense index (0 ..= 4) for per-class arrays.
     pub fn index(self) -> usize {
         match self {
             Outcome::Success => 0,
             Outcome::ClientError => 1,
             Outcome::ServerError => 2,
             Outcome::Reset => 3,
+            Outcome::BadOutput => 4,
         }
     }
 
@@ -130,6 +138,6 @@ mod tests {
             assert_eq!(o.index(), i);
         }
         let json = serde_json::to_string(&Outcome::ALL).unwrap();
-        assert_eq!(json, r#"["2xx","4xx","5xx","reset"]"#);
+        assert_eq!(json, r#"["2xx","4xx","5xx","reset","bad_output"]"#);
     }
 }

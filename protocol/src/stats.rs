@@ -11,7 +11,7 @@ mod histogram;
 mod pending;
 
 pub use histogram::{HistogramError, MAX_HISTOGRAM_BYTES, decode_histogram, encode_histogram};
-pub use pending::PendingReports;
+pub use pending::{FinishedRequest, PendingReports};
 
 use crate::outcome::Outcome;
 use hdrhistogram::Histogram;
@@ -28,14 +28,14 @@ pub struct StatsError(#[from] hdrhistogram::CreationError);
 /// What one role of one deployment saw.
 #[derive(Clone, Debug)]
 pub struct RoleStats {
-    counts: [u64; 4],
+    counts: [u64; Outcome::ALL.len()],
     latency_us: Histogram<u64>,
 }
 
 impl RoleStats {
     pub fn try_new() -> Result<RoleStats, StatsError> {
         Ok(RoleStats {
-            counts: [0; 4],
+            counts: [0; Outcome::ALL.len()],
             latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)?,
         })
     }
@@ -63,7 +63,7 @@ impl RoleStats {
 
     /// Forgets everything recorded so far (keeps the allocation).
     pub fn clear(&mut self) {
-        self.counts = [0; 4];
+        self.counts = [0; Outcome::ALL.len()];
         self.latency_us.reset();
     }
 }

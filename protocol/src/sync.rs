@@ -16,6 +16,7 @@
 //!   which the filter's tick and HTTP callbacks drive.
 
 use crate::outcome::Outcome;
+use crate::outputs::{FieldReport, MAX_FIELDS, Skips, check_field_name};
 use crate::split::{Role, SplitTable};
 use crate::stats::{HistogramError, RoleStats, decode_histogram, encode_histogram};
 use hdrhistogram::Histogram;
@@ -44,7 +45,7 @@ pub const MAX_REPORT_REQUESTS: u64 = 1 << 40;
 
 /// What a filter worker sends.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     /// The proxy's node id (`xds.node.id`).
@@ -61,7 +62,7 @@ pub struct SyncRequest {
 
 /// One deployment role's delta since the last acknowledged report.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleReport {
     pub deployment: String,
@@ -71,6 +72,12 @@ pub struct RoleReport {
     pub counts: OutcomeCounts,
     /// Latencies in µs: an HdrHistogram in V2 encoding, base64.
     pub latency_us: String,
+    /// What the answers read said, per field (deployments with `outputs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<FieldReport>,
+    /// Answers not read, by why.
+    #[serde(default, skip_serializing_if = "Skips::is_empty")]
+    pub outputs_skipped: Skips,
 }
 
 /// Requests per outcome class.
@@ -86,6 +93,12 @@ pub struct OutcomeCounts {
     pub server_error: u64,
     #[serde(default)]
     pub reset: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_output: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl OutcomeCounts {
@@ -95,6 +108,7 @@ impl OutcomeCounts {
             Outcome::ClientError => self.client_error,
             Outcome::ServerError => self.server_error,
             Outcome::Reset => self.reset,
+            Outcome::BadOutput => self.bad_output,
         }
     }
 
@@ -104,6 +118,7 @@ impl OutcomeCounts {
             Outcome::ClientError => &mut self.client_error,
             Outcome::ServerError => &mut self.server_error,
             Outcome::Reset => &mut self.reset,
+            Outcome::BadOutput => &mut self.bad_output,
         };
         *c = c.saturating_add(n);
     }
@@ -148,6 +163,8 @@ pub enum ReportError {
     CountMismatch { counts: u64, histogram: u64 },
     #[error("{0} requests in one report is more than the limit of {MAX_REPORT_REQUESTS}")]
     TooManyRequests(u64),
+    #[error("outputs: {0}")]
+    Outputs(String),
 }
 
 impl From<HistogramError> for ReportError {
@@ -161,7 +178,7 @@ impl From<HistogramError> for ReportError {
 }
 
 impl RoleReport {
-    /// The report of one role's statistics.
+    /// The report of one role's statistics (no outputs).
     pub fn from_stats(
         deployment: &str,
         role: Role,
@@ -178,7 +195,46 @@ impl RoleReport {
             version: version.to_string(),
             counts,
             latency_us: encode_histogram(stats.latency_us()),
+            outputs: Vec::new(),
+            outputs_skipped: Skips::default(),
         }
+    }
+
+    /// The outputs part: at most [`MAX_FIELDS`] distinct, well-named fields,
+    /// each within its limits and counting no more answers than the 2xx
+    /// answers reported; no more skipped than answered.
+    fn check_outputs(&self) -> Result<(), ReportError> {
+        let bad = |m: String| Err(ReportError::Outputs(m));
+        if self.outputs.len() > MAX_FIELDS {
+            return bad(format!(
+                "{} fields is more than the limit of {MAX_FIELDS}",
+                self.outputs.len()
+            ));
+        }
+        for (i, f) in self.outputs.iter().enumerate() {
+            check_field_name(&f.field).or_else(bad)?;
+            if self.outputs.iter().take(i).any(|g| g.field == f.field) {
+                return bad(format!("field {:?} is reported twice", f.field));
+            }
+            f.counts
+                .check()
+                .or_else(|m| bad(format!("{}: {m}", f.field)))?;
+            let read = f.counts.total();
+            if read > self.counts.success {
+                return bad(format!(
+                    "{}: {read} answers read, but only {} 2xx answers reported",
+                    f.field, self.counts.success
+                ));
+            }
+        }
+        let answered = self.counts.success.saturating_add(self.counts.bad_output);
+        if self.outputs_skipped.total() > answered {
+            return bad(format!(
+                "{} answers skipped, but only {answered} 2xx answers reported",
+                self.outputs_skipped.total()
+            ));
+        }
+        Ok(())
     }
 
     /// Decodes the histogram and checks it agrees with the counts.
@@ -187,6 +243,7 @@ impl RoleReport {
         if total > MAX_REPORT_REQUESTS {
             return Err(ReportError::TooManyRequests(total));
         }
+        self.check_outputs()?;
         let h = decode_histogram(&self.latency_us)?;
         if h.len() != total {
             return Err(ReportError::CountMismatch {
@@ -286,6 +343,60 @@ mod tests {
             s.latency_us().value_at_quantile(0.75)
         );
         assert!(req.check().is_ok());
+    }
+
+    #[test]
+    fn outputs_in_a_report_are_held_to_their_limits() {
+        use crate::outputs::FieldCounts;
+        let class = |labels: &[(&str, u64)]| FieldCounts::Class {
+            labels: labels.iter().map(|&(l, n)| (l.to_string(), n)).collect(),
+            other: 0,
+        };
+        let field = |name: &str, counts: FieldCounts| FieldReport {
+            field: name.into(),
+            counts,
+        };
+        // Three 2xx answers and a bad one.
+        let mut r = RoleReport::from_stats("d", Role::Canary, "v2", &stats(&[5, 6, 7, 8], 0));
+        r.counts.success = 3;
+        r.counts.bad_output = 1;
+        r.outputs = vec![field("prediction", class(&[("0", 2), ("1", 1)]))];
+        r.outputs_skipped = Skips {
+            too_large: 1,
+            encoded: 0,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""bad_output":1"#), "{json}");
+        assert_eq!(serde_json::from_str::<RoleReport>(&json).unwrap(), r);
+        assert!(r.decode().is_ok());
+        let refused = |change: &dyn Fn(&mut RoleReport)| {
+            let mut bad = r.clone();
+            change(&mut bad);
+            matches!(bad.decode(), Err(ReportError::Outputs(_)))
+        };
+        assert!(refused(
+            &|b| b.outputs[0] = field("prediction", class(&[("0", 4)]))
+        ));
+        assert!(refused(&|b| b.outputs.push(b.outputs[0].clone())));
+        assert!(refused(&|b| b.outputs[0].field = "Pred".into()));
+        assert!(refused(&|b| b.outputs_skipped.encoded = 4));
+        assert!(refused(&|b| {
+            let many: Vec<(String, u64)> = (0..17).map(|i| (format!("l{i}"), 0)).collect();
+            let many: Vec<(&str, u64)> = many.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+            b.outputs[0] = field("prediction", class(&many));
+        }));
+        assert!(refused(&|b| {
+            b.outputs = (0..9)
+                .map(|i| field(&format!("f{i}"), class(&[])))
+                .collect();
+        }));
+        // Reports without outputs carry none on the wire.
+        let plain = RoleReport::from_stats("d", Role::Baseline, "v1", &stats(&[5], 0));
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("outputs") && !json.contains("bad_output"),
+            "{json}"
+        );
     }
 
     #[test]

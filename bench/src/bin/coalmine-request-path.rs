@@ -12,8 +12,9 @@
 use coalmine_protocol::Outcome;
 use coalmine_protocol::PluginConfig;
 use coalmine_protocol::active::ActiveSplits;
+use coalmine_protocol::outputs::Seen;
 use coalmine_protocol::routing::{find_match, point_from_draw, role_at};
-use coalmine_protocol::stats::PendingReports;
+use coalmine_protocol::stats::{FinishedRequest, PendingReports};
 use std::hint::black_box;
 
 fn main() -> anyhow::Result<()> {
@@ -47,18 +48,22 @@ fn main() -> anyhow::Result<()> {
         let role = role_at(point_from_draw(draw), split.effective_bps());
         let outcome = Outcome::classify(black_box(200), black_box(b"via_upstream"));
         if let Some(target) = split.target(role) {
-            pending.record(
-                index,
-                role,
-                &target.version,
+            let request = FinishedRequest {
                 outcome,
-                1_500 + (draw % 2_000),
-            );
+                latency_us: 1_500 + (draw % 2_000),
+                outputs: Seen::NotRead,
+            };
+            pending.record(index, role, &target.version, &[], request);
         }
         if i % 1_000 == 999 {
             reports += pending
                 .drain(
-                    |d| config.deployments.get(d).map(|d| d.name.as_str()),
+                    |d| {
+                        config
+                            .deployments
+                            .get(d)
+                            .map(|d| (d.name.as_str(), &[][..]))
+                    },
                     |_, _, _| true,
                 )
                 .len();

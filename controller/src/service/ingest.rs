@@ -6,7 +6,7 @@ use crate::clock::Millis;
 use crate::metrics::{Metrics, SyncResult};
 use coalmine_decide::engine::Deployment;
 use coalmine_decide::observe::{Observations, observe};
-use coalmine_decide::window::Windows;
+use coalmine_decide::window::{Reported, Windows};
 use coalmine_protocol::sync::{ReportError, SyncRequest};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -72,7 +72,13 @@ impl Ingest {
         metrics.sync_report(SyncResult::Accepted);
         if let Ok(mut windows) = self.windows.lock() {
             for (r, counts, h) in &decoded {
-                windows.add(&r.deployment, r.role, &r.version, now / 1000, counts, h);
+                let reported = Reported {
+                    counts,
+                    latency: h,
+                    outputs: &r.outputs,
+                    skipped: r.outputs_skipped,
+                };
+                windows.add(&r.deployment, r.role, &r.version, now / 1000, &reported);
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! and its validation into the typed configuration: defaults filled in,
 //! every value checked, every error naming its field.
 
+use super::outputs::RawOutputs;
 use super::{
     ConfigError, ControllerConfig, Deployment, HeaderNames, MIN_INTERVAL_MS, MIN_TESTER_SECRET_LEN,
     PluginConfig, TesterOverride, check_deployment_name,
@@ -97,6 +98,8 @@ struct RawDeployment {
     sticky_header: Option<String>,
     #[serde(default, rename = "static")]
     static_split: Option<RawStatic>,
+    #[serde(default)]
+    outputs: Option<RawOutputs>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +305,10 @@ impl RawDeployment {
             }
             None => None,
         };
+        let outputs = self
+            .outputs
+            .map(|o| o.validate(&format!("{field}.outputs")))
+            .transpose()?;
         Ok(Deployment {
             sticky_seed: sticky_seed(&self.name),
             name: self.name,
@@ -311,6 +318,7 @@ impl RawDeployment {
             },
             sticky_header: self.sticky_header,
             static_split,
+            outputs,
         })
     }
 }
