@@ -19,7 +19,9 @@
 use anyhow::{Context as _, Result, bail};
 use coalmine_client::Action;
 use coalmine_client::types::{CreateDeployment, RegisterVersion, StartCanary};
-use coalmine_e2e::{ControllerProc, Envoy, EnvoyConfig, SYNC_TOKEN, poll, prometheus_value};
+use coalmine_e2e::{
+    ControllerProc, Envoy, EnvoyConfig, SYNC_TOKEN, poll, prometheus_value, without_outputs,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -119,6 +121,7 @@ impl Bench {
     pub fn plugin_config(&self) -> Value {
         let mut p = EnvoyConfig::shipped("envoy.yaml")
             .and_then(|mut c| c.shipped_plugin_config())
+            .map(without_outputs)
             .unwrap_or_else(|_| json!({}));
         p["controller"]["token"] = json!(SYNC_TOKEN);
         p["controller"]["interval_ms"] = json!(1000);

@@ -2,8 +2,10 @@
 
 use coalmine_client::types::{DeploymentView, StoredEvent};
 use coalmine_decide::engine::Version;
+use coalmine_decide::rules::compare;
 use coalmine_decide::window::RoleWindowStats;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use std::collections::BTreeSet;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -91,6 +93,7 @@ pub fn status(d: &DeploymentView) -> String {
     t.add_row(role_row("baseline", &h.baseline));
     t.add_row(role_row("canary", &h.canary));
     out.push_str(&t.to_string());
+    out.push_str(&outputs(&h.baseline, &h.canary));
     out.push_str(&format!(
         "\n\nverdict {}   recommendation {}   (window {} s)\n",
         h.verdict.as_str(),
@@ -99,6 +102,40 @@ pub fn status(d: &DeploymentView) -> String {
     ));
     for r in &h.reasons {
         out.push_str(&format!("  - {}\n", r.message));
+    }
+    out
+}
+
+/// What each role answered, field by field: every value's share on both
+/// roles, the shift between them, and answers not read.
+fn outputs(baseline: &RoleWindowStats, canary: &RoleWindowStats) -> String {
+    let fields: BTreeSet<&String> = baseline
+        .outputs
+        .keys()
+        .chain(canary.outputs.keys())
+        .collect();
+    let mut out = String::new();
+    for field in fields {
+        let Some(c) = compare(canary.outputs.get(field), baseline.outputs.get(field)) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "\n\n{field}: {} baseline and {} canary answers read, shift {:.2}\n",
+            c.baseline_samples, c.canary_samples, c.shift
+        ));
+        let mut t = table(&["value", "baseline", "canary"]);
+        for s in &c.shares {
+            t.add_row(vec![s.value.clone(), pct(s.baseline), pct(s.canary)]);
+        }
+        out.push_str(&t.to_string());
+    }
+    let skipped = baseline.outputs_skipped.total() + canary.outputs_skipped.total();
+    if skipped > 0 {
+        out.push_str(&format!(
+            "\nanswers not read (too large or compressed): baseline {}, canary {}",
+            baseline.outputs_skipped.total(),
+            canary.outputs_skipped.total()
+        ));
     }
     out
 }
@@ -164,8 +201,11 @@ mod tests {
             "health": {"verdict": "CRITICAL", "recommendation": "ROLLBACK", "window_seconds": 60,
                 "reasons": [{"code": "error_rate_critical", "numbers": {},
                     "message": "canary error rate 25.0 % exceeds baseline 0.0 % by 25.0 pp (limit 5.0 pp)"}],
-                "baseline": {"requests": 400, "errors": 0, "error_rate": 0.0, "p50_ms": 3.1, "p95_ms": 9.9, "p99_ms": 12.0},
-                "canary": {"requests": 100, "errors": 25, "error_rate": 0.25, "p50_ms": null, "p95_ms": null, "p99_ms": null}}
+                "baseline": {"requests": 400, "errors": 0, "error_rate": 0.0, "p50_ms": 3.1, "p95_ms": 9.9, "p99_ms": 12.0,
+                    "outputs": {"prediction": {"class": {"labels": {"0": 200, "1": 200}, "other": 0}}}},
+                "canary": {"requests": 100, "errors": 25, "error_rate": 0.25, "p50_ms": null, "p95_ms": null, "p99_ms": null,
+                    "outputs": {"prediction": {"class": {"labels": {"0": 30, "1": 70}, "other": 0}}},
+                    "outputs_skipped": {"too_large": 2, "encoded": 0}}}
         }))
         .unwrap();
         let out = status(&d);
@@ -176,6 +216,9 @@ mod tests {
             "CRITICAL",
             "ROLLBACK",
             "- canary error rate 25.0 %",
+            "prediction: 400 baseline and 100 canary answers read, shift 0.20",
+            "70.00 %",
+            "answers not read (too large or compressed): baseline 0, canary 2",
         ] {
             assert!(out.contains(want), "{want:?} missing in\n{out}");
         }

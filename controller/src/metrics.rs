@@ -1,13 +1,16 @@
 //! The controller's Prometheus metrics (`GET /metrics`).
 
 use coalmine_decide::engine::{Deployment, EventKind};
+use coalmine_decide::rules::compare;
 use coalmine_decide::verdict::VerdictKind;
+use coalmine_decide::window::RoleWindowStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,6 +31,20 @@ struct ActorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FieldLabels {
+    deployment: String,
+    field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShareLabels {
+    deployment: String,
+    role: String,
+    field: String,
+    value: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -43,6 +60,8 @@ pub struct Metrics {
     sync_reports: Family<ResultLabel, Counter>,
     evaluation_seconds: Histogram,
     webhooks: Family<ResultLabel, Counter>,
+    output_share: Family<ShareLabels, Gauge<f64, AtomicU64>>,
+    output_shift: Family<FieldLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// How a sync report was taken.
@@ -74,6 +93,8 @@ impl Default for Metrics {
             sync_reports: Family::default(),
             evaluation_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             webhooks: Family::default(),
+            output_share: Family::default(),
+            output_shift: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -110,6 +131,16 @@ impl Default for Metrics {
             "webhook_deliveries",
             "Webhook deliveries by result",
             m.webhooks.clone(),
+        );
+        registry.register(
+            "output_share",
+            "Each role's share of its answers read with this value of an output field, over the policy's window",
+            m.output_share.clone(),
+        );
+        registry.register(
+            "output_shift",
+            "How far the canary's distribution of an output field is from the baseline's (total variation distance), over the policy's window",
+            m.output_shift.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -152,6 +183,42 @@ impl Metrics {
                 self.verdict
                     .get_or_create(&labels)
                     .set(i64::from(kind == verdict));
+            }
+        }
+    }
+
+    /// Each output field's distributions and shift, from both roles'
+    /// window statistics.
+    pub fn observe_outputs(
+        &self,
+        deployment: &str,
+        baseline: &RoleWindowStats,
+        canary: &RoleWindowStats,
+    ) {
+        let fields: BTreeSet<&String> = baseline
+            .outputs
+            .keys()
+            .chain(canary.outputs.keys())
+            .collect();
+        for field in fields {
+            let Some(c) = compare(canary.outputs.get(field), baseline.outputs.get(field)) else {
+                continue;
+            };
+            let labels = FieldLabels {
+                deployment: deployment.to_string(),
+                field: field.clone(),
+            };
+            self.output_shift.get_or_create(&labels).set(c.shift);
+            for s in &c.shares {
+                for (role, share) in [("baseline", s.baseline), ("canary", s.canary)] {
+                    let labels = ShareLabels {
+                        deployment: deployment.to_string(),
+                        role: role.to_string(),
+                        field: field.clone(),
+                        value: s.value.clone(),
+                    };
+                    self.output_share.get_or_create(&labels).set(share);
+                }
             }
         }
     }

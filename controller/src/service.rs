@@ -434,7 +434,14 @@ impl Controller {
             .map(|d| {
                 let verdict = state.verdict_of(d);
                 self.metrics.observe_deployment(d, Some(verdict));
-                let obs = self.ingest.observe(d, now);
+                let mut obs = self.ingest.observe(d, now);
+                self.metrics
+                    .observe_outputs(&d.name, &obs.baseline, &obs.canary);
+                // The charts draw requests, errors and latency; a second's
+                // output mix is in health and /metrics, not in history.
+                for role in [&mut obs.baseline, &mut obs.canary] {
+                    role.outputs.clear();
+                }
                 let sample = Sample {
                     at: now,
                     canary_percent: d.canary.as_ref().map_or(0.0, |c| c.bps.as_percent()),

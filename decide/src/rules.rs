@@ -14,7 +14,7 @@
 
 mod outputs;
 
-pub use outputs::{OutputFindings, outputs};
+pub use outputs::{FieldComparison, OutputFindings, Share, compare, outputs};
 
 use crate::observe::Observations;
 use crate::policy::Policy;

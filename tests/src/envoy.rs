@@ -99,9 +99,9 @@ impl EnvoyConfig {
     }
 
     /// The shipped plugin configuration without its `controller` block
-    /// (standalone mode).
+    /// (standalone mode) and without reading outputs.
     pub fn standalone_plugin_config(&mut self) -> Result<serde_json::Value> {
-        let mut plugin = self.shipped_plugin_config()?;
+        let mut plugin = without_outputs(self.shipped_plugin_config()?);
         if let Some(o) = plugin.as_object_mut() {
             o.remove("controller");
         }
@@ -376,4 +376,15 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plugin configuration whose deployments read no outputs (answers are
+/// judged by status and latency alone, as before outputs existed).
+pub fn without_outputs(mut plugin: serde_json::Value) -> serde_json::Value {
+    if let Some(deployments) = plugin["deployments"].as_array_mut() {
+        for d in deployments.iter_mut().filter_map(|d| d.as_object_mut()) {
+            d.remove("outputs");
+        }
+    }
+    plugin
 }

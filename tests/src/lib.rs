@@ -34,7 +34,7 @@ mod stack;
 mod upstream;
 pub use browser::Browser;
 pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin};
-pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions};
+pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, without_outputs};
 pub use load::{Load, Sample};
 pub use models::ModelServer;
 pub use receiver::Receiver;

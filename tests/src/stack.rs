@@ -3,6 +3,7 @@
 
 use crate::{
     ControllerProc, Envoy, EnvoyConfig, Load, SYNC_TOKEN, Sample, Upstream, poll, prometheus_value,
+    without_outputs,
 };
 use anyhow::Result;
 use coalmine_client::types::DeploymentView;
@@ -21,9 +22,10 @@ pub struct Stack {
 }
 
 /// The shipped plugin configuration pointed at the test controller; no
-/// static split, so nothing reaches the canary before the controller says so.
+/// static split, so nothing reaches the canary before the controller says
+/// so, and no outputs read (the tests that read them add them back).
 pub fn plugin(lease_ms: u64) -> Result<Value> {
-    let mut p = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+    let mut p = without_outputs(EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?);
     p["controller"]["token"] = json!(SYNC_TOKEN);
     p["controller"]["interval_ms"] = json!(INTERVAL_MS);
     p["controller"]["lease_ms"] = json!(lease_ms);

@@ -137,6 +137,9 @@ async fn serve(
     (
         status,
         [("x-served-by", HeaderValue::from_static(s.name))],
-        axum::Json(serde_json::json!({ "served_by": s.name })),
+        // Answers like a model, so a deployment reading outputs reads these.
+        axum::Json(
+            serde_json::json!({ "served_by": s.name, "prediction": 1, "probability": 0.75 }),
+        ),
     )
 }

@@ -197,6 +197,54 @@ impl Compared {
     }
 }
 
+/// One value of a field (a label or a score slot's range) and each role's
+/// share of its answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Share {
+    pub value: String,
+    pub canary: f64,
+    pub baseline: f64,
+}
+
+/// A field's two distributions side by side, for people and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldComparison {
+    pub shares: Vec<Share>,
+    /// The observed shift (total variation distance).
+    pub shift: f64,
+    pub canary_samples: u64,
+    pub baseline_samples: u64,
+}
+
+/// Both roles' distribution of a field (`None` if they count it
+/// differently); a role that has not reported it counts as empty.
+pub fn compare(
+    canary: Option<&FieldCounts>,
+    baseline: Option<&FieldCounts>,
+) -> Option<FieldComparison> {
+    let (c, b) = match (canary, baseline) {
+        (Some(c), Some(b)) => (c.clone(), b.clone()),
+        (Some(c), None) => (c.clone(), c.emptied()),
+        (None, Some(b)) => (b.emptied(), b.clone()),
+        (None, None) => return None,
+    };
+    let cmp = Compared::of(&c, &b)?;
+    Some(FieldComparison {
+        shares: cmp
+            .categories
+            .iter()
+            .map(|k| Share {
+                value: k.name.clone(),
+                canary: Compared::share(k.canary, cmp.canary),
+                baseline: Compared::share(k.baseline, cmp.baseline),
+            })
+            .collect(),
+        shift: cmp.shift(),
+        canary_samples: cmp.canary,
+        baseline_samples: cmp.baseline,
+    })
+}
+
 /// Every field both roles reported, judged.
 pub fn outputs(policy: &Policy, obs: &Observations, guard: Option<f64>) -> OutputFindings {
     let rule = &policy.outputs;
