@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 pub mod capacity;
 pub mod dataplane;
+pub mod heart;
 pub mod machine;
 pub mod profile;
 pub mod report;

@@ -3,23 +3,27 @@
 //!
 //! Each run starts a canary at t = 0 and feeds Poisson arrivals (optionally
 //! bursty: the rate jumps every 30 s) split by `coalmine_protocol::routing`,
-//! with per-role error rates and log-normal latencies, into [`Windows`] one
-//! second at a time; then `engine::step` decides on what
-//! [`observe`] reads, exactly as the controller does. A run ends at a
-//! rollback, a promotion, or after its duration.
+//! with per-role error rates, log-normal latencies and, for scenarios with
+//! outputs, answers drawn from each role's distribution of the probability
+//! (`sim/traffic.rs`), into [`Windows`] one second at a time; then
+//! `engine::step` decides on what [`observe`] reads, exactly as the
+//! controller does. A run ends at a rollback, a promotion, or after its
+//! duration.
+
+mod traffic;
+
+pub use traffic::{PROBABILITY, RoleSecond, heart_fields};
 
 use crate::engine::{self, Command, Deployment, EventKind, Millis, OPERATOR};
 use crate::observe::observe;
 use crate::policy::Policy;
+use crate::verdict::VerdictKind;
 use crate::window::{Reported, Windows};
-use coalmine_protocol::routing::{point_from_draw, role_at};
-use coalmine_protocol::stats::RoleStats;
-use coalmine_protocol::sync::OutcomeCounts;
-use coalmine_protocol::{Outcome, Role, Target};
-use rand::{Rng, RngCore, SeedableRng};
+use coalmine_protocol::Target;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, LogNormal, Poisson};
 use serde::Serialize;
+use traffic::Traffic;
 
 /// What a simulated deployment sees.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -37,6 +41,16 @@ pub struct Scenario {
     pub steps: Vec<f64>,
     pub bake_seconds: u64,
     pub duration_seconds: u64,
+    /// What each role's answers say (none: outputs are not read).
+    pub outputs: Option<OutputsModel>,
+}
+
+/// Each role's distribution of the probability its answers give, over the
+/// slots of [`PROBABILITY`] (below, ten bins, above).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutputsModel {
+    pub baseline: Vec<f64>,
+    pub canary: Vec<f64>,
 }
 
 impl Scenario {
@@ -54,6 +68,40 @@ impl Scenario {
             steps: vec![10.0, 100.0],
             bake_seconds: 3600,
             duration_seconds: 600,
+            outputs: None,
+        }
+    }
+
+    /// A/A with outputs: the same model on both roles at 20 % of 100
+    /// requests/s, stepping 20 → 50 → 100 % with 30 s bakes, 10 minutes.
+    pub fn outputs_aa(model: &[f64]) -> Scenario {
+        Scenario {
+            name: "outputs_aa".into(),
+            canary_percent: 20.0,
+            steps: vec![20.0, 50.0, 100.0],
+            bake_seconds: 30,
+            outputs: Some(OutputsModel {
+                baseline: model.to_vec(),
+                canary: model.to_vec(),
+            }),
+            ..Scenario::aa()
+        }
+    }
+
+    /// A model that answers fast, without errors, and differently (e.g.
+    /// underfit) at `percent` of 100 requests/s, held there for 2 minutes.
+    pub fn outputs_shift(percent: f64, baseline: &[f64], canary: &[f64]) -> Scenario {
+        Scenario {
+            name: format!("outputs_shift_{percent}pct"),
+            bursty: false,
+            canary_percent: percent,
+            steps: vec![percent, 100.0],
+            duration_seconds: 120,
+            outputs: Some(OutputsModel {
+                baseline: baseline.to_vec(),
+                canary: canary.to_vec(),
+            }),
+            ..Scenario::aa()
         }
     }
 
@@ -115,6 +163,8 @@ pub struct RunOutcome {
     /// Seconds after the canary started.
     pub rolled_back_at: Option<u64>,
     pub promoted_at: Option<u64>,
+    /// The longest stretch of DEGRADED verdicts in a row (a hold), seconds.
+    pub longest_hold_s: u64,
 }
 
 const T0: Millis = 1_700_000_000_000;
@@ -156,57 +206,33 @@ fn started(policy: Policy, s: &Scenario) -> Option<Deployment> {
 pub fn run(s: &Scenario, policy: &Policy, seed: u64) -> RunOutcome {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = RunOutcome::default();
-    let Some(mut d) = started(policy_for(policy, s), s) else {
-        return out;
-    };
-    let (Ok(latency), Ok(mut stats)) = (
-        LogNormal::new(s.latency_median_ms.ln(), 0.3),
-        [RoleStats::try_new(), RoleStats::try_new()]
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>(),
-    ) else {
+    let (Some(mut d), Some(mut traffic)) = (started(policy_for(policy, s), s), Traffic::new(s))
+    else {
         return out;
     };
     let mut windows = Windows::default();
-    let mut burst = 1.0;
+    let mut hold = 0;
     for t in 0..s.duration_seconds {
-        if s.bursty && t % 30 == 0 {
-            burst = rng.random_range(0.3..2.0);
-        }
         let split = d.split();
-        let n = Poisson::new(s.rps * burst).map_or(0.0, |p| p.sample(&mut rng)) as u64;
-        for _ in 0..n {
-            let role = role_at(point_from_draw(rng.next_u64()), split.effective_bps());
-            let (error_rate, shift) = match role {
-                Role::Baseline => (s.baseline_error_rate, 0.0),
-                Role::Canary => (s.canary_error_rate, s.canary_latency_shift_ms),
-            };
-            let outcome = if rng.random_bool(error_rate.clamp(0.0, 1.0)) {
-                Outcome::ServerError
-            } else {
-                Outcome::Success
-            };
-            let ms = latency.sample(&mut rng) + shift;
-            if let Some(st) = stats.get_mut(role.index()) {
-                st.record(outcome, (ms * 1000.0) as u64);
-            }
-        }
-        for role in Role::ALL {
-            let Some(st) = stats.get_mut(role.index()) else {
-                continue;
-            };
+        traffic.second(s, &split, t, &mut rng, |role, second, stats| {
             if let Some(target) = split.target(role) {
-                let mut counts = OutcomeCounts::default();
-                for o in Outcome::ALL {
-                    counts.add(o, st.count(o));
-                }
-                let reported = Reported::requests(&counts, st.latency_us());
+                let reported = Reported {
+                    counts: &second.counts,
+                    latency: stats.latency_us(),
+                    outputs: &second.outputs,
+                    skipped: second.skipped,
+                };
                 windows.add("sim", role, &target.version, T0 / 1000 + t, &reported);
             }
-            st.clear();
-        }
+        });
         let now = T0 + (t + 1) * 1000;
         let step = engine::step(&d, &observe(&windows, &d, now), now);
+        let degraded = step
+            .verdict
+            .as_ref()
+            .is_some_and(|v| v.verdict == VerdictKind::Degraded);
+        hold = if degraded { hold + 1 } else { 0 };
+        out.longest_hold_s = out.longest_hold_s.max(hold);
         for e in &step.transition.events {
             match e.kind {
                 EventKind::AutoRollbackTriggered => out.rolled_back_at = Some(t + 1),
@@ -286,6 +312,16 @@ pub fn detection(scenario: &str, policy: &str, outcomes: &[RunOutcome]) -> Detec
     }
 }
 
+/// The share of runs with a hold (DEGRADED in a row) longer than `seconds`
+/// (in an A/A comparison: all of them false).
+pub fn held_longer_than(outcomes: &[RunOutcome], seconds: u64) -> f64 {
+    outcomes
+        .iter()
+        .filter(|o| o.longest_hold_s > seconds)
+        .count() as f64
+        / outcomes.len().max(1) as f64
+}
+
 /// The share of runs rolled back (in an A/A comparison: all of them false).
 pub fn rollback_rate(outcomes: &[RunOutcome]) -> f64 {
     outcomes
@@ -315,6 +351,29 @@ mod tests {
         assert!(run(&s, &naive, 1).rolled_back_at.is_some());
     }
 
+    /// Slots of the probability: below, ten bins, above.
+    const CONFIDENT: [f64; 12] = [
+        0.0, 0.30, 0.12, 0.05, 0.04, 0.03, 0.03, 0.04, 0.06, 0.13, 0.20, 0.0,
+    ];
+    const UNDERFIT: [f64; 12] = [0.0, 0.0, 0.0, 0.0, 0.0, 0.55, 0.45, 0.0, 0.0, 0.0, 0.0, 0.0];
+
+    #[test]
+    fn an_underfit_model_is_caught_by_its_outputs_and_a_same_one_is_not() {
+        let p = Policy::default();
+        let shift = Scenario::outputs_shift(20.0, &CONFIDENT, &UNDERFIT);
+        for seed in 1..=3 {
+            let o = run(&shift, &p, seed);
+            let t = o.rolled_back_at.expect("caught");
+            assert!(t <= 15, "caught after {t} s");
+        }
+        let aa = Scenario::outputs_aa(&CONFIDENT);
+        for seed in 1..=3 {
+            let o = run(&aa, &p, seed);
+            assert!(o.rolled_back_at.is_none(), "{o:?}");
+            assert!(o.longest_hold_s <= aa.bake_seconds, "{o:?}");
+        }
+    }
+
     #[test]
     fn quantiles_and_rates() {
         assert_eq!(quantile(&[1, 2, 3, 4], 0.5), Some(2.0));
@@ -324,9 +383,11 @@ mod tests {
             RunOutcome {
                 rolled_back_at: Some(3),
                 promoted_at: None,
+                longest_hold_s: 40,
             },
             RunOutcome::default(),
         ];
+        assert_eq!(held_longer_than(&o, 30), 0.5);
         assert_eq!(rollback_rate(&o), 0.5);
         let d = detection("x", "guard", &o);
         assert_eq!((d.detected_rate, d.median_s), (0.5, Some(3.0)));
