@@ -83,7 +83,7 @@ impl Traffic {
         rng: &mut ChaCha8Rng,
         mut report: impl FnMut(Role, &RoleSecond, &RoleStats),
     ) {
-        if s.bursty && t % 30 == 0 {
+        if s.bursty && t.is_multiple_of(30) {
             self.burst = rng.random_range(0.3..2.0);
         }
         let n = Poisson::new(s.rps * self.burst).map_or(0.0, |p| p.sample(rng)) as u64;
