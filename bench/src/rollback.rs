@@ -10,6 +10,7 @@
 use super::stats::{median, quantile, round};
 use super::{Bench, DEPLOYMENT};
 use anyhow::{Result, anyhow, bail};
+use coalmine_e2e::models::Training;
 use coalmine_e2e::{Envoy, EnvoyConfig, EnvoyOptions, Load, ModelServer, Sample, poll};
 use serde::Serialize;
 use serde_json::json;
@@ -47,7 +48,12 @@ pub struct Rollback {
 /// port and the bench's CPUs.
 pub(crate) async fn model_server(b: &Bench, version: &str, underfit: bool) -> Result<ModelServer> {
     let bin = b.bin("coalmine-models-server")?;
-    let model = coalmine_e2e::models::train(&bin, b.dir(), version, underfit)?;
+    let how = if underfit {
+        Training::UNDERFIT
+    } else {
+        Training::FULL
+    };
+    let model = coalmine_e2e::models::train(&bin, b.dir(), version, how)?;
     let args = [
         "serve",
         "--model",

@@ -15,6 +15,8 @@
 //! - [`Stack`]: the controller and both upstreams, and Envoys pointed at
 //!   them.
 //! - [`Receiver`]: a webhook receiver that can fail or hang on purpose.
+//! - [`AnswerServer`]: an upstream that answers whatever a test asks (good
+//!   and bad model answers, chunked, huge, compressed).
 //! - [`Browser`]: Debian's headless Chromium driven through chromedriver.
 //! - [`poll`]: wait for a condition with a deadline; tests never sleep a
 //!   fixed time.
@@ -23,6 +25,7 @@ use anyhow::{Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod answers;
 mod browser;
 pub mod compose;
 mod controller;
@@ -32,6 +35,7 @@ pub mod models;
 mod receiver;
 mod stack;
 mod upstream;
+pub use answers::{AnswerServer, answer_body};
 pub use browser::Browser;
 pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin};
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, without_outputs};
@@ -40,7 +44,7 @@ pub use models::ModelServer;
 pub use receiver::Receiver;
 pub use stack::{
     INTERVAL_MS, Stack, canary_traffic_stops, first_canary_response, is_canary, plugin,
-    role_counts, settled_role_counts,
+    plugin_reading_outputs, role_counts, settled_role_counts,
 };
 pub use upstream::{SeenHeaders, Upstream};
 

@@ -30,6 +30,12 @@ impl Load {
 
     /// `rps` requests a second to `url`: POSTs of `body` if given, else GETs.
     pub fn start_with(url: String, rps: u32, body: Option<serde_json::Value>) -> Load {
+        Load::cycling(url, rps, body.into_iter().collect())
+    }
+
+    /// `rps` requests a second to `url`: POSTs of `bodies` in turn (GETs
+    /// when there are none), e.g. every patient of the data set.
+    pub fn cycling(url: String, rps: u32, bodies: Vec<serde_json::Value>) -> Load {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let out = samples.clone();
         let task = tokio::spawn(async move {
@@ -39,10 +45,10 @@ impl Load {
                 .unwrap_or_default();
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rps.max(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
+            for i in 0usize.. {
                 tick.tick().await;
                 let (client, url, out) = (client.clone(), url.clone(), out.clone());
-                let request = match &body {
+                let request = match bodies.get(i % bodies.len().max(1)) {
                     Some(b) => client.post(&url).json(b),
                     None => client.get(&url),
                 };

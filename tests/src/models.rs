@@ -8,8 +8,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// How a model is trained (`coalmine-models-server train`'s options).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Training {
+    /// Few features, few epochs: a weak model.
+    pub underfit: bool,
+    /// The train/test split's seed (none: the trainer's default).
+    pub seed: Option<u64>,
+}
+
+impl Training {
+    pub const FULL: Training = Training {
+        underfit: false,
+        seed: None,
+    };
+    pub const UNDERFIT: Training = Training {
+        underfit: true,
+        seed: None,
+    };
+}
+
 /// Trains `version` on the heart-disease data into `dir/<version>.json`.
-pub fn train(bin: &Path, dir: &Path, version: &str, underfit: bool) -> Result<PathBuf> {
+pub fn train(bin: &Path, dir: &Path, version: &str, how: Training) -> Result<PathBuf> {
     let model = dir.join(format!("{version}.json"));
     let mut train = Command::new(bin);
     train
@@ -19,8 +39,11 @@ pub fn train(bin: &Path, dir: &Path, version: &str, underfit: bool) -> Result<Pa
         .arg("--out")
         .arg(&model)
         .args(["--version", version]);
-    if underfit {
+    if how.underfit {
         train.arg("--underfit");
+    }
+    if let Some(seed) = how.seed {
+        train.arg("--seed").arg(seed.to_string());
     }
     let out = train.output().context("training a model")?;
     if !out.status.success() {

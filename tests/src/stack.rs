@@ -23,9 +23,16 @@ pub struct Stack {
 
 /// The shipped plugin configuration pointed at the test controller; no
 /// static split, so nothing reaches the canary before the controller says
-/// so, and no outputs read (the tests that read them add them back).
+/// so, and no outputs read (the tests that read them use
+/// [`plugin_reading_outputs`]).
 pub fn plugin(lease_ms: u64) -> Result<Value> {
-    let mut p = without_outputs(EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?);
+    Ok(without_outputs(plugin_reading_outputs(lease_ms)?))
+}
+
+/// [`plugin`], reading the model's answers as the shipped configuration
+/// does.
+pub fn plugin_reading_outputs(lease_ms: u64) -> Result<Value> {
+    let mut p = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
     p["controller"]["token"] = json!(SYNC_TOKEN);
     p["controller"]["interval_ms"] = json!(INTERVAL_MS);
     p["controller"]["lease_ms"] = json!(lease_ms);
