@@ -1,9 +1,11 @@
-//! Data-plane cost: the same Envoy, upstreams and wrk settings, four ways:
+//! Data-plane cost: the same Envoy, upstreams and wrk settings, six ways:
 //! (a) no filter, (b) Envoy's native `weighted_clusters` 80/20, (c) the
 //! shipped config with a wasm filter that does nothing in coalmine's place
 //! (what any wasm filter costs), (d) the shipped coalmine config (header
-//! strip + filter) at 80/20 with its controller syncing. Repetitions are
-//! interleaved (a b c d a b c d …) so drift of the machine hits all alike;
+//! strip + filter) at 80/20 with its controller syncing, without reading
+//! outputs, and (e, f) the same reading the answers' outputs (prediction
+//! and probability) of every request and of 10 %. Repetitions are
+//! interleaved (a b c d e f a b …) so drift of the machine hits all alike;
 //! medians are reported.
 //!
 //! Each repetition has two wrk runs per variant: throughput and CPU per
@@ -63,6 +65,14 @@ pub struct DataPlane {
     pub throughput_ratio_empty_wasm_vs_plain: f64,
     /// What coalmine's own work costs: coalmine against the empty filter.
     pub throughput_ratio_filter_vs_empty_wasm: f64,
+    /// What reading outputs costs: reading every answer (and 10 % of them)
+    /// against coalmine without outputs.
+    pub throughput_ratio_outputs_100_vs_filter: f64,
+    pub throughput_ratio_outputs_10_vs_filter: f64,
+    /// Reading 10 % of the answers against the empty filter.
+    pub throughput_ratio_outputs_10_vs_empty_wasm: f64,
+    pub p50_added_outputs_100_us: f64,
+    pub p50_added_outputs_10_us: f64,
     pub p50_added_us: f64,
     pub p99_added_us: f64,
     pub cpu_us_added_per_request: f64,
@@ -107,6 +117,13 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
             {"name": "heart-v2", "weight": 20}
         ]}})))?;
     let coalmine = base()?.plugin_config(&b.plugin_config())?;
+    let reading = |percent: f64| -> Result<EnvoyConfig> {
+        let mut p = b.plugin_config();
+        p["deployments"][0]["outputs"] = b.shipped_outputs()?;
+        p["deployments"][0]["outputs"]["sample_percent"] = json!(percent);
+        base()?.plugin_config(&p)
+    };
+    let (outputs_100, outputs_10) = (reading(100.0)?, reading(10.0)?);
     let empty = base()?
         .plugin_config(&b.plugin_config())?
         .wasm_module(coalmine_e2e::empty_filter_wasm()?);
@@ -134,8 +151,18 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         ),
         (
             "coalmine",
-            "the shipped config: header strip + coalmine filter at 80/20, controller syncing",
+            "the shipped config: header strip + coalmine filter at 80/20, controller syncing, no outputs read",
             Envoy::start_with(coalmine, &opts).await?,
+        ),
+        (
+            "outputs_100",
+            "coalmine reading the outputs of every answer",
+            Envoy::start_with(outputs_100, &opts).await?,
+        ),
+        (
+            "outputs_10",
+            "coalmine reading the outputs of 10 % of the answers",
+            Envoy::start_with(outputs_10, &opts).await?,
         ),
     ];
     const COALMINE: usize = 3;
@@ -205,11 +232,13 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         }
     };
     let vm_memory = b.vm_memory_bytes(&variants[COALMINE].2).await?;
-    let (plain, weighted, empty, filter) = (
+    let (plain, weighted, empty, filter, all, tenth) = (
         summarize(0),
         summarize(1),
         summarize(2),
         summarize(COALMINE),
+        summarize(COALMINE + 1),
+        summarize(COALMINE + 2),
     );
     let ratio = |a: f64, b: f64| if b > 0.0 { round(a / b, 3) } else { 0.0 };
     let figures = DataPlane {
@@ -222,10 +251,18 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         throughput_ratio_filter_vs_weighted: ratio(filter.requests_per_s, weighted.requests_per_s),
         throughput_ratio_empty_wasm_vs_plain: ratio(empty.requests_per_s, plain.requests_per_s),
         throughput_ratio_filter_vs_empty_wasm: ratio(filter.requests_per_s, empty.requests_per_s),
+        throughput_ratio_outputs_100_vs_filter: ratio(all.requests_per_s, filter.requests_per_s),
+        throughput_ratio_outputs_10_vs_filter: ratio(tenth.requests_per_s, filter.requests_per_s),
+        throughput_ratio_outputs_10_vs_empty_wasm: ratio(
+            tenth.requests_per_s,
+            empty.requests_per_s,
+        ),
+        p50_added_outputs_100_us: round(all.p50_us - filter.p50_us, 1),
+        p50_added_outputs_10_us: round(tenth.p50_us - filter.p50_us, 1),
         p50_added_us: round(filter.p50_us - plain.p50_us, 1),
         p99_added_us: round(filter.p99_us - plain.p99_us, 1),
         cpu_us_added_per_request: round(filter.cpu_us_per_request - plain.cpu_us_per_request, 2),
-        variants: vec![plain, weighted, empty, filter],
+        variants: vec![plain, weighted, empty, filter, all, tenth],
     };
     Ok((figures, vm_memory))
 }

@@ -132,6 +132,16 @@ impl Bench {
         p
     }
 
+    /// The `outputs` block of the shipped plugin configuration.
+    pub fn shipped_outputs(&self) -> Result<Value> {
+        let p = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
+        let outputs = p["deployments"][0]["outputs"].clone();
+        if outputs.is_null() {
+            bail!("envoy/envoy.yaml reads no outputs");
+        }
+        Ok(outputs)
+    }
+
     /// Creates `name` with v1 on `cluster` as its baseline, and `policy`.
     pub async fn create(
         &self,

@@ -237,6 +237,15 @@ impl Perf {
             d.throughput_ratio_empty_wasm_vs_plain,
             d.throughput_ratio_filter_vs_empty_wasm
         );
+        let _ = writeln!(
+            o,
+            "\nReading outputs (prediction and probability of each answer, no goal yet): every answer, throughput × {} of coalmine without outputs, p50 {:+} µs; 10 % of the answers, × {} (p50 {:+} µs), × {} of the empty filter.",
+            d.throughput_ratio_outputs_100_vs_filter,
+            d.p50_added_outputs_100_us,
+            d.throughput_ratio_outputs_10_vs_filter,
+            d.p50_added_outputs_10_us,
+            d.throughput_ratio_outputs_10_vs_empty_wasm
+        );
         let p = &self.profile;
         let _ = writeln!(
             o,
