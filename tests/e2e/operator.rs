@@ -381,6 +381,21 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         },
     )
     .await?;
+    // Each role's output mix per field, as bars (the upstreams answer like
+    // a model, and the shipped configuration reads the answers).
+    poll(
+        "the output mix charts",
+        Duration::from_secs(20),
+        || async {
+            let Ok(chart) = b.find(Locator::Css("#outputs-probability")).await else {
+                return Ok(None);
+            };
+            let bars = chart.find_all(Locator::Css("rect")).await?.len();
+            let prediction = b.find(Locator::Css("#outputs-prediction")).await.is_ok();
+            Ok((bars >= 2 && prediction).then_some(()))
+        },
+    )
+    .await?;
     let before = artifacts.join("dashboard-canary.png");
     browser.screenshot(&before).await?;
 
