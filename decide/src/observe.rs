@@ -39,6 +39,36 @@ impl Observations {
     }
 }
 
+/// Each declared feedback metric that has observations, for the baseline
+/// and (during a canary) the canary, over the metric's own window.
+fn feedback_of(
+    windows: &Windows,
+    d: &Deployment,
+    now: Millis,
+    baseline: &mut RoleWindowStats,
+    canary: Option<(&String, &mut RoleWindowStats)>,
+) {
+    let second = now / 1000;
+    let mut canary = canary;
+    for (metric, rule) in &d.policy.feedback {
+        let of = |version: &str| {
+            windows
+                .feedback
+                .stats(&d.name, metric, version, second, rule.window_seconds)
+        };
+        let b = of(&d.baseline.version);
+        let c = canary.as_ref().map(|(v, _)| of(v));
+        let seen = b.observations > 0 || c.is_some_and(|c| c.observations > 0);
+        if !seen {
+            continue;
+        }
+        baseline.feedback.insert(metric.clone(), b);
+        if let (Some((_, stats)), Some(c)) = (canary.as_mut(), c) {
+            stats.feedback.insert(metric.clone(), c);
+        }
+    }
+}
+
 /// What the policy looks at for `d` at `now`.
 pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
     let (second, window, classes) = (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
@@ -51,10 +81,14 @@ pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
         classes,
     );
     let Some(c) = &d.canary else {
+        let mut baseline = baseline;
+        feedback_of(windows, d, now, &mut baseline, None);
         return Observations::of(baseline, RoleWindowStats::default());
     };
     let v = &c.target.version;
-    let canary = windows.stats(&d.name, Role::Canary, v, second, window, classes);
+    let mut baseline = baseline;
+    let mut canary = windows.stats(&d.name, Role::Canary, v, second, window, classes);
+    feedback_of(windows, d, now, &mut baseline, Some((v, &mut canary)));
     let canary_slow = baseline.p95_ms.map_or(0, |p95| {
         windows.count_slower(
             &d.name,

@@ -7,6 +7,7 @@
 use coalmine_protocol::{Bps, Outcome};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::BTreeMap;
 
 /// Thresholds a canary is compared against its baseline with.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,6 +88,113 @@ impl OutputsRule {
             ));
         }
         Ok(())
+    }
+}
+
+/// Which way a feedback metric is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// A feedback metric: a rate (accuracy, conversion …) of 0/1 observations
+/// clients post after the fact, compared canary against baseline over its
+/// own window of arrivals.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackMetric {
+    pub better: Better,
+    /// The canary worse than the baseline by more than this: CRITICAL.
+    pub critical_delta: f64,
+    /// … by more than this: DEGRADED.
+    pub degraded_delta: f64,
+    /// Higher is better: the canary below this is CRITICAL.
+    pub min: Option<f64>,
+    /// Lower is better: the canary above this is CRITICAL.
+    pub max: Option<f64>,
+    /// Observations each role needs before the metric is judged.
+    pub min_samples: u64,
+    pub window_seconds: u64,
+}
+
+impl Default for FeedbackMetric {
+    fn default() -> Self {
+        FeedbackMetric {
+            better: Better::Higher,
+            critical_delta: 0.05,
+            degraded_delta: 0.025,
+            min: None,
+            max: None,
+            min_samples: 30,
+            window_seconds: 3600,
+        }
+    }
+}
+
+/// Most feedback metrics a deployment declares.
+pub const MAX_FEEDBACK_METRICS: usize = 8;
+/// The longest feedback window: a week of arrivals.
+pub const MAX_FEEDBACK_WINDOW_SECONDS: u64 = 7 * 86_400;
+
+impl FeedbackMetric {
+    fn validate(&self, name: &str) -> Result<(), PolicyError> {
+        let field = |f: &str| format!("feedback.{name}.{f}");
+        check_metric_name(name).map_err(|m| bad(&format!("feedback.{name}"), m))?;
+        rate(&field("critical_delta"), self.critical_delta)?;
+        rate(&field("degraded_delta"), self.degraded_delta)?;
+        if self.degraded_delta > self.critical_delta {
+            return Err(bad(
+                &field("degraded_delta"),
+                "must not exceed critical_delta",
+            ));
+        }
+        match (self.better, self.min, self.max) {
+            (Better::Lower, Some(_), _) => {
+                return Err(bad(&field("min"), "applies when higher is better; use max"));
+            }
+            (Better::Higher, _, Some(_)) => {
+                return Err(bad(&field("max"), "applies when lower is better; use min"));
+            }
+            (_, Some(v), _) => rate(&field("min"), v)?,
+            (_, _, Some(v)) => rate(&field("max"), v)?,
+            _ => {}
+        }
+        if !(1..=1_000_000_000).contains(&self.min_samples) {
+            return Err(bad(
+                &field("min_samples"),
+                "must be between 1 and 1000000000",
+            ));
+        }
+        if !(10..=MAX_FEEDBACK_WINDOW_SECONDS).contains(&self.window_seconds) {
+            return Err(bad(
+                &field("window_seconds"),
+                format!(
+                    "must be between 10 and {MAX_FEEDBACK_WINDOW_SECONDS}, got {}",
+                    self.window_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A feedback metric's name: `[a-z0-9_]{1,32}` (it is a label in metrics).
+pub fn check_metric_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid metric name; use 1-32 characters of a-z, 0-9 and '_'"
+        ))
     }
 }
 
@@ -194,6 +302,10 @@ pub struct Policy {
     pub promote: PromoteRule,
     pub slo: Slo,
     pub outputs: OutputsRule,
+    /// Feedback metrics by name (`accuracy` is declared by default, higher
+    /// is better; judged only once observations arrive).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub feedback: BTreeMap<String, FeedbackMetric>,
     /// Canary percentages to step through; the last is 100.
     pub steps: Vec<f64>,
     pub bake_seconds: u64,
@@ -222,6 +334,7 @@ impl Default for Policy {
             promote: PromoteRule::default(),
             slo: Slo::default(),
             outputs: OutputsRule::default(),
+            feedback: BTreeMap::from([("accuracy".to_string(), FeedbackMetric::default())]),
             steps: vec![20.0, 50.0, 100.0],
             bake_seconds: 60,
             cooldown_seconds: 120,
@@ -314,6 +427,15 @@ impl Policy {
             millis("slo.max_p95_ms", v)?;
         }
         self.outputs.validate()?;
+        if self.feedback.len() > MAX_FEEDBACK_METRICS {
+            return Err(bad(
+                "feedback",
+                format!("must declare at most {MAX_FEEDBACK_METRICS} metrics"),
+            ));
+        }
+        for (name, metric) in &self.feedback {
+            metric.validate(name)?;
+        }
         schedule("steps", &self.steps)?;
         check_seconds("bake_seconds", self.bake_seconds)?;
         check_seconds("cooldown_seconds", self.cooldown_seconds)?;
@@ -419,5 +541,57 @@ mod tests {
         let round: Policy =
             serde_json::from_str(&serde_json::to_string(&Policy::default()).unwrap()).unwrap();
         assert_eq!(round, Policy::default());
+    }
+
+    #[test]
+    fn feedback_metrics_are_declared_with_defaults_and_checked() {
+        let p: Policy =
+            serde_json::from_value(json!({"feedback": {"accuracy": {"min": 0.85}, "complaints": {"better": "lower", "max": 0.1}}}))
+                .unwrap();
+        assert!(p.validate().is_ok());
+        assert_eq!(p.feedback["accuracy"].min_samples, 30);
+        assert_eq!(p.feedback["complaints"].better, Better::Lower);
+        assert!(Policy::default().feedback.contains_key("accuracy"));
+        let field = |v: Value| {
+            serde_json::from_value::<Policy>(json!({ "feedback": v }))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(field(json!({"Accuracy!": {}})), "feedback.Accuracy!");
+        assert_eq!(
+            field(json!({"accuracy": {"better": "lower", "min": 0.5}})),
+            "feedback.accuracy.min"
+        );
+        assert_eq!(
+            field(json!({"accuracy": {"max": 0.5}})),
+            "feedback.accuracy.max"
+        );
+        assert_eq!(
+            field(json!({"accuracy": {"min": 1.5}})),
+            "feedback.accuracy.min"
+        );
+        assert_eq!(
+            field(json!({"accuracy": {"degraded_delta": 0.2}})),
+            "feedback.accuracy.degraded_delta"
+        );
+        assert_eq!(
+            field(json!({"accuracy": {"window_seconds": 5}})),
+            "feedback.accuracy.window_seconds"
+        );
+        assert_eq!(
+            field(json!({"accuracy": {"min_samples": 0}})),
+            "feedback.accuracy.min_samples"
+        );
+        let nine: serde_json::Map<String, Value> =
+            (0..9).map(|i| (format!("m{i}"), json!({}))).collect();
+        assert_eq!(field(Value::Object(nine)), "feedback");
+        assert!(
+            serde_json::from_value::<Policy>(
+                json!({"feedback": {"accuracy": {"critcal_delta": 0.1}}})
+            )
+            .is_err()
+        );
     }
 }

@@ -8,12 +8,16 @@
 //!    significance guard, a breach not yet established only holds);
 //! 5. [`outputs()`]: each output field's shift, CRITICAL or DEGRADED
 //!    (`rules/outputs.rs`);
-//! 6. [`error_rate_degraded`], [`latency_degraded`]: the same at the
+//! 6. [`feedback()`]: each feedback metric (labels, business outcomes)
+//!    against the baseline and its absolute limit (`rules/feedback.rs`);
+//! 7. [`error_rate_degraded`], [`latency_degraded`]: the same at the
 //!    DEGRADED thresholds;
-//! 7. [`promotion`]: whether a healthy canary may advance.
+//! 8. [`promotion`]: whether a healthy canary may advance.
 
+mod feedback;
 mod outputs;
 
+pub use feedback::{FeedbackFindings, feedback};
 pub use outputs::{FieldComparison, OutputFindings, Share, compare, outputs};
 
 use crate::observe::Observations;
@@ -61,12 +65,15 @@ pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
     critical.extend(slo(policy, &obs.canary));
     let answers = outputs(policy, obs, guard);
     critical.extend(answers.critical);
+    let labels = feedback(policy, obs, guard);
+    critical.extend(labels.critical);
     if !critical.is_empty() {
         let reasons = with_srm(critical);
         return verdict(VerdictKind::Critical, Recommendation::Rollback, reasons);
     }
     let mut degraded: Vec<Reason> = unproven.into_iter().map(|f| f.reason).collect();
     degraded.extend(answers.degraded);
+    degraded.extend(labels.degraded);
     if !degraded.iter().any(|r| r.code.is_error_rate()) {
         degraded.extend(error_rate_degraded(policy, obs));
     }
@@ -77,7 +84,9 @@ pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
         let reasons = with_srm(degraded);
         return verdict(VerdictKind::Degraded, Recommendation::Hold, reasons);
     }
-    promotion(policy, obs, guard, srm, answers.waiting)
+    let mut waiting = answers.waiting;
+    waiting.extend(labels.waiting);
+    promotion(policy, obs, guard, srm, waiting)
 }
 
 fn verdict(verdict: VerdictKind, recommendation: Recommendation, reasons: Vec<Reason>) -> Verdict {

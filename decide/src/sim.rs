@@ -5,7 +5,9 @@
 //! bursty: the rate jumps every 30 s) split by `coalmine_protocol::routing`,
 //! with per-role error rates, log-normal latencies and, for scenarios with
 //! outputs, answers drawn from each role's distribution of the probability
-//! (`sim/traffic.rs`), into [`Windows`] one second at a time; then
+//! (`sim/traffic.rs`), into [`Windows`] one second at a time, and, for
+//! scenarios with labels, a share of the answers labelled right or wrong
+//! and posted as `accuracy` feedback a few seconds later; then
 //! `engine::step` decides on what [`observe`] reads, exactly as the
 //! controller does. A run ends at a rollback, a promotion, or after its
 //! duration.
@@ -43,6 +45,19 @@ pub struct Scenario {
     pub duration_seconds: u64,
     /// What each role's answers say (none: outputs are not read).
     pub outputs: Option<OutputsModel>,
+    /// Ground truth fed back for a share of the answers (none: no feedback).
+    pub labels: Option<LabelsModel>,
+}
+
+/// Delayed labels: `share` of the answered requests are labelled right (1)
+/// or wrong (0) with each role's accuracy, and the label arrives
+/// `delay_seconds` after the answer, as `accuracy` feedback.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LabelsModel {
+    pub baseline_accuracy: f64,
+    pub canary_accuracy: f64,
+    pub share: f64,
+    pub delay_seconds: u64,
 }
 
 /// Each role's distribution of the probability its answers give, over the
@@ -69,6 +84,48 @@ impl Scenario {
             bake_seconds: 3600,
             duration_seconds: 600,
             outputs: None,
+            labels: None,
+        }
+    }
+
+    /// A/A with delayed labels: both roles 85 % accurate, 10 % of answers
+    /// labelled 2 s later, 20 % canary of 100 requests/s held for 10
+    /// minutes (a look every second).
+    pub fn feedback_aa() -> Scenario {
+        Scenario {
+            name: "feedback_aa".into(),
+            bursty: true,
+            canary_percent: 20.0,
+            steps: vec![20.0, 100.0],
+            labels: Some(LabelsModel {
+                baseline_accuracy: 0.85,
+                canary_accuracy: 0.85,
+                share: 0.1,
+                delay_seconds: 2,
+            }),
+            ..Scenario::aa()
+        }
+    }
+
+    /// Accuracy 0.85 → `canary_accuracy`, 10 % of answers labelled 2 s
+    /// later, at `percent` of 100 requests/s held for 5 minutes: fast, no
+    /// errors, and wrong.
+    pub fn accuracy_drop(percent: f64, canary_accuracy: f64) -> Scenario {
+        Scenario {
+            name: format!("accuracy_0.85_to_{canary_accuracy}_{percent}pct"),
+            bursty: false,
+            baseline_error_rate: 0.0,
+            canary_error_rate: 0.0,
+            canary_percent: percent,
+            steps: vec![percent, 100.0],
+            duration_seconds: 300,
+            labels: Some(LabelsModel {
+                baseline_accuracy: 0.85,
+                canary_accuracy,
+                share: 0.1,
+                delay_seconds: 2,
+            }),
+            ..Scenario::aa()
         }
     }
 
@@ -225,6 +282,11 @@ pub fn run(s: &Scenario, policy: &Policy, seed: u64) -> RunOutcome {
                 windows.add("sim", role, &target.version, T0 / 1000 + t, &reported);
             }
         });
+        for (version, n, ones) in traffic.labels_arriving(t, &split) {
+            windows
+                .feedback
+                .add("sim", "accuracy", &version, T0 / 1000 + t, n, ones);
+        }
         let now = T0 + (t + 1) * 1000;
         let step = engine::step(&d, &observe(&windows, &d, now), now);
         let degraded = step
@@ -371,6 +433,29 @@ mod tests {
             let o = run(&aa, &p, seed);
             assert!(o.rolled_back_at.is_none(), "{o:?}");
             assert!(o.longest_hold_s <= aa.bake_seconds, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn a_less_accurate_model_is_caught_by_its_labels_and_an_equal_one_is_not() {
+        let mut p = Policy::default();
+        let drop = Scenario::accuracy_drop(20.0, 0.60);
+        let delta_only: Vec<u64> = (1..=3)
+            .map(|seed| run(&drop, &p, seed).rolled_back_at.expect("caught"))
+            .collect();
+        p.feedback.get_mut("accuracy").unwrap().min = Some(0.85);
+        for (seed, &slower) in (1..=3).zip(&delta_only) {
+            let t = run(&drop, &p, seed).rolled_back_at.expect("caught");
+            assert!(t <= 60, "caught after {t} s");
+            assert!(
+                t <= slower,
+                "the absolute minimum only adds a way to be caught"
+            );
+        }
+        let mut aa = Scenario::feedback_aa();
+        aa.duration_seconds = 300;
+        for seed in 1..=3 {
+            assert_eq!(run(&aa, &p, seed).rolled_back_at, None);
         }
     }
 

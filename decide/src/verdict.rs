@@ -95,6 +95,18 @@ pub enum ReasonCode {
     OutputsUnproven,
     /// Too few answers read to judge an output field: promotion waits.
     OutputsCollecting,
+    /// A feedback metric worse on the canary by more than the critical
+    /// delta (established, with the guard).
+    FeedbackCritical,
+    /// A feedback metric on the canary beyond its absolute `min` / `max`.
+    FeedbackLimit,
+    /// A feedback metric worse by more than the degraded delta.
+    FeedbackDegraded,
+    /// A feedback metric worse by more than the critical delta, not
+    /// established yet: promotion waits.
+    FeedbackUnproven,
+    /// The baseline has feedback, the canary too little yet: promotion waits.
+    FeedbackCollecting,
     /// Within thresholds, too few canary requests to advance yet.
     HealthyCollecting,
     /// Within thresholds, but more canary errors than baseline errors.
@@ -107,7 +119,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 20] = [
+    pub const ALL: [ReasonCode; 25] = [
         ReasonCode::OverwhelmingFailure,
         ReasonCode::SampleRatioMismatch,
         ReasonCode::InsufficientData,
@@ -123,6 +135,11 @@ impl ReasonCode {
         ReasonCode::OutputsDegraded,
         ReasonCode::OutputsUnproven,
         ReasonCode::OutputsCollecting,
+        ReasonCode::FeedbackCritical,
+        ReasonCode::FeedbackLimit,
+        ReasonCode::FeedbackDegraded,
+        ReasonCode::FeedbackUnproven,
+        ReasonCode::FeedbackCollecting,
         ReasonCode::HealthyCollecting,
         ReasonCode::HealthyNotBetter,
         ReasonCode::HealthyNotYetNonInferior,
@@ -148,6 +165,11 @@ impl ReasonCode {
             ReasonCode::OutputsDegraded => "outputs_degraded",
             ReasonCode::OutputsUnproven => "outputs_unproven",
             ReasonCode::OutputsCollecting => "outputs_collecting",
+            ReasonCode::FeedbackCritical => "feedback_critical",
+            ReasonCode::FeedbackLimit => "feedback_limit",
+            ReasonCode::FeedbackDegraded => "feedback_degraded",
+            ReasonCode::FeedbackUnproven => "feedback_unproven",
+            ReasonCode::FeedbackCollecting => "feedback_collecting",
             ReasonCode::HealthyCollecting => "healthy_collecting",
             ReasonCode::HealthyNotBetter => "healthy_not_better",
             ReasonCode::HealthyNotYetNonInferior => "healthy_not_yet_non_inferior",

@@ -8,6 +8,10 @@
 //! never averages of per-proxy percentiles. For deployments that read
 //! outputs, a bucket also holds each field's counts by label or score slot.
 
+mod feedback;
+
+pub use feedback::{FeedbackSeries, FeedbackStats, Tally, tally};
+
 use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};
 use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
 use coalmine_protocol::sync::OutcomeCounts;
@@ -35,6 +39,10 @@ pub struct RoleWindowStats {
     /// Answers sampled but not read, by why.
     #[serde(default, skip_serializing_if = "Skips::is_empty")]
     pub outputs_skipped: Skips,
+    /// Per declared feedback metric with observations, what arrived over
+    /// the metric's own window.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feedback: BTreeMap<String, FeedbackStats>,
 }
 
 /// errors / requests, 0 without requests (never NaN).
@@ -147,6 +155,8 @@ fn most_frequent(counts: FieldCounts) -> FieldCounts {
 #[derive(Debug, Default)]
 pub struct Windows {
     series: HashMap<SeriesKey, VecDeque<Bucket>>,
+    /// Feedback (delayed labels, business outcomes) by arrival.
+    pub feedback: FeedbackSeries,
 }
 
 impl Windows {
@@ -272,6 +282,7 @@ impl Windows {
             p99_ms: quantile(0.99),
             outputs,
             outputs_skipped,
+            feedback: BTreeMap::new(),
         }
     }
 

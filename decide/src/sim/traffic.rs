@@ -14,6 +14,7 @@ use coalmine_protocol::{DeploymentSplit, Outcome, Role};
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Poisson};
+use std::collections::VecDeque;
 
 /// The fields a simulated model's answers have: its prediction (1 when the
 /// probability is at least 0.5) and the probability in ten bins.
@@ -55,6 +56,8 @@ pub(super) struct Traffic {
     tallies: [OutputTally; 2],
     fields: Vec<OutputField>,
     burst: f64,
+    /// Labels on their way: (second they arrive, role, right).
+    labels: VecDeque<(u64, Role, bool)>,
 }
 
 impl Traffic {
@@ -70,6 +73,7 @@ impl Traffic {
             tallies: [OutputTally::new(&fields), OutputTally::new(&fields)],
             fields,
             burst: 1.0,
+            labels: VecDeque::new(),
         })
     }
 
@@ -89,7 +93,7 @@ impl Traffic {
         let n = Poisson::new(s.rps * self.burst).map_or(0.0, |p| p.sample(rng)) as u64;
         for _ in 0..n {
             let role = role_at(point_from_draw(rng.next_u64()), split.effective_bps());
-            self.request(s, role, rng);
+            self.request(s, role, t, rng);
         }
         for role in Role::ALL {
             let i = role.index();
@@ -112,7 +116,33 @@ impl Traffic {
         }
     }
 
-    fn request(&mut self, s: &Scenario, role: Role, rng: &mut ChaCha8Rng) {
+    /// The labels arriving at second `t`, by version (as `split` routes the
+    /// roles): (version, observations, ones).
+    pub(super) fn labels_arriving(
+        &mut self,
+        t: u64,
+        split: &DeploymentSplit,
+    ) -> Vec<(String, u64, u64)> {
+        let mut counts = [(0u64, 0u64); 2];
+        while self.labels.front().is_some_and(|&(at, _, _)| at <= t) {
+            if let Some((_, role, right)) = self.labels.pop_front()
+                && let Some(c) = counts.get_mut(role.index())
+            {
+                c.0 += 1;
+                c.1 += u64::from(right);
+            }
+        }
+        Role::ALL
+            .into_iter()
+            .filter_map(|role| {
+                let (n, ones) = counts.get(role.index()).copied()?;
+                let version = split.target(role)?.version.clone();
+                (n > 0).then_some((version, n, ones))
+            })
+            .collect()
+    }
+
+    fn request(&mut self, s: &Scenario, role: Role, t: u64, rng: &mut ChaCha8Rng) {
         let (error_rate, shift) = match role {
             Role::Baseline => (s.baseline_error_rate, 0.0),
             Role::Canary => (s.canary_error_rate, s.canary_latency_shift_ms),
@@ -126,6 +156,16 @@ impl Traffic {
         let i = role.index();
         if let Some(st) = self.stats.get_mut(i) {
             st.record(outcome, (ms * 1000.0) as u64);
+        }
+        if let (Outcome::Success, Some(l)) = (outcome, s.labels)
+            && rng.random_bool(l.share.clamp(0.0, 1.0))
+        {
+            let accuracy = match role {
+                Role::Baseline => l.baseline_accuracy,
+                Role::Canary => l.canary_accuracy,
+            };
+            let right = rng.random_bool(accuracy.clamp(0.0, 1.0));
+            self.labels.push_back((t + l.delay_seconds, role, right));
         }
         let slots = s.outputs.as_ref().map(|o| match role {
             Role::Baseline => &o.baseline,
