@@ -64,6 +64,20 @@ pub enum Cmd {
         #[arg(long)]
         since: Option<i64>,
     },
+    /// Post feedback (labels, outcomes) read as JSON lines,
+    /// `{"version": "v2", "value": 1}` each, from stdin or a file.
+    Feedback {
+        deployment: String,
+        /// The metric, as the deployment's policy declares it.
+        #[arg(long)]
+        metric: String,
+        /// Read this file instead of stdin.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Feedback-only token (default: COALMINE_FEEDBACK_TOKEN, else the operator token).
+        #[arg(long, env = "COALMINE_FEEDBACK_TOKEN", hide_env_values = true)]
+        feedback_token: Option<String>,
+    },
     /// A live status view, refreshed in place until interrupted.
     Watch {
         deployment: String,

@@ -38,11 +38,30 @@ impl CliError {
     }
 }
 
+impl CliError {
+    /// The same failure, its message changed by `f`.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> CliError {
+        match self {
+            CliError::Invalid(m) => CliError::Invalid(f(m)),
+            CliError::Unreachable { url, cause } => CliError::Unreachable {
+                url,
+                cause: f(cause),
+            },
+            CliError::Unauthorized(m) => CliError::Unauthorized(f(m)),
+            CliError::NotFound(m) => CliError::NotFound(f(m)),
+            CliError::Conflict(m) => CliError::Conflict(f(m)),
+            CliError::Other(m) => CliError::Other(f(m)),
+        }
+    }
+}
+
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Unreachable { url, cause } => CliError::Unreachable { url, cause },
-            ClientError::NoToken => CliError::Unauthorized(e.to_string()),
+            ClientError::NoToken | ClientError::NoFeedbackToken => {
+                CliError::Unauthorized(e.to_string())
+            }
             ClientError::Api { status, message } => match status {
                 400 | 413 => CliError::Invalid(message),
                 401 => CliError::Unauthorized(message),

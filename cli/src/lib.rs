@@ -3,11 +3,13 @@
 //!
 //! - [`args`]: what each command takes (clap);
 //! - [`run`]: runs a command through the client;
+//! - [`feedback`]: JSON lines in, feedback calls out;
 //! - [`render`]: the tables;
 //! - [`error`]: failures as one sentence and a distinct exit code.
 
 pub mod args;
 pub mod error;
+pub mod feedback;
 pub mod render;
 pub mod run;
 

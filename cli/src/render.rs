@@ -94,6 +94,7 @@ pub fn status(d: &DeploymentView) -> String {
     t.add_row(role_row("canary", &h.canary));
     out.push_str(&t.to_string());
     out.push_str(&outputs(&h.baseline, &h.canary));
+    out.push_str(&feedback(&h.baseline, &h.canary));
     out.push_str(&format!(
         "\n\nverdict {}   recommendation {}   (window {} s)\n",
         h.verdict.as_str(),
@@ -138,6 +139,34 @@ fn outputs(baseline: &RoleWindowStats, canary: &RoleWindowStats) -> String {
         ));
     }
     out
+}
+
+/// What clients reported back, per metric and role: the rate, how many
+/// observations it rests on, and how old the newest is.
+fn feedback(baseline: &RoleWindowStats, canary: &RoleWindowStats) -> String {
+    let metrics: BTreeSet<&String> = baseline
+        .feedback
+        .keys()
+        .chain(canary.feedback.keys())
+        .collect();
+    if metrics.is_empty() {
+        return String::new();
+    }
+    let cell = |r: &RoleWindowStats, metric: &String| match r.feedback.get(metric) {
+        Some(f) if f.observations > 0 => format!(
+            "{:.3} of {} (newest {})",
+            f.rate,
+            f.observations,
+            f.newest_age_seconds
+                .map_or("-".into(), |s| format!("{s} s ago"))
+        ),
+        _ => "-".into(),
+    };
+    let mut t = table(&["feedback", "baseline", "canary"]);
+    for m in metrics {
+        t.add_row(vec![m.clone(), cell(baseline, m), cell(canary, m)]);
+    }
+    format!("\n\n{t}")
 }
 
 /// `versions list` and `versions register`.
@@ -205,7 +234,8 @@ mod tests {
                     "outputs": {"prediction": {"class": {"labels": {"0": 200, "1": 200}, "other": 0}}}},
                 "canary": {"requests": 100, "errors": 25, "error_rate": 0.25, "p50_ms": null, "p95_ms": null, "p99_ms": null,
                     "outputs": {"prediction": {"class": {"labels": {"0": 30, "1": 70}, "other": 0}}},
-                    "outputs_skipped": {"too_large": 2, "encoded": 0}}}
+                    "outputs_skipped": {"too_large": 2, "encoded": 0},
+                    "feedback": {"accuracy": {"observations": 40, "ones": 24, "rate": 0.6, "newest_age_seconds": 3}}}}
         }))
         .unwrap();
         let out = status(&d);
@@ -219,6 +249,7 @@ mod tests {
             "prediction: 400 baseline and 100 canary answers read, shift 0.20",
             "70.00 %",
             "answers not read (too large or compressed): baseline 0, canary 2",
+            "│ accuracy ┆ -        ┆ 0.600 of 40 (newest 3 s ago) │",
         ] {
             assert!(out.contains(want), "{want:?} missing in\n{out}");
         }

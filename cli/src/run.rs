@@ -3,7 +3,7 @@
 
 use crate::args::{CanaryCmd, Cli, Cmd, DeploymentsCmd, Output, Reasoned, TrafficCmd, VersionsCmd};
 use crate::error::CliError;
-use crate::render;
+use crate::{feedback, render};
 use clap::CommandFactory;
 use coalmine_client::types::{CreateDeployment, RegisterVersion, StartCanary};
 use coalmine_client::{Action, Client};
@@ -90,6 +90,33 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         Cmd::Status { deployment } => {
             let d = client.deployment(&deployment).await?;
             Ok(shown(&d, json, render::status))
+        }
+        Cmd::Feedback {
+            deployment,
+            metric,
+            file,
+            feedback_token,
+        } => {
+            let client = client.feedback_token(feedback_token);
+            let posted = match file {
+                Some(path) => {
+                    let f = tokio::fs::File::open(&path).await.map_err(|e| {
+                        CliError::Invalid(format!("--file: cannot read {}: {e}", path.display()))
+                    })?;
+                    feedback::post(&client, &deployment, &metric, tokio::io::BufReader::new(f))
+                        .await?
+                }
+                None => {
+                    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                    feedback::post(&client, &deployment, &metric, stdin).await?
+                }
+            };
+            Ok(shown(&posted, json, |p| {
+                format!(
+                    "{} observations of {metric} accepted for {deployment} ({} calls)",
+                    p.accepted, p.calls
+                )
+            }))
         }
         Cmd::Events { deployment, since } => {
             let events = client.events(&deployment, since, None).await?;

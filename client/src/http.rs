@@ -2,8 +2,8 @@
 
 use crate::paths;
 use crate::types::{
-    CreateDeployment, DeploymentView, ErrorBody, ReasonBody, RegisterVersion, Sample, SetTraffic,
-    StartCanary, StoredEvent,
+    CreateDeployment, DeploymentView, ErrorBody, FeedbackAccepted, FeedbackBatch, ReasonBody,
+    RegisterVersion, Sample, SetTraffic, StartCanary, StoredEvent,
 };
 use coalmine_decide::engine::Version;
 use coalmine_decide::policy::Policy;
@@ -29,6 +29,9 @@ pub enum ClientError {
     /// A call that changes state, without an operator token.
     #[error("no operator token given, and changes need one")]
     NoToken,
+    /// Feedback, with neither a feedback nor an operator token.
+    #[error("no feedback token (or operator token) given, and feedback needs one")]
+    NoFeedbackToken,
     /// An answer that is not what the API promises.
     #[error("unexpected answer from the controller: {0}")]
     Decode(String),
@@ -50,6 +53,8 @@ pub enum Auth {
     None,
     Operator,
     Sync,
+    /// The feedback token, else the operator token.
+    Feedback,
 }
 
 /// A controller, reached at its base URL.
@@ -59,6 +64,7 @@ pub struct Client {
     url: String,
     operator_token: Option<String>,
     sync_token: Option<String>,
+    feedback_token: Option<String>,
 }
 
 impl Client {
@@ -78,6 +84,7 @@ impl Client {
             url: url.trim_end_matches('/').to_string(),
             operator_token: None,
             sync_token: None,
+            feedback_token: None,
         }
     }
 
@@ -90,6 +97,12 @@ impl Client {
     /// Presents `token` on sync calls.
     pub fn sync_token(mut self, token: Option<String>) -> Client {
         self.sync_token = token;
+        self
+    }
+
+    /// Presents `token` on feedback calls (without it, the operator token).
+    pub fn feedback_token(mut self, token: Option<String>) -> Client {
+        self.feedback_token = token;
         self
     }
 
@@ -109,6 +122,10 @@ impl Client {
             Auth::None => None,
             Auth::Operator => self.operator_token.as_ref(),
             Auth::Sync => self.sync_token.as_ref(),
+            Auth::Feedback => self
+                .feedback_token
+                .as_ref()
+                .or(self.operator_token.as_ref()),
         };
         match token {
             Some(t) => req.bearer_auth(t),
@@ -158,6 +175,10 @@ impl Client {
     ) -> Result<T, ClientError> {
         if auth == Auth::Operator && self.operator_token.is_none() {
             return Err(ClientError::NoToken);
+        }
+        if auth == Auth::Feedback && self.feedback_token.is_none() && self.operator_token.is_none()
+        {
+            return Err(ClientError::NoFeedbackToken);
         }
         let mut req = self.request(method, path, auth);
         if let Some(b) = body {
@@ -277,6 +298,19 @@ impl Client {
         policy: &Policy,
     ) -> Result<DeploymentView, ClientError> {
         self.change(Method::PUT, &paths::of(name, "policy"), policy)
+            .await
+    }
+
+    /// Posts one call of feedback (at most
+    /// [`MAX_FEEDBACK_OBSERVATIONS`](crate::types::MAX_FEEDBACK_OBSERVATIONS)
+    /// observations), with the feedback token or else the operator token.
+    pub async fn feedback(
+        &self,
+        name: &str,
+        batch: &FeedbackBatch,
+    ) -> Result<FeedbackAccepted, ClientError> {
+        let path = paths::of(name, "feedback");
+        self.call(Method::POST, &path, Some(batch), Auth::Feedback)
             .await
     }
 

@@ -18,7 +18,7 @@ pub fn deployment(name: &str) -> String {
 }
 
 /// A deployment's sub-resource: `versions`, `canary`, `traffic`, `pause`,
-/// `resume`, `promote`, `rollback`, `health`, `policy`.
+/// `resume`, `promote`, `rollback`, `health`, `policy`, `feedback`.
 pub fn of(name: &str, what: &str) -> String {
     format!("{DEPLOYMENTS}/{name}/{what}")
 }

@@ -183,3 +183,87 @@ pub enum ErrorCode {
     PayloadTooLarge,
     Unavailable,
 }
+
+/// Most observations one feedback call may carry.
+pub const MAX_FEEDBACK_OBSERVATIONS: usize = 10_000;
+
+/// `POST /v1/deployments/{name}/feedback`: ground truth (or a business
+/// outcome) for predictions already served, by the version that served
+/// them (the `x-coalmine-version` response header).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBatch {
+    /// A metric the deployment's policy declares (e.g. `accuracy`).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9_]{1,32}$"))]
+    pub metric: String,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 10_000))]
+    pub observations: Vec<FeedbackObservation>,
+}
+
+/// One prediction's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackObservation {
+    /// The version that served the prediction.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
+    pub version: String,
+    pub value: FeedbackValue,
+}
+
+/// An outcome: 1 (`true`: the diagnosis was right, the user converted) or
+/// 0 (`false`). Written as 0 or 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedbackValue(pub bool);
+
+impl Serialize for FeedbackValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(u8::from(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FeedbackValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(FeedbackValue(b)),
+            Value::Number(n) if n.as_f64() == Some(0.0) => Ok(FeedbackValue(false)),
+            Value::Number(n) if n.as_f64() == Some(1.0) => Ok(FeedbackValue(true)),
+            other => Err(serde::de::Error::custom(format!(
+                "{other} is not an outcome; use 0, 1, true or false"
+            ))),
+        }
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for FeedbackValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+        let values = [
+            Value::from(0),
+            Value::from(1),
+            Value::from(true),
+            Value::from(false),
+        ];
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::Integer, Type::Boolean]))
+                .description(Some("0 or 1 (or false or true)"))
+                .enum_values(Some(values))
+                .build(),
+        )
+        .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for FeedbackValue {}
+
+/// The answer to a feedback call: how many observations were counted (all
+/// of them; a call is taken whole or not at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FeedbackAccepted {
+    pub accepted: u64,
+}

@@ -1,7 +1,8 @@
 //! The REST API (DESIGN.md, "Controller REST API").
 //!
 //! Reads are open; calls that change state need the operator token; the
-//! proxies' sync call needs the sync token. Every error is
+//! proxies' sync call needs the sync token; feedback takes the feedback
+//! token (which opens nothing else) or the operator token. Every error is
 //! `{error, message}` with a 4xx (or 503 when the database cannot be
 //! written). The request and answer types are `coalmine_client::types`,
 //! so the typed client and this server share them.
@@ -9,17 +10,20 @@
 //! - `deployments`: deployments, versions, the rollout and the policy;
 //! - `reads`: health, events, history, `/metrics`, the dashboard;
 //! - `sync`: the proxies' call;
+//! - `feedback`: labels and outcomes from data pipelines;
 //! - `extract`, `schemas`, `error`: bodies checked against the published
 //!   OpenAPI document, tokens, and the one error type.
 
 mod deployments;
 mod error;
 mod extract;
+mod feedback;
 mod reads;
 mod schemas;
 mod sync;
 
 pub use error::ApiError;
+pub use feedback::FEEDBACK_BODY_LIMIT;
 
 use crate::auth::Tokens;
 use crate::service::Controller;
@@ -58,13 +62,20 @@ pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
         schemas: schemas.clone(),
     };
     let metrics_state = controller.clone();
+    let pipelines = AppState {
+        controller: controller.clone(),
+        tokens: tokens.clone(),
+        body_limit: feedback::FEEDBACK_BODY_LIMIT,
+        schemas: schemas.clone(),
+    };
     let proxies = AppState {
         controller,
         tokens,
         body_limit: SYNC_BODY_LIMIT,
         schemas,
     };
-    let (router, doc) = routes(operator, proxies.clone(), metrics_state).split_for_parts();
+    let (router, doc) =
+        routes(operator, pipelines, proxies.clone(), metrics_state).split_for_parts();
     let doc = Arc::new(finish(doc));
     // Only unset here, where `proxies.schemas` was just made.
     let _ = proxies.schemas.set(BodySchemas::new(&doc));
@@ -78,7 +89,12 @@ pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
         })
 }
 
-fn routes(operator: AppState, proxies: AppState, metrics_state: Arc<Controller>) -> OpenApiRouter {
+fn routes(
+    operator: AppState,
+    pipelines: AppState,
+    proxies: AppState,
+    metrics_state: Arc<Controller>,
+) -> OpenApiRouter {
     use deployments::*;
     use reads::*;
     let v1 = OpenApiRouter::new()
@@ -97,6 +113,10 @@ fn routes(operator: AppState, proxies: AppState, metrics_state: Arc<Controller>)
         .routes(routes!(get_policy, set_policy))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(operator);
+    let feedback_routes = OpenApiRouter::new()
+        .routes(routes!(feedback::post_feedback))
+        .layer(DefaultBodyLimit::max(feedback::FEEDBACK_BODY_LIMIT))
+        .with_state(pipelines);
     let sync_routes = OpenApiRouter::new()
         .routes(routes!(sync::sync))
         .layer(DefaultBodyLimit::max(SYNC_BODY_LIMIT))
@@ -105,7 +125,7 @@ fn routes(operator: AppState, proxies: AppState, metrics_state: Arc<Controller>)
         .routes(routes!(dashboard))
         .routes(routes!(metrics).with_state(metrics_state))
         .routes(routes!(healthz))
-        .nest("/v1", v1.merge(sync_routes))
+        .nest("/v1", v1.merge(feedback_routes).merge(sync_routes))
 }
 
 fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
@@ -148,11 +168,16 @@ impl utoipa::Modify for BearerTokens {
         );
         components
             .add_security_scheme(SYNC_TOKEN, bearer("the proxies' sync token (--sync-token)"));
+        components.add_security_scheme(
+            FEEDBACK_TOKEN,
+            bearer("the data pipelines' feedback token (--feedback-token): feedback only"),
+        );
     }
 }
 
 const OPERATOR_TOKEN: &str = "operator_token";
 const SYNC_TOKEN: &str = "sync_token";
+const FEEDBACK_TOKEN: &str = "feedback_token";
 
 /// Adds the error answers every operation can give, each `{error, message}`:
 /// 400 for bad input, 401 without the right token, 404 for an unknown
@@ -170,7 +195,9 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
             .flatten()
         {
             let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
-            let sync = path == "/v1/sync";
+            // Neither the proxies' call nor feedback depends on the
+            // deployment's state.
+            let counted = path == "/v1/sync" || path.ends_with("/feedback");
             let mut errors = vec![(400, "the request is malformed; nothing was changed")];
             if secured {
                 errors.push((401, "the token is missing or wrong"));
@@ -178,7 +205,7 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
             if path.contains("{name}") {
                 errors.push((404, "no such deployment (or version)"));
             }
-            if secured && !sync {
+            if secured && !counted {
                 errors.push((409, "the deployment's state does not allow this now"));
             }
             if op.request_body.is_some() {

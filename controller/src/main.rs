@@ -29,6 +29,9 @@ struct Args {
     /// Token the proxies present on /v1/sync.
     #[arg(long, env = "COALMINE_SYNC_TOKEN", hide_env_values = true)]
     sync_token: Option<String>,
+    /// Token data pipelines present to post feedback (labels, outcomes), and nothing else; optional: the operator token may post feedback too.
+    #[arg(long, env = "COALMINE_FEEDBACK_TOKEN", hide_env_values = true)]
+    feedback_token: Option<String>,
     /// Run without tokens (development only: anyone who reaches the port can change traffic).
     #[arg(long)]
     insecure_dev: bool,
@@ -52,7 +55,16 @@ fn tokens(args: &Args) -> Result<Tokens> {
     let tokens = Tokens {
         operator: secret(&args.operator_token),
         sync: secret(&args.sync_token),
+        feedback: secret(&args.feedback_token),
     };
+    fn given(t: &Option<String>) -> Option<&str> {
+        t.as_deref().map(str::trim).filter(|t| !t.is_empty())
+    }
+    if let Some(f) = given(&args.feedback_token)
+        && [given(&args.operator_token), given(&args.sync_token)].contains(&Some(f))
+    {
+        bail!("the feedback token must differ from the operator and sync tokens: it grants less");
+    }
     if args.insecure_dev {
         tracing::warn!(
             "--insecure-dev: tokens that were not given are not checked; do not expose this port"

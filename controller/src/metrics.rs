@@ -45,6 +45,19 @@ struct ShareLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MetricLabels {
+    deployment: String,
+    metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MetricRoleLabels {
+    deployment: String,
+    metric: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -62,6 +75,10 @@ pub struct Metrics {
     webhooks: Family<ResultLabel, Counter>,
     output_share: Family<ShareLabels, Gauge<f64, AtomicU64>>,
     output_shift: Family<FieldLabels, Gauge<f64, AtomicU64>>,
+    feedback_received: Family<MetricLabels, Counter>,
+    feedback_observations: Family<MetricRoleLabels, Gauge>,
+    feedback_rate: Family<MetricRoleLabels, Gauge<f64, AtomicU64>>,
+    feedback_age: Family<MetricRoleLabels, Gauge>,
 }
 
 /// How a sync report was taken.
@@ -95,6 +112,10 @@ impl Default for Metrics {
             webhooks: Family::default(),
             output_share: Family::default(),
             output_shift: Family::default(),
+            feedback_received: Family::default(),
+            feedback_observations: Family::default(),
+            feedback_rate: Family::default(),
+            feedback_age: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +162,26 @@ impl Default for Metrics {
             "output_shift",
             "How far the canary's distribution of an output field is from the baseline's (total variation distance), over the policy's window",
             m.output_shift.clone(),
+        );
+        registry.register(
+            "feedback_received",
+            "Feedback observations counted, by deployment and metric",
+            m.feedback_received.clone(),
+        );
+        registry.register(
+            "feedback_observations",
+            "Feedback observations of each role over the metric's window",
+            m.feedback_observations.clone(),
+        );
+        registry.register(
+            "feedback_rate",
+            "Each role's rate of 1s of a feedback metric over its window (absent without observations)",
+            m.feedback_rate.clone(),
+        );
+        registry.register(
+            "feedback_newest_age_seconds",
+            "Seconds since each role's newest feedback observation arrived (absent before the first)",
+            m.feedback_age.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -218,6 +259,61 @@ impl Metrics {
                         value: s.value.clone(),
                     };
                     self.output_share.get_or_create(&labels).set(share);
+                }
+            }
+        }
+    }
+
+    /// `n` observations of `metric` counted for `deployment`.
+    pub fn feedback_received(&self, deployment: &str, metric: &str, n: u64) {
+        let labels = MetricLabels {
+            deployment: deployment.to_string(),
+            metric: metric.to_string(),
+        };
+        self.feedback_received.get_or_create(&labels).inc_by(n);
+    }
+
+    /// Each declared feedback metric per role: its count over the window
+    /// (0 without any), and its rate and newest age when it has some.
+    pub fn observe_feedback(
+        &self,
+        d: &Deployment,
+        baseline: &RoleWindowStats,
+        canary: &RoleWindowStats,
+    ) {
+        for metric in d.policy.feedback.keys() {
+            let roles = [
+                ("baseline", Some(baseline)),
+                ("canary", d.canary.as_ref().map(|_| canary)),
+            ];
+            for (role, stats) in roles {
+                let labels = MetricRoleLabels {
+                    deployment: d.name.clone(),
+                    metric: metric.clone(),
+                    role: role.to_string(),
+                };
+                let s = stats.and_then(|s| s.feedback.get(metric));
+                let count = s.map_or(0, |s| s.observations);
+                self.feedback_observations
+                    .get_or_create(&labels)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                match s.filter(|s| s.observations > 0) {
+                    Some(s) => {
+                        self.feedback_rate.get_or_create(&labels).set(s.rate);
+                    }
+                    None => {
+                        self.feedback_rate.remove(&labels);
+                    }
+                }
+                match s.and_then(|s| s.newest_age_seconds) {
+                    Some(age) => {
+                        self.feedback_age
+                            .get_or_create(&labels)
+                            .set(i64::try_from(age).unwrap_or(i64::MAX));
+                    }
+                    None => {
+                        self.feedback_age.remove(&labels);
+                    }
                 }
             }
         }

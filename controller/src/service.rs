@@ -9,8 +9,10 @@
 //! injected [`Clock`].
 //!
 //! - `ingest`: sync reports, deduplicated, into the rolling windows;
+//! - `feedback`: feedback calls, checked whole, into the windows too;
 //! - `history`: one sample a second per deployment, for charts.
 
+mod feedback;
 mod history;
 mod ingest;
 
@@ -437,10 +439,13 @@ impl Controller {
                 let mut obs = self.ingest.observe(d, now);
                 self.metrics
                     .observe_outputs(&d.name, &obs.baseline, &obs.canary);
+                self.metrics.observe_feedback(d, &obs.baseline, &obs.canary);
                 // The charts draw requests, errors and latency; a second's
-                // output mix is in health and /metrics, not in history.
+                // output mix and feedback are in health and /metrics, not
+                // in history.
                 for role in [&mut obs.baseline, &mut obs.canary] {
                     role.outputs.clear();
+                    role.feedback.clear();
                 }
                 let sample = Sample {
                     at: now,
@@ -464,17 +469,18 @@ impl Controller {
     }
 
     async fn prune(&self, now: Millis) {
-        let keep = {
+        let (keep, feedback_keep) = {
             let state = self.state.lock().await;
-            state
-                .deployments
-                .values()
-                .map(|d| d.policy.window_seconds)
-                .max()
-                .unwrap_or(300)
-                + 60
+            let policies = || state.deployments.values().map(|d| &d.policy);
+            let longest_feedback = policies()
+                .flat_map(|p| p.feedback.values().map(|m| m.window_seconds))
+                .max();
+            (
+                policies().map(|p| p.window_seconds).max().unwrap_or(300) + 60,
+                longest_feedback.unwrap_or(0) + 60,
+            )
         };
-        self.ingest.prune(now, keep);
+        self.ingest.prune(now, keep, feedback_keep);
     }
 
     /// The evaluation loop, until `shutdown` resolves.

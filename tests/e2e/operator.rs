@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, ensure};
 use coalmine_client::Action;
+use coalmine_client::types::{FeedbackBatch, FeedbackObservation, FeedbackValue};
 use coalmine_e2e::{
     Browser, ControllerProc, Envoy, EnvoyConfig, Load, OPERATOR_TOKEN, Receiver, SYNC_TOKEN,
     Upstream, package_bin, poll, workspace_root,
@@ -383,19 +384,49 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
     .await?;
     // Each role's output mix per field, as bars (the upstreams answer like
     // a model, and the shipped configuration reads the answers).
-    poll(
-        "the output mix charts",
-        Duration::from_secs(20),
-        || async {
-            let Ok(chart) = b.find(Locator::Css("#outputs-probability")).await else {
-                return Ok(None);
-            };
-            let bars = chart.find_all(Locator::Css("rect")).await?.len();
-            let prediction = b.find(Locator::Css("#outputs-prediction")).await.is_ok();
-            Ok((bars >= 2 && prediction).then_some(()))
-        },
-    )
+    poll("the output mix charts", Duration::from_secs(20), || async {
+        let Ok(chart) = b.find(Locator::Css("#outputs-probability")).await else {
+            return Ok(None);
+        };
+        let bars = chart.find_all(Locator::Css("rect")).await?.len();
+        let prediction = b.find(Locator::Css("#outputs-prediction")).await.is_ok();
+        Ok((bars >= 2 && prediction).then_some(()))
+    })
     .await?;
+    // What clients report back, per metric and role, with its count.
+    let labels = |version: &str, ones: usize, n: usize| {
+        (0..n)
+            .map(|i| FeedbackObservation {
+                version: version.into(),
+                value: FeedbackValue(i < ones),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut observations = labels("v1", 34, 40);
+    observations.extend(labels("v2", 12, 20));
+    let batch = FeedbackBatch {
+        metric: "accuracy".into(),
+        observations,
+    };
+    c.client().feedback("heart-prod", &batch).await?;
+    let shown = poll("the feedback table", Duration::from_secs(20), || async {
+        let text = |id: &'static str| async move { b.find(Locator::Id(id)).await?.text().await };
+        let (Ok(base), Ok(canary)) = (
+            text("feedback-accuracy-baseline").await,
+            text("feedback-accuracy-canary").await,
+        ) else {
+            return Ok(None);
+        };
+        Ok(
+            (base.contains("0.850 of 40") && canary.contains("0.600 of 20"))
+                .then_some((base, canary)),
+        )
+    })
+    .await?;
+    println!(
+        "dashboard feedback: baseline {}, canary {}",
+        shown.0, shown.1
+    );
     let before = artifacts.join("dashboard-canary.png");
     browser.screenshot(&before).await?;
 
@@ -444,6 +475,10 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         "coalmine_controller_verdict{deployment=\"heart-prod\",verdict=\"INSUFFICIENT_DATA\"} 1",
         "coalmine_controller_sync_reports_total{result=\"accepted\"}",
         "coalmine_controller_evaluation_duration_seconds_count",
+        "coalmine_controller_feedback_observations{deployment=\"heart-prod\",metric=\"accuracy\",role=\"baseline\"} 40",
+        "coalmine_controller_feedback_rate{deployment=\"heart-prod\",metric=\"accuracy\",role=\"baseline\"} 0.85",
+        "coalmine_controller_feedback_newest_age_seconds{deployment=\"heart-prod\",metric=\"accuracy\",role=\"baseline\"}",
+        "coalmine_controller_feedback_received_total{deployment=\"heart-prod\",metric=\"accuracy\"} 60",
     ] {
         ensure!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
     }

@@ -1,7 +1,8 @@
 //! `coalmine-sim`: how often the policy rolls back or holds a healthy canary,
 //! and how fast it catches bad ones, with and without the significance
-//! guard: errors and latency, and what the models answer (the demo's real
-//! models, trained here, give the answers' distributions).
+//! guard: errors and latency, what the models answer (the demo's real
+//! models, trained here, give the answers' distributions), and delayed
+//! labels fed back as accuracy.
 //!
 //! `make bench-decisions` runs it in full and writes target/bench/decisions.json;
 //! `--quick` (in `make test`) runs fewer and fails when a goal is missed.
@@ -31,6 +32,9 @@ struct Args {
     /// 200 A/A runs and 30 per detection scenario; exit 1 when a goal is missed.
     #[arg(long)]
     quick: bool,
+    /// Only this section: errors, outputs or feedback.
+    #[arg(long, value_parser = ["errors", "outputs", "feedback"])]
+    only: Option<String>,
 }
 
 /// The smallest k with P(Binomial(n, p) ≤ k) ≥ q.
@@ -45,6 +49,9 @@ fn binomial_quantile(n: u64, p: f64, q: f64) -> u64 {
     }
     n
 }
+
+/// One section's run: its report and goals, its detections added.
+type Section<'a> = dyn FnMut(&mut Vec<Detection>) -> Result<(Value, Vec<Goal>)> + 'a;
 
 /// A goal and whether this run met it.
 struct Goal {
@@ -185,6 +192,67 @@ fn outputs(sim: &Sim, detections: &mut Vec<Detection>) -> Result<(Value, Vec<Goa
     Ok((report, goals))
 }
 
+/// Delayed labels: the same accuracy on both roles (false rollbacks), and
+/// 0.85 → 0.60 with 10 % of answers labelled 2 s later, at 10 % and 20 %;
+/// under the seed's rule (accuracy below 0.85 rolls back, as `min`) and,
+/// for comparison, under the canary-vs-baseline delta alone.
+fn feedback(sim: &Sim, detections: &mut Vec<Detection>) -> (Value, Vec<Goal>) {
+    let with_min = |p: &Policy| {
+        let mut p = p.clone();
+        if let Some(m) = p.feedback.get_mut("accuracy") {
+            m.min = Some(0.85);
+        }
+        p
+    };
+    let (seed_guard, seed_naive) = (with_min(&sim.guard), with_min(&sim.naive));
+    let aa = Scenario::feedback_aa();
+    println!("feedback A/A: {} runs per policy…", sim.aa_runs);
+    let rollbacks = rollback_rate(&run_many(&aa, &seed_guard, sim.aa_runs, 1, sim.threads));
+    let delta_only = rollback_rate(&run_many(&aa, &sim.guard, sim.aa_runs, 1, sim.threads));
+    let mut goals = vec![Goal {
+        what: format!(
+            "delayed-label A/A: {:.2} % false rollbacks with min 0.85, {:.2} % with the delta alone, ≤ 1 %",
+            rollbacks * 100.0,
+            delta_only * 100.0
+        ),
+        met: rollbacks <= 0.01 && delta_only <= 0.01,
+    }];
+    for percent in [10.0, 20.0] {
+        let s = Scenario::accuracy_drop(percent, 0.60);
+        println!("{}: {} runs per policy…", s.name, sim.detection_runs);
+        for (name, policy) in [
+            ("guard", &seed_guard),
+            ("naive", &seed_naive),
+            ("delta", &sim.guard),
+        ] {
+            let runs = run_many(&s, policy, sim.detection_runs, 100_000, sim.threads);
+            detections.push(detection(&s.name, name, &runs));
+        }
+    }
+    let name = Scenario::accuracy_drop(20.0, 0.60).name;
+    let at_20 = find(detections, &name, "guard");
+    let delta = find(detections, &name, "delta");
+    let median = |d: Option<&Detection>| {
+        d.and_then(|d| d.median_s)
+            .map_or("-".into(), |m| format!("{m:.0} s"))
+    };
+    goals.push(Goal {
+        what: format!(
+            "accuracy 0.85 → 0.60 (10 % labelled after 2 s, 20 % of 100 requests/s) caught in median {} ≤ 30 s under the seed's min 0.85 (the delta alone: {})",
+            median(at_20),
+            median(delta)
+        ),
+        met: at_20
+            .is_some_and(|d| d.detected_rate >= 0.99 && d.median_s.is_some_and(|m| m <= 30.0)),
+    });
+    let report = json!({
+        "aa": {"runs": sim.aa_runs, "false_rollback_rate": rollbacks,
+               "false_rollback_rate_delta_only": delta_only, "scenario": aa},
+        "policy": seed_guard.feedback,
+    });
+    (report, goals)
+}
+
 fn print_table(detections: &[Detection]) {
     let secs = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.0} s"));
     println!(
@@ -222,9 +290,19 @@ fn main() -> Result<()> {
     };
     let started = Instant::now();
     let mut detections = Vec::new();
-    let (errors, mut goals) = errors(&sim, &mut detections);
-    let (outputs, more) = outputs(&sim, &mut detections)?;
-    goals.extend(more);
+    let runs = |section: &str| args.only.as_deref().is_none_or(|o| o == section);
+    let mut goals = Vec::new();
+    let mut section = |name: &str, run: &mut Section| -> Result<Value> {
+        if !runs(name) {
+            return Ok(Value::Null);
+        }
+        let (report, more) = run(&mut detections)?;
+        goals.extend(more);
+        Ok(report)
+    };
+    let errors = section("errors", &mut |d| Ok(errors(&sim, d)))?;
+    let outputs = section("outputs", &mut |d| outputs(&sim, d))?;
+    let feedback = section("feedback", &mut |d| Ok(feedback(&sim, d)))?;
     let elapsed = started.elapsed().as_secs_f64();
     print_table(&detections);
     println!("\ngoals:");
@@ -238,6 +316,7 @@ fn main() -> Result<()> {
     let report = json!({
         "errors": errors,
         "outputs": outputs,
+        "feedback": feedback,
         "detections": detections,
         "goals": goals.iter().map(|g| json!({"goal": g.what, "met": g.met})).collect::<Vec<_>>(),
         "policy": sim.guard,

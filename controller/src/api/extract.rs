@@ -124,6 +124,41 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
+/// A data pipeline posting feedback: the feedback token or the operator
+/// token (open when the operator check is off, as with `--insecure-dev`).
+/// The feedback token opens nothing else.
+#[derive(Debug)]
+pub(super) struct FeedbackCaller;
+
+impl FromRequestParts<AppState> for FeedbackCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(operator) = &state.tokens.operator else {
+            return Ok(FeedbackCaller);
+        };
+        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        if header.is_none() {
+            return Err(ApiError::Unauthorized(
+                "feedback needs `Authorization: Bearer <feedback or operator token>`".into(),
+            ));
+        }
+        // Both compared, each in constant time: which one matched is not timed.
+        let as_operator = bearer_matches(operator, header);
+        let as_pipeline = state
+            .tokens
+            .feedback
+            .as_ref()
+            .is_some_and(|t| bearer_matches(t, header));
+        if as_operator | as_pipeline {
+            Ok(FeedbackCaller)
+        } else {
+            Err(ApiError::Unauthorized(
+                "the token is neither the feedback token nor the operator token".into(),
+            ))
+        }
+    }
+}
+
 /// A proxy, authenticated by the sync token.
 #[derive(Debug)]
 pub(super) struct SyncCaller;

@@ -7,6 +7,9 @@ use super::error::ApiError;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
+/// Longest error message that quotes the value it is about.
+const MAX_QUOTED: usize = 240;
+
 #[derive(Debug, Default)]
 pub(super) struct BodySchemas(HashMap<String, jsonschema::Validator>);
 
@@ -52,7 +55,13 @@ impl BodySchemas {
         validator.validate(value).map_err(|e| {
             let at = e.instance_path().to_string();
             let at = if at.is_empty() { "/".to_string() } else { at };
-            ApiError::BadRequest(format!("invalid JSON body: {at}: {e}"))
+            // The message quotes the offending value, unless it is large
+            // (10 001 observations, say): then it names it by its place.
+            let mut message = e.to_string();
+            if message.len() > MAX_QUOTED {
+                message = e.masked_with("the value").to_string();
+            }
+            ApiError::BadRequest(format!("invalid JSON body: {at}: {message}"))
         })
     }
 

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use utoipa::ToSchema;
 
+mod feedback;
+
 const OP: &str = "op-token";
 const SYNC: &str = "sync-token";
 
@@ -26,6 +28,7 @@ async fn app() -> Router {
         Tokens {
             operator: Some(Secret::new(OP)),
             sync: Some(Secret::new(SYNC)),
+            feedback: None,
         },
     )
 }
@@ -669,6 +672,7 @@ async fn the_openapi_document_covers_every_route() {
         "GET /v1/deployments/{name}/policy",
         "PUT /v1/deployments/{name}/policy",
         "POST /v1/sync",
+        "POST /v1/deployments/{name}/feedback",
     ];
     expected.sort();
     assert_eq!(documented, expected);
@@ -684,6 +688,12 @@ async fn the_openapi_document_covers_every_route() {
         json!([{"sync_token": []}])
     );
     assert!(op("get", "/v1/deployments")["security"].is_null());
+    assert_eq!(
+        op("post", "/v1/deployments/{name}/feedback")["security"],
+        json!([{"feedback_token": []}, {"operator_token": []}])
+    );
+    let feedback = &doc["components"]["schemas"]["FeedbackBatch"]["properties"];
+    assert_eq!(feedback["observations"]["maxItems"], json!(10_000));
     // Every /v1 operation documents its errors as {error, message}.
     for (path, item) in paths.iter().filter(|(p, _)| p.starts_with("/v1/")) {
         for (method, operation) in item.as_object().unwrap() {
@@ -717,6 +727,7 @@ async fn the_openapi_document_covers_every_route() {
         ReasonBody::name(),
         Policy::name(),
         SyncRequest::name(),
+        coalmine_client::types::FeedbackBatch::name(),
     ] {
         assert!(schemas.contains(&body), "{body}");
     }

@@ -6,7 +6,7 @@ use crate::clock::Millis;
 use crate::metrics::{Metrics, SyncResult};
 use coalmine_decide::engine::Deployment;
 use coalmine_decide::observe::{Observations, observe};
-use coalmine_decide::window::{Reported, Windows};
+use coalmine_decide::window::{Reported, Tally, Windows};
 use coalmine_protocol::sync::{ReportError, SyncRequest};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -92,11 +92,20 @@ impl Ingest {
             .unwrap_or_default()
     }
 
-    /// Forgets buckets older than `keep_seconds`, the series of deployments
-    /// gone, and instances not heard from for an hour.
-    pub(crate) fn prune(&self, now: Millis, keep_seconds: u64) {
+    /// Takes in one feedback call's [`Tally`], arrived at `now`.
+    pub(crate) fn feedback(&self, deployment: &str, metric: &str, tally: &Tally, now: Millis) {
+        if let Ok(mut w) = self.windows.lock() {
+            w.feedback.add_tally(deployment, metric, now / 1000, tally);
+        }
+    }
+
+    /// Forgets buckets older than `keep_seconds`, feedback older than
+    /// `feedback_keep_seconds`, the series of deployments gone, and
+    /// instances not heard from for an hour.
+    pub(crate) fn prune(&self, now: Millis, keep_seconds: u64, feedback_keep_seconds: u64) {
         if let Ok(mut w) = self.windows.lock() {
             w.prune(now / 1000, keep_seconds);
+            w.feedback.prune(now / 1000, feedback_keep_seconds);
         }
         if let Ok(mut i) = self.instances.lock() {
             i.retain(|_, inst| now.saturating_sub(inst.seen_at) < INSTANCE_TTL_MS);

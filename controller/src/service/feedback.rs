@@ -1,0 +1,28 @@
+//! Feedback calls: ground truth and business outcomes posted after the
+//! fact, checked whole against the deployment (declared metric, registered
+//! versions) and counted by arrival into the windows the policy reads.
+//!
+//! Like the request windows, feedback lives in memory: a controller that
+//! restarts judges on what arrives after it (its windows start empty).
+
+use super::{Controller, ServiceError};
+use coalmine_decide::window::tally;
+
+impl Controller {
+    /// Counts one call's observations of `metric` (version, outcome) for
+    /// deployment `name`, all of them or, on any fault, none. Returns how
+    /// many were counted.
+    pub async fn feedback<'a>(
+        &self,
+        name: &str,
+        metric: &str,
+        observations: impl IntoIterator<Item = (&'a str, bool)>,
+    ) -> Result<u64, ServiceError> {
+        let d = self.deployment(name).await?;
+        let counted = tally(&d, metric, observations)?;
+        let n = counted.values().map(|&(n, _)| n).sum();
+        self.ingest.feedback(name, metric, &counted, self.now());
+        self.metrics.feedback_received(name, metric, n);
+        Ok(n)
+    }
+}
