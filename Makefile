@@ -103,7 +103,7 @@ test: setup lint deny validate check-deploy test-unit test-wasm test-e2e fuzz-sm
 demo: build ## the heart-disease story on the local stack (KEEP=1 leaves it running)
 	target/release/coalmine-demo $(if $(KEEP),--keep)
 
-up: build ## start the local stack in the background (ports 10000, 9901, 8700, 8501, 8502)
+up: build ## start the local stack in the background (ports 10000, 9901, 8700, 8501, 8502, 8503)
 	@tools/stack.sh up
 
 down: ## stop the local stack

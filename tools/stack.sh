@@ -4,11 +4,13 @@
 #   controller      127.0.0.1:8700
 #   model v1        127.0.0.1:8501  (baseline)
 #   model v2        127.0.0.1:8502  (the new model: fragile on malformed input)
+#   model v3        127.0.0.1:8503  (retrained on another split)
 #
 #   tools/stack.sh up | down | status
 #
 # Logs and pid files live in .coalmine/; the operator token is taken from
-# COALMINE_OPERATOR_TOKEN or generated into .coalmine/operator-token. Models
+# COALMINE_OPERATOR_TOKEN or generated into .coalmine/operator-token, the
+# feedback-only token (for label pipelines) into .coalmine/feedback-token. Models
 # are trained into .coalmine/models/ on first use. COALMINE_DB chooses the
 # controller's database (default .coalmine/coalmine.db).
 set -euo pipefail
@@ -21,11 +23,12 @@ DATA=data/uci-heart-cleveland/cleveland.tsv
 DB=${COALMINE_DB:-$DIR/coalmine.db}
 # Must match the controller block of envoy/envoy.yaml (a local-only token).
 SYNC_TOKEN=coalmine-local-sync-token
-SERVICES=(models-v1 models-v2 controller envoy)
-declare -A PORT=([models-v1]=8501 [models-v2]=8502 [controller]=8700 [envoy]=10000)
+SERVICES=(models-v1 models-v2 models-v3 controller envoy)
+declare -A PORT=([models-v1]=8501 [models-v2]=8502 [models-v3]=8503 [controller]=8700 [envoy]=10000)
 declare -A READY=(
   [models-v1]=http://127.0.0.1:8501/healthz
   [models-v2]=http://127.0.0.1:8502/healthz
+  [models-v3]=http://127.0.0.1:8503/healthz
   [controller]=http://127.0.0.1:8700/healthz
   [envoy]=http://127.0.0.1:9901/ready
 )
@@ -72,15 +75,16 @@ up() {
   done
   port_busy 9901 && die "port 9901 (Envoy admin) is in use by another program"
 
-  for v in v1 v2; do
+  declare -A HOW=([v1]="" [v2]="--underfit" [v3]="--seed 7")
+  for v in v1 v2 v3; do
     if [ ! -s "$DIR/models/$v.json" ]; then
-      underfit=""; [ "$v" = v2 ] && underfit=--underfit
       say "training $v"
-      "$BIN/coalmine-models-server" train --data "$DATA" --out "$DIR/models/$v.json" --version "$v" $underfit
+      # shellcheck disable=SC2086 # HOW holds separate flags
+      "$BIN/coalmine-models-server" train --data "$DATA" --out "$DIR/models/$v.json" --version "$v" ${HOW[$v]}
     fi
   done
 
-  local operator_token models_token
+  local operator_token models_token feedback_token
   if [ -n "${COALMINE_OPERATOR_TOKEN:-}" ]; then
     operator_token=$COALMINE_OPERATOR_TOKEN
     printf '%s' "$operator_token" > "$DIR/operator-token"; chmod 600 "$DIR/operator-token"
@@ -88,29 +92,35 @@ up() {
     operator_token=$(secret "$DIR/operator-token")
   fi
   models_token=$(secret "$DIR/models-admin-token")
+  feedback_token=$(secret "$DIR/feedback-token")
 
   say "starting the stack (logs in $DIR/)"
   COALMINE_MODELS_ADMIN_TOKEN=$models_token start models-v1 \
     "$BIN/coalmine-models-server" serve --model "$DIR/models/v1.json" --listen 127.0.0.1:8501
   COALMINE_MODELS_ADMIN_TOKEN=$models_token start models-v2 \
     "$BIN/coalmine-models-server" serve --model "$DIR/models/v2.json" --listen 127.0.0.1:8502 --crash-on-malformed
-  COALMINE_OPERATOR_TOKEN=$operator_token COALMINE_SYNC_TOKEN=$SYNC_TOKEN start controller \
+  COALMINE_MODELS_ADMIN_TOKEN=$models_token start models-v3 \
+    "$BIN/coalmine-models-server" serve --model "$DIR/models/v3.json" --listen 127.0.0.1:8503
+  COALMINE_OPERATOR_TOKEN=$operator_token COALMINE_SYNC_TOKEN=$SYNC_TOKEN \
+    COALMINE_FEEDBACK_TOKEN=$feedback_token start controller \
     "$BIN/coalmine-controller" --listen 127.0.0.1:8700 --db "$DB"
   start envoy .venv/bin/envoy -c envoy/envoy.yaml --disable-hot-restart --log-level info
   for s in "${SERVICES[@]}"; do wait_ready "$s"; done
   cat <<EOT
     model v1      http://127.0.0.1:8501   (baseline)
     model v2      http://127.0.0.1:8502   (fragile: 500 on malformed input)
+    model v3      http://127.0.0.1:8503   (retrained on another split)
     controller    http://127.0.0.1:8700   (database $DB)
     envoy         http://127.0.0.1:10000  (admin http://127.0.0.1:9901)
-    operator token in $DIR/operator-token; model fault switch token in $DIR/models-admin-token
+    operator token in $DIR/operator-token; feedback token in $DIR/feedback-token;
+    model fault switch token in $DIR/models-admin-token
     stop it with: make down
 EOT
 }
 
 down() {
   local any=""
-  for s in envoy controller models-v2 models-v1; do
+  for s in envoy controller models-v3 models-v2 models-v1; do
     [ -f "$DIR/$s.pid" ] || continue
     local pid; pid=$(cat "$DIR/$s.pid")
     if kill -0 "$pid" 2>/dev/null; then
@@ -125,7 +135,7 @@ down() {
   done
   [ -n "$any" ] || echo "    nothing was running"
   local busy=""
-  for p in 10000 9901 8700 8501 8502; do port_busy "$p" && busy+=" $p"; done
+  for p in 10000 9901 8700 8501 8502 8503; do port_busy "$p" && busy+=" $p"; done
   [ -z "$busy" ] || die "still listening after make down:$busy (not started by make up?)"
 }
 

@@ -10,7 +10,8 @@
 //!
 //! - `ingest`: sync reports, deduplicated, into the rolling windows;
 //! - `feedback`: feedback calls, checked whole, into the windows too;
-//! - `history`: one sample a second per deployment, for charts.
+//! - `history`: one sample a second per deployment, for charts (sampled
+//!   here, with the metrics of the moment).
 
 mod feedback;
 mod history;
@@ -22,7 +23,6 @@ use crate::clock::{Clock, Millis, SystemClock};
 use crate::metrics::Metrics;
 use crate::notify::{NoNotifier, Notifier};
 use crate::store::{Commit, Store, StoreError, StoredEvent};
-use coalmine_client::types::Sample;
 use coalmine_decide::engine::{self, Command, Deployment, Refusal, Transition};
 use coalmine_decide::observe::Observations;
 use coalmine_decide::policy::Policy;
@@ -425,49 +425,6 @@ impl Controller {
         self.prune(now).await;
     }
 
-    /// Records one history sample per deployment: its split, the verdict
-    /// the engine last reached, and both roles' numbers now.
-    pub async fn sample(&self) {
-        let now = self.now();
-        let state = self.state.lock().await;
-        let samples: Vec<(String, Sample)> = state
-            .deployments
-            .values()
-            .map(|d| {
-                let verdict = state.verdict_of(d);
-                self.metrics.observe_deployment(d, Some(verdict));
-                let mut obs = self.ingest.observe(d, now);
-                self.metrics
-                    .observe_outputs(&d.name, &obs.baseline, &obs.canary);
-                self.metrics.observe_feedback(d, &obs.baseline, &obs.canary);
-                // The charts draw requests, errors and latency; a second's
-                // output mix and feedback are in health and /metrics, not
-                // in history.
-                for role in [&mut obs.baseline, &mut obs.canary] {
-                    role.outputs.clear();
-                    role.feedback.clear();
-                }
-                let sample = Sample {
-                    at: now,
-                    canary_percent: d.canary.as_ref().map_or(0.0, |c| c.bps.as_percent()),
-                    canary_version: d.canary.as_ref().map(|c| c.target.version.clone()),
-                    verdict,
-                    baseline: obs.baseline,
-                    canary: obs.canary,
-                };
-                (d.name.clone(), sample)
-            })
-            .collect();
-        drop(state);
-        self.history.record(samples);
-    }
-
-    /// A deployment's history samples after `since` (ms), oldest first.
-    pub async fn history(&self, name: &str, since: Millis) -> Result<Vec<Sample>, ServiceError> {
-        self.deployment(name).await?;
-        Ok(self.history.since(name, since))
-    }
-
     async fn prune(&self, now: Millis) {
         let (keep, feedback_keep) = {
             let state = self.state.lock().await;
@@ -790,7 +747,7 @@ mod tests {
         clock.advance(1000);
         c.evaluate_due().await;
         c.sample().await;
-        let last = |h: Vec<Sample>| h.last().map(|s| s.verdict);
+        let last = |h: Vec<coalmine_client::types::Sample>| h.last().map(|s| s.verdict);
         assert_eq!(
             last(c.history("heart-prod", 0).await.unwrap()),
             Some(VerdictKind::Critical)

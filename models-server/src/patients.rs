@@ -1,6 +1,7 @@
 //! Real patients as prediction requests: the complete rows of the UCI
 //! Cleveland data (`data/uci-heart-cleveland/cleveland.tsv`), each as the
-//! JSON body `POST /predict` takes (the 13 features by name). The demo, the
+//! JSON body `POST /predict` takes (the 13 features by name), with the
+//! diagnosis the data records (ground truth, for feedback). The demo, the
 //! end-to-end tests and the benchmarks send these.
 
 use serde_json::{Map, Value, json};
@@ -9,8 +10,21 @@ use std::path::Path;
 /// The data file, relative to the repository root.
 pub const DATA_FILE: &str = "data/uci-heart-cleveland/cleveland.tsv";
 
+/// A patient: the request a client sends, and what the data records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Patient {
+    pub request: Value,
+    /// Heart disease present (`diagnosis > 0`): what a right prediction says.
+    pub disease: bool,
+}
+
 /// The prediction requests of every row without a missing value (`?`).
 pub fn requests(text: &str) -> Vec<Value> {
+    patients(text).into_iter().map(|p| p.request).collect()
+}
+
+/// Every row without a missing value (`?`), with its diagnosis.
+pub fn patients(text: &str) -> Vec<Patient> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
     let mut out = Vec::new();
@@ -26,7 +40,11 @@ pub fn requests(text: &str) -> Vec<Value> {
                 json!(cell.parse::<f64>().unwrap_or_default()),
             );
         }
-        out.push(Value::Object(row));
+        let diagnosis = cells.get(13).and_then(|c| c.parse::<f64>().ok());
+        out.push(Patient {
+            request: Value::Object(row),
+            disease: diagnosis.is_some_and(|d| d > 0.0),
+        });
     }
     out
 }
@@ -34,6 +52,11 @@ pub fn requests(text: &str) -> Vec<Value> {
 /// [`requests`] of the data file under the repository root `root`.
 pub fn load_requests(root: &Path) -> std::io::Result<Vec<Value>> {
     Ok(requests(&std::fs::read_to_string(root.join(DATA_FILE))?))
+}
+
+/// [`patients`] of the data file under the repository root `root`.
+pub fn load_patients(root: &Path) -> std::io::Result<Vec<Patient>> {
+    Ok(patients(&std::fs::read_to_string(root.join(DATA_FILE))?))
 }
 
 #[cfg(test)]
@@ -51,11 +74,21 @@ mod tests {
         assert_eq!(r[0]["ST_depression_exercice"], json!(2.3));
         assert!(r[0].get("diagnosis").is_none());
         assert_eq!(r[0].as_object().unwrap().len(), 13);
+        assert!(!patients(text)[0].disease);
     }
 
     #[test]
     fn the_shipped_data_has_297_complete_patients() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         assert_eq!(load_requests(&root).unwrap().len(), 297);
+        let sick = load_patients(&root)
+            .unwrap()
+            .iter()
+            .filter(|p| p.disease)
+            .count();
+        assert_eq!(
+            sick, 137,
+            "the data records 137 of the 297 with heart disease"
+        );
     }
 }

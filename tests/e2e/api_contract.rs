@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, ensure};
 use coalmine_client::paths;
-use coalmine_e2e::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, workspace_root};
+use coalmine_e2e::{ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, SYNC_TOKEN, workspace_root};
 use serde_json::json;
 use std::process::Stdio;
 
@@ -53,6 +53,7 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
         .env("PYTHONPATH", &dir)
         .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN)
+        .env("COALMINE_FEEDBACK_TOKEN", FEEDBACK_TOKEN)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .output()

@@ -339,6 +339,20 @@ async fn the_controller_needs_its_tokens_keeps_them_out_of_logs_and_stops_on_sig
             && stderr.contains("--insecure-dev"),
         "{stderr}"
     );
+    // A feedback token that is another token's would grant more than feedback.
+    let out = std::process::Command::new(coalmine_e2e::controller_bin()?)
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("y.db"))
+        .env("COALMINE_OPERATOR_TOKEN", "same-token")
+        .env("COALMINE_SYNC_TOKEN", "sync-token")
+        .env("COALMINE_FEEDBACK_TOKEN", "same-token")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "started with the operator token as feedback token");
+    ensure!(
+        stderr.contains("the feedback token must differ") && !stderr.contains("same-token"),
+        "{stderr}"
+    );
 
     let mut s = Stack::start(30_000).await?;
     let envoy = s.envoy("proxy-a", 30_000).await?;

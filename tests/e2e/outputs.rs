@@ -6,31 +6,15 @@
 
 use anyhow::{Context as _, Result, ensure};
 use coalmine_client::types::{RegisterVersion, StoredEvent};
-use coalmine_e2e::models::{Training, train};
+use coalmine_e2e::models::Training;
 use coalmine_e2e::{
     AnswerServer, ControllerProc, Envoy, EnvoyConfig, EnvoyOptions, Load, ModelServer, answer_body,
-    package_bin, patients, plugin_reading_outputs, poll, prometheus_value,
+    patients, plugin_reading_outputs, poll, prometheus_value,
 };
 use serde_json::json;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LEASE_MS: u64 = 30_000;
-
-async fn model_server(bin: &Path, dir: &Path, version: &str, how: Training) -> Result<ModelServer> {
-    let model = train(bin, dir, version, how)?;
-    let args: Vec<String> = [
-        "serve",
-        "--model",
-        &model.display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    ModelServer::serve(bin, None, &args, &[], dir, version).await
-}
 
 /// The events after `after` (an event id), oldest first.
 async fn events_after(c: &ControllerProc, after: i64) -> Result<Vec<StoredEvent>> {
@@ -45,14 +29,9 @@ fn kinds(events: &[StoredEvent]) -> Vec<&'static str> {
 async fn a_wrong_model_is_rolled_back_by_its_outputs_and_a_retrained_one_is_promoted() -> Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let bin = package_bin("coalmine-models-server")?;
-    let v1 = model_server(&bin, dir.path(), "v1", Training::FULL).await?;
-    let v2 = model_server(&bin, dir.path(), "v2", Training::UNDERFIT).await?;
-    let retrained = Training {
-        underfit: false,
-        seed: Some(7),
-    };
-    let v3 = model_server(&bin, dir.path(), "v3", retrained).await?;
+    let v1 = ModelServer::trained(dir.path(), "v1", Training::FULL).await?;
+    let v2 = ModelServer::trained(dir.path(), "v2", Training::UNDERFIT).await?;
+    let v3 = ModelServer::trained(dir.path(), "v3", Training::RETRAINED).await?;
     let c = ControllerProc::start(LEASE_MS).await?;
     let config = EnvoyConfig::shipped("envoy.yaml")?
         .upstream("heart-v1", v1.addr)?

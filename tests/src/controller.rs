@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub const OPERATOR_TOKEN: &str = "e2e-operator-token";
 pub const SYNC_TOKEN: &str = "e2e-sync-token";
+pub const FEEDBACK_TOKEN: &str = "e2e-feedback-token";
 
 /// A binary of the controller package (`make test-e2e` builds them).
 pub fn package_bin(name: &str) -> Result<PathBuf> {
@@ -139,7 +140,8 @@ impl ControllerProc {
                 .arg("--lease-ms")
                 .arg(self.lease_ms.to_string())
                 .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)
-                .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN);
+                .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN)
+                .env("COALMINE_FEEDBACK_TOKEN", FEEDBACK_TOKEN);
         } else {
             command
                 .envs(self.env.iter().cloned())
@@ -173,9 +175,14 @@ impl ControllerProc {
         })
         .await?;
         self.addr = addr;
+        let feedback_token = match self.env.is_empty() {
+            true => Some(FEEDBACK_TOKEN.to_string()),
+            false => None,
+        };
         self.api = Client::new(&self.url(""))
             .operator_token(Some(self.operator_token.clone()))
-            .sync_token(Some(self.sync_token.clone()));
+            .sync_token(Some(self.sync_token.clone()))
+            .feedback_token(feedback_token);
         Ok(())
     }
 

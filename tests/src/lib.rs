@@ -37,7 +37,9 @@ mod stack;
 mod upstream;
 pub use answers::{AnswerServer, answer_body};
 pub use browser::Browser;
-pub use controller::{ControllerProc, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin};
+pub use controller::{
+    ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin,
+};
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, without_outputs};
 pub use load::{Load, Sample};
 pub use models::ModelServer;

@@ -26,6 +26,11 @@ impl Training {
         underfit: true,
         seed: None,
     };
+    /// Retrained on another split (seed 7): as good as the full model.
+    pub const RETRAINED: Training = Training {
+        underfit: false,
+        seed: Some(7),
+    };
 }
 
 /// Trains `version` on the heart-disease data into `dir/<version>.json`.
@@ -124,6 +129,19 @@ impl ModelServer {
             addr,
             admin_token,
         })
+    }
+
+    /// A model trained `how` into `dir` as `version`, served on a free
+    /// loopback port.
+    pub async fn trained(dir: &Path, version: &str, how: Training) -> Result<ModelServer> {
+        let bin = crate::package_bin("coalmine-models-server")?;
+        let model = train(&bin, dir, version, how)?;
+        let args: Vec<String> = ["serve", "--model", &model.display().to_string()]
+            .iter()
+            .chain(&["--listen", "127.0.0.1:0"])
+            .map(|a| a.to_string())
+            .collect();
+        ModelServer::serve(&bin, None, &args, &[], dir, version).await
     }
 
     /// Sets the share of predictions answered with a 500 (the fault switch).

@@ -57,7 +57,13 @@ impl BodySchemas {
             let at = if at.is_empty() { "/".to_string() } else { at };
             // The message quotes the offending value, unless it is large
             // (10 001 observations, say): then it names it by its place.
-            let mut message = e.to_string();
+            let mut message = match e.kind() {
+                // Every allowed value, not the first two and a count.
+                jsonschema::error::ValidationErrorKind::Enum { options } => {
+                    format!("{} is not one of {options}", e.instance())
+                }
+                _ => e.to_string(),
+            };
             if message.len() > MAX_QUOTED {
                 message = e.masked_with("the value").to_string();
             }

@@ -141,7 +141,7 @@ async fn bad_feedback_is_refused_and_nothing_counted() {
         (
             Some(FEEDBACK),
             batch(json!([good, good, {"version": "v1", "value": 2}])),
-            bad_request("/observations/2/value: 2 is not one of"),
+            bad_request("/observations/2/value: 2 is not one of [0,1,true,false]"),
         ),
         (
             Some(FEEDBACK),
