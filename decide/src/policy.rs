@@ -184,18 +184,7 @@ impl FeedbackMetric {
 
 /// A feedback metric's name: `[a-z0-9_]{1,32}` (it is a label in metrics).
 pub fn check_metric_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid metric name; use 1-32 characters of a-z, 0-9 and '_'"
-        ))
-    }
+    coalmine_protocol::config::check_label_name("metric", name)
 }
 
 /// Absolute service levels; a breach counts as CRITICAL.

@@ -160,6 +160,24 @@ pub fn check_deployment_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A short name that becomes a metric label (an output field, a feedback
+/// metric): 1–32 characters of `a-z`, `0-9` and `_`; `kind` names it in
+/// the error.
+pub fn check_label_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid {kind} name; use 1-32 characters of a-z, 0-9 and '_'"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,18 +215,7 @@ pub fn metric_label(label: &str) -> String {
 
 /// A field name: `[a-z0-9_]{1,32}`.
 pub fn check_field_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid field name; use 1-32 characters of a-z, 0-9 and '_'"
-        ))
-    }
+    crate::config::check_label_name("field", name)
 }
 
 /// An RFC 6901 JSON pointer: empty (the whole answer) or `/`-separated

@@ -348,7 +348,10 @@ async fn the_controller_needs_its_tokens_keeps_them_out_of_logs_and_stops_on_sig
         .env("COALMINE_FEEDBACK_TOKEN", "same-token")
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "started with the operator token as feedback token");
+    ensure!(
+        !out.status.success(),
+        "started with the operator token as feedback token"
+    );
     ensure!(
         stderr.contains("the feedback token must differ") && !stderr.contains("same-token"),
         "{stderr}"

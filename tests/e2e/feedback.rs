@@ -7,27 +7,23 @@
 //! of it counted; the CLI posts JSON lines.
 
 use anyhow::{Context as _, Result, ensure};
-use coalmine_client::types::{RegisterVersion, StartCanary, StoredEvent};
+use coalmine_client::types::StartCanary;
 use coalmine_client::{Action, Auth, Client, paths};
 use coalmine_demo::{Labels, Plan, Traffic};
 use coalmine_e2e::models::Training;
 use coalmine_e2e::{
-    ControllerProc, Envoy, EnvoyConfig, FEEDBACK_TOKEN, ModelServer, SYNC_TOKEN, package_bin, poll,
-    prometheus_value, without_outputs,
+    ControllerProc, Envoy, EnvoyConfig, FEEDBACK_TOKEN, ModelServer, SYNC_TOKEN,
+    failed_without_advancing, kinds, package_bin, prometheus_value, without_outputs,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const LEASE_MS: u64 = 30_000;
-
-fn kinds(events: &[StoredEvent]) -> Vec<&'static str> {
-    events.iter().map(|e| e.event.kind.as_str()).collect()
-}
 
 /// Observations of accuracy counted so far, by the controller's metrics.
 async fn received(c: &ControllerProc) -> Result<f64> {
@@ -176,10 +172,6 @@ fn cli(c: &ControllerProc, lines: &str) -> Result<std::process::Output> {
     Ok(child.wait_with_output()?)
 }
 
-async fn events_after(c: &ControllerProc, after: i64) -> Result<Vec<StoredEvent>> {
-    Ok(c.client().events("heart-prod", Some(after), None).await?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_less_accurate_model_is_rolled_back_on_its_labels_and_a_good_one_promoted() -> Result<()>
 {
@@ -248,30 +240,14 @@ async fn a_less_accurate_model_is_rolled_back_on_its_labels_and_a_good_one_promo
     let traffic = Traffic::start(plan, patients, Some(labels));
 
     // 1. The underfit v2: fast, no errors, wrong; only its labels say so.
-    let started = Instant::now();
     c.start_canary(Some(20.0)).await?;
-    poll("v2 rolled back", Duration::from_secs(120), || async {
-        let d = c.client().deployment("heart-prod").await?;
-        Ok(d.canary.is_none().then_some(()))
-    })
-    .await?;
-    let first = events_after(&c, 0).await?;
+    let (first, took) = c.canary_ended(Duration::from_secs(120)).await?;
     println!(
         "v2 rolled back {:.1} s after its canary started: {:?}",
-        started.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         kinds(&first)
     );
-    ensure!(
-        !kinds(&first)
-            .iter()
-            .any(|k| ["step_advanced", "promoted"].contains(k)),
-        "the wrong model advanced: {:?}",
-        kinds(&first)
-    );
-    let failed = first
-        .iter()
-        .find(|e| e.event.kind.as_str() == "health_check_failed")
-        .context("no health_check_failed event")?;
+    let failed = failed_without_advancing(&first)?;
     println!("reason: {}", failed.event.reason);
     ensure!(
         failed.event.reason.starts_with("accuracy:"),
@@ -283,13 +259,10 @@ async fn a_less_accurate_model_is_rolled_back_on_its_labels_and_a_good_one_promo
         n["canary"]["errors"] == 0,
         "v2 erred, so this proves nothing about labels: {n:?}"
     );
+    let rate = |role: &str| n[role]["feedback"]["accuracy"]["rate"].as_f64();
     let (c_acc, b_acc) = (
-        n["canary"]["feedback"]["accuracy"]["rate"]
-            .as_f64()
-            .unwrap_or(1.0),
-        n["baseline"]["feedback"]["accuracy"]["rate"]
-            .as_f64()
-            .unwrap_or(0.0),
+        rate("canary").unwrap_or(1.0),
+        rate("baseline").unwrap_or(0.0),
     );
     ensure!(
         c_acc < 0.75 && b_acc > 0.8,
@@ -297,32 +270,13 @@ async fn a_less_accurate_model_is_rolled_back_on_its_labels_and_a_good_one_promo
     );
 
     // 2. The retrained v3: promoted, with its labels flowing.
-    let api = c.client();
-    let register = RegisterVersion {
-        version: "v3".into(),
-        cluster: "heart-v3".into(),
-        metadata: Some(json!({"split_seed": 7})),
-    };
-    api.register_version("heart-prod", &register).await?;
-    let after = first.last().map_or(0, |e| e.id);
-    let start = StartCanary {
-        version: "v3".into(),
-        ..StartCanary::default()
-    };
-    poll("the cooldown to end", Duration::from_secs(10), || async {
-        Ok(api.start_canary("heart-prod", &start).await.ok())
-    })
-    .await?;
-    let started = Instant::now();
-    poll("v3 promoted", Duration::from_secs(120), || async {
-        let d = api.deployment("heart-prod").await?;
-        Ok((d.baseline.version == "v3").then_some(()))
-    })
-    .await?;
-    let second = events_after(&c, after).await?;
+    let metadata = json!({"split_seed": 7});
+    let (second, took) = c
+        .promote_new("v3", "heart-v3", metadata, Duration::from_secs(120))
+        .await?;
     println!(
         "v3 promoted {:.1} s after its canary started: {:?}",
-        started.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         kinds(&second)
     );
     ensure!(

@@ -5,25 +5,15 @@
 //! unchanged.
 
 use anyhow::{Context as _, Result, ensure};
-use coalmine_client::types::{RegisterVersion, StoredEvent};
 use coalmine_e2e::models::Training;
 use coalmine_e2e::{
     AnswerServer, ControllerProc, Envoy, EnvoyConfig, EnvoyOptions, Load, ModelServer, answer_body,
-    patients, plugin_reading_outputs, poll, prometheus_value,
+    failed_without_advancing, kinds, patients, plugin_reading_outputs, poll, prometheus_value,
 };
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LEASE_MS: u64 = 30_000;
-
-/// The events after `after` (an event id), oldest first.
-async fn events_after(c: &ControllerProc, after: i64) -> Result<Vec<StoredEvent>> {
-    Ok(c.client().events("heart-prod", Some(after), None).await?)
-}
-
-fn kinds(events: &[StoredEvent]) -> Vec<&'static str> {
-    events.iter().map(|e| e.event.kind.as_str()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_model_is_rolled_back_by_its_outputs_and_a_retrained_one_is_promoted() -> Result<()>
@@ -51,30 +41,14 @@ async fn a_wrong_model_is_rolled_back_by_its_outputs_and_a_retrained_one_is_prom
     let load = Load::cycling(envoy.url("/predict/heart"), 100, patients()?);
 
     // 1. The underfit v2: fast, no errors, wrong.
-    let started = Instant::now();
     c.start_canary(Some(20.0)).await?;
-    let rolled_back = poll("v2 rolled back", Duration::from_secs(60), || async {
-        let d = c.client().deployment("heart-prod").await?;
-        Ok(d.canary.is_none().then(Instant::now))
-    })
-    .await?;
-    let first = events_after(&c, 0).await?;
+    let (first, took) = c.canary_ended(Duration::from_secs(60)).await?;
     println!(
         "underfit v2 rolled back {:.1} s after its canary started: {:?}",
-        rolled_back.duration_since(started).as_secs_f64(),
+        took.as_secs_f64(),
         kinds(&first)
     );
-    ensure!(
-        !kinds(&first)
-            .iter()
-            .any(|k| ["step_advanced", "promoted"].contains(k)),
-        "the wrong model advanced: {:?}",
-        kinds(&first)
-    );
-    let failed = first
-        .iter()
-        .find(|e| e.event.kind.as_str() == "health_check_failed")
-        .context("no health_check_failed event")?;
+    let failed = failed_without_advancing(&first)?;
     println!("reason: {}", failed.event.reason);
     let n = &failed.event.numbers;
     ensure!(
@@ -92,32 +66,13 @@ async fn a_wrong_model_is_rolled_back_by_its_outputs_and_a_retrained_one_is_prom
     );
 
     // 2. The retrained v3 (split seed 7): promoted, never held.
-    let api = c.client();
-    let register = RegisterVersion {
-        version: "v3".into(),
-        cluster: "heart-v3".into(),
-        metadata: Some(json!({"split_seed": 7})),
-    };
-    api.register_version("heart-prod", &register).await?;
-    let after = first.last().map_or(0, |e| e.id);
-    let start = coalmine_client::types::StartCanary {
-        version: "v3".into(),
-        ..Default::default()
-    };
-    poll("the cooldown to end", Duration::from_secs(10), || async {
-        Ok(api.start_canary("heart-prod", &start).await.ok())
-    })
-    .await?;
-    let started = Instant::now();
-    poll("v3 promoted", Duration::from_secs(90), || async {
-        let d = api.deployment("heart-prod").await?;
-        Ok((d.baseline.version == "v3").then_some(()))
-    })
-    .await?;
-    let second = events_after(&c, after).await?;
+    let metadata = json!({"split_seed": 7});
+    let (second, took) = c
+        .promote_new("v3", "heart-v3", metadata, Duration::from_secs(90))
+        .await?;
     println!(
         "retrained v3 promoted {:.1} s after its canary started: {:?}",
-        started.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         kinds(&second)
     );
     ensure!(

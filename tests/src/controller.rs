@@ -3,7 +3,9 @@
 use crate::poll;
 use anyhow::{Context as _, Result, anyhow, bail};
 use coalmine_client::Client;
-use coalmine_client::types::{CreateDeployment, DeploymentView, RegisterVersion, StartCanary};
+use coalmine_client::types::{
+    CreateDeployment, DeploymentView, RegisterVersion, StartCanary, StoredEvent,
+};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -302,6 +304,59 @@ impl ControllerProc {
     /// The controller's Prometheus metrics, as text.
     pub async fn metrics_text(&self) -> Result<String> {
         Ok(self.api.metrics().await?)
+    }
+
+    /// heart-prod's events after `after` (an event id), oldest first.
+    pub async fn events_after(&self, after: i64) -> Result<Vec<StoredEvent>> {
+        Ok(self.api.events("heart-prod", Some(after), None).await?)
+    }
+
+    /// Waits (up to `timeout`) until heart-prod's canary is gone (rolled
+    /// back or promoted); returns the events from the first, and how long
+    /// it took.
+    pub async fn canary_ended(&self, timeout: Duration) -> Result<(Vec<StoredEvent>, Duration)> {
+        let started = std::time::Instant::now();
+        poll("the canary to end", timeout, || async {
+            let d = self.api.deployment("heart-prod").await?;
+            Ok(d.canary.is_none().then_some(()))
+        })
+        .await?;
+        Ok((self.events_after(0).await?, started.elapsed()))
+    }
+
+    /// Registers `version` on `cluster` for heart-prod, starts its canary
+    /// as soon as the cooldown allows, and waits (up to `timeout`) for its
+    /// promotion. Returns the events from the registration on, and how long
+    /// the canary took.
+    pub async fn promote_new(
+        &self,
+        version: &str,
+        cluster: &str,
+        metadata: Value,
+        timeout: Duration,
+    ) -> Result<(Vec<StoredEvent>, Duration)> {
+        let after = self.events_after(0).await?.last().map_or(0, |e| e.id);
+        let register = RegisterVersion {
+            version: version.into(),
+            cluster: cluster.into(),
+            metadata: Some(metadata),
+        };
+        self.api.register_version("heart-prod", &register).await?;
+        let start = StartCanary {
+            version: version.into(),
+            ..StartCanary::default()
+        };
+        poll("the cooldown to end", Duration::from_secs(10), || async {
+            Ok(self.api.start_canary("heart-prod", &start).await.ok())
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        poll(&format!("{version} promoted"), timeout, || async {
+            let d = self.api.deployment("heart-prod").await?;
+            Ok((d.baseline.version == version).then_some(()))
+        })
+        .await?;
+        Ok((self.events_after(after).await?, started.elapsed()))
     }
 
     /// The kinds of a deployment's events, oldest first.

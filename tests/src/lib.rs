@@ -93,6 +93,29 @@ pub fn patients() -> Result<Vec<serde_json::Value>> {
     )?)
 }
 
+/// The kinds of `events`, in order.
+pub fn kinds(events: &[coalmine_client::types::StoredEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.event.kind.as_str()).collect()
+}
+
+/// The check that failed a canary which must never have advanced: its
+/// `health_check_failed` event, after none of `step_advanced` or `promoted`.
+pub fn failed_without_advancing(
+    events: &[coalmine_client::types::StoredEvent],
+) -> Result<&coalmine_client::types::StoredEvent> {
+    let seen = kinds(events);
+    anyhow::ensure!(
+        !seen
+            .iter()
+            .any(|k| ["step_advanced", "promoted"].contains(k)),
+        "the canary advanced: {seen:?}"
+    );
+    events
+        .iter()
+        .find(|e| e.event.kind.as_str() == "health_check_failed")
+        .ok_or_else(|| anyhow!("no health_check_failed event in {seen:?}"))
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`
 /// with `what` and the last value seen.
 pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
