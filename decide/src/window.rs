@@ -10,7 +10,7 @@
 
 mod feedback;
 
-pub use feedback::{FeedbackSeries, FeedbackStats, Tally, tally};
+pub use feedback::{FeedbackSeries, FeedbackStats, MAX_BUCKETS, Tally, bucket_seconds, tally};
 
 use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};
 use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};

@@ -21,7 +21,13 @@ impl Controller {
         let d = self.deployment(name).await?;
         let counted = tally(&d, metric, observations)?;
         let n = counted.values().map(|&(n, _)| n).sum();
-        self.ingest.feedback(name, metric, &counted, self.now());
+        let window = d
+            .policy
+            .feedback
+            .get(metric)
+            .map_or(3600, |m| m.window_seconds);
+        self.ingest
+            .feedback(name, metric, window, &counted, self.now());
         self.metrics.feedback_received(name, metric, n);
         Ok(n)
     }

@@ -92,10 +92,19 @@ impl Ingest {
             .unwrap_or_default()
     }
 
-    /// Takes in one feedback call's [`Tally`], arrived at `now`.
-    pub(crate) fn feedback(&self, deployment: &str, metric: &str, tally: &Tally, now: Millis) {
+    /// Takes in one feedback call's [`Tally`] of `metric` (windowed over
+    /// `window_seconds`), arrived at `now`.
+    pub(crate) fn feedback(
+        &self,
+        deployment: &str,
+        metric: &str,
+        window_seconds: u64,
+        tally: &Tally,
+        now: Millis,
+    ) {
         if let Ok(mut w) = self.windows.lock() {
-            w.feedback.add_tally(deployment, metric, now / 1000, tally);
+            w.feedback
+                .add_tally(deployment, metric, now / 1000, window_seconds, tally);
         }
     }
 

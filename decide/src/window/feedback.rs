@@ -22,6 +22,16 @@ pub struct FeedbackStats {
     pub newest_age_seconds: Option<u64>,
 }
 
+/// A metric's arrivals are kept in at most this many buckets over its
+/// window (one a second up to an hour; a week-long window counts by the
+/// 168 seconds), so memory does not grow with the window.
+pub const MAX_BUCKETS: u64 = 3600;
+
+/// The bucket width for a metric windowed over `window_seconds`.
+pub fn bucket_seconds(window_seconds: u64) -> u64 {
+    (window_seconds / MAX_BUCKETS).max(1)
+}
+
 /// One call's observations, checked and counted by version: how many, and
 /// how many were 1.
 pub type Tally = BTreeMap<String, (u64, u64)>;
@@ -150,10 +160,26 @@ impl FeedbackSeries {
         }
     }
 
-    /// One call's [`tally`], arrived at `second`.
-    pub fn add_tally(&mut self, deployment: &str, metric: &str, second: u64, tally: &Tally) {
+    /// One call's [`tally`], arrived at `second`, for a metric windowed
+    /// over `window_seconds` (counted in its bucket).
+    pub fn add_tally(
+        &mut self,
+        deployment: &str,
+        metric: &str,
+        second: u64,
+        window_seconds: u64,
+        tally: &Tally,
+    ) {
+        let bucket = bucket_seconds(window_seconds);
         for (version, &(n, ones)) in tally {
-            self.add(deployment, metric, version, second, n, ones);
+            self.add(
+                deployment,
+                metric,
+                version,
+                second - second % bucket,
+                n,
+                ones,
+            );
         }
     }
 
@@ -195,6 +221,21 @@ mod tests {
         assert_eq!(f.stats("d", "accuracy", "v2", 180, 3600).observations, 5);
         f.prune(1000, 60);
         assert!(f.series.is_empty());
+    }
+
+    #[test]
+    fn a_week_long_window_keeps_at_most_its_buckets() {
+        let mut f = FeedbackSeries::default();
+        let week = 7 * 86_400;
+        let t = Tally::from([("v1".to_string(), (1, 1))]);
+        for second in (0..week).step_by(7) {
+            f.add_tally("d", "conversion", second, week, &t);
+        }
+        let kept: usize = f.series.values().map(VecDeque::len).sum();
+        assert!(kept as u64 <= MAX_BUCKETS, "{kept} buckets");
+        let s = f.stats("d", "conversion", "v1", week - 1, week);
+        assert_eq!(s.observations, week.div_ceil(7));
+        assert_eq!(bucket_seconds(3600), 1);
     }
 
     #[test]
