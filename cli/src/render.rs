@@ -160,7 +160,8 @@ fn feedback(baseline: &RoleWindowStats, canary: &RoleWindowStats) -> String {
             f.newest_age_seconds
                 .map_or("-".into(), |s| format!("{s} s ago"))
         ),
-        _ => "-".into(),
+        Some(_) => "none yet".into(),
+        None => "-".into(),
     };
     let mut t = table(&["feedback", "baseline", "canary"]);
     for m in metrics {

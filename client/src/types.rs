@@ -207,7 +207,7 @@ pub struct FeedbackBatch {
 #[serde(deny_unknown_fields)]
 pub struct FeedbackObservation {
     /// The version that served the prediction.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub version: String,
     pub value: FeedbackValue,
 }

@@ -65,6 +65,9 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("report refused: {0}")]
     BadReport(#[from] ReportError),
+    /// Something in memory cannot be used; nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Debug)]
@@ -426,18 +429,27 @@ impl Controller {
     }
 
     async fn prune(&self, now: Millis) {
-        let (keep, feedback_keep) = {
+        let (keep, feedback) = {
             let state = self.state.lock().await;
-            let policies = || state.deployments.values().map(|d| &d.policy);
-            let longest_feedback = policies()
-                .flat_map(|p| p.feedback.values().map(|m| m.window_seconds))
+            let keep = state
+                .deployments
+                .values()
+                .map(|d| d.policy.window_seconds)
                 .max();
-            (
-                policies().map(|p| p.window_seconds).max().unwrap_or(300) + 60,
-                longest_feedback.unwrap_or(0) + 60,
-            )
+            // Each feedback metric's window, by deployment and metric.
+            let feedback: HashMap<(String, String), u64> = state
+                .deployments
+                .values()
+                .flat_map(|d| {
+                    d.policy.feedback.iter().map(|(metric, m)| {
+                        ((d.name.clone(), metric.clone()), m.window_seconds + 60)
+                    })
+                })
+                .collect();
+            (keep.unwrap_or(300) + 60, feedback)
         };
-        self.ingest.prune(now, keep, feedback_keep);
+        let window_of = |d: &str, m: &str| feedback.get(&(d.to_string(), m.to_string())).copied();
+        self.ingest.prune(now, keep, window_of);
     }
 
     /// The evaluation loop, until `shutdown` resolves.

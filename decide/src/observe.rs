@@ -39,32 +39,28 @@ impl Observations {
     }
 }
 
-/// Each declared feedback metric that has observations, for the baseline
-/// and (during a canary) the canary, over the metric's own window.
+/// Each declared feedback metric, for the baseline and (during a canary)
+/// the canary, over the metric's own window (zero counts before any
+/// arrive: health shows every declared metric).
 fn feedback_of(
     windows: &Windows,
     d: &Deployment,
     now: Millis,
     baseline: &mut RoleWindowStats,
-    canary: Option<(&String, &mut RoleWindowStats)>,
+    mut canary: Option<(&String, &mut RoleWindowStats)>,
 ) {
     let second = now / 1000;
-    let mut canary = canary;
     for (metric, rule) in &d.policy.feedback {
         let of = |version: &str| {
             windows
                 .feedback
                 .stats(&d.name, metric, version, second, rule.window_seconds)
         };
-        let b = of(&d.baseline.version);
-        let c = canary.as_ref().map(|(v, _)| of(v));
-        let seen = b.observations > 0 || c.is_some_and(|c| c.observations > 0);
-        if !seen {
-            continue;
-        }
-        baseline.feedback.insert(metric.clone(), b);
-        if let (Some((_, stats)), Some(c)) = (canary.as_mut(), c) {
-            stats.feedback.insert(metric.clone(), c);
+        baseline
+            .feedback
+            .insert(metric.clone(), of(&d.baseline.version));
+        if let Some((version, stats)) = canary.as_mut() {
+            stats.feedback.insert(metric.clone(), of(version));
         }
     }
 }

@@ -9,8 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use coalmine_client::types::{FeedbackAccepted, FeedbackBatch};
 
-/// A call of 10 000 observations with long version names fits.
-pub const FEEDBACK_BODY_LIMIT: usize = 1024 * 1024;
+/// A call of 10 000 observations fits, whatever its version names (at most
+/// 256 bytes each, escaped, with the rest of an observation's JSON).
+pub const FEEDBACK_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 #[utoipa::path(
     post, path = "/deployments/{name}/feedback", tag = "feedback", params(DeploymentName),

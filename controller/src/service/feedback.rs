@@ -26,8 +26,14 @@ impl Controller {
             .feedback
             .get(metric)
             .map_or(3600, |m| m.window_seconds);
-        self.ingest
-            .feedback(name, metric, window, &counted, self.now());
+        if !self
+            .ingest
+            .feedback(name, metric, window, &counted, self.now())
+        {
+            return Err(ServiceError::Unavailable(
+                "the controller's windows cannot be used; nothing was counted, retry later".into(),
+            ));
+        }
         self.metrics.feedback_received(name, metric, n);
         Ok(n)
     }

@@ -93,7 +93,8 @@ impl Ingest {
     }
 
     /// Takes in one feedback call's [`Tally`] of `metric` (windowed over
-    /// `window_seconds`), arrived at `now`.
+    /// `window_seconds`), arrived at `now`; `false` when the windows cannot
+    /// be used (a panic while they were held), and nothing was counted.
     pub(crate) fn feedback(
         &self,
         deployment: &str,
@@ -101,20 +102,28 @@ impl Ingest {
         window_seconds: u64,
         tally: &Tally,
         now: Millis,
-    ) {
-        if let Ok(mut w) = self.windows.lock() {
-            w.feedback
-                .add_tally(deployment, metric, now / 1000, window_seconds, tally);
-        }
+    ) -> bool {
+        let Ok(mut w) = self.windows.lock() else {
+            return false;
+        };
+        w.feedback
+            .add_tally(deployment, metric, now / 1000, window_seconds, tally);
+        true
     }
 
-    /// Forgets buckets older than `keep_seconds`, feedback older than
-    /// `feedback_keep_seconds`, the series of deployments gone, and
-    /// instances not heard from for an hour.
-    pub(crate) fn prune(&self, now: Millis, keep_seconds: u64, feedback_keep_seconds: u64) {
+    /// Forgets buckets older than `keep_seconds`, feedback older than its
+    /// metric's window (`feedback_window`, none: no longer declared), the
+    /// series of deployments gone, and instances not heard from for an
+    /// hour.
+    pub(crate) fn prune(
+        &self,
+        now: Millis,
+        keep_seconds: u64,
+        feedback_window: impl Fn(&str, &str) -> Option<u64>,
+    ) {
         if let Ok(mut w) = self.windows.lock() {
             w.prune(now / 1000, keep_seconds);
-            w.feedback.prune(now / 1000, feedback_keep_seconds);
+            w.feedback.prune(now / 1000, feedback_window);
         }
         if let Ok(mut i) = self.instances.lock() {
             i.retain(|_, inst| now.saturating_sub(inst.seen_at) < INSTANCE_TTL_MS);

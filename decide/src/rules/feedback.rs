@@ -43,7 +43,7 @@ pub fn feedback(policy: &Policy, obs: &Observations, guard: Option<f64>) -> Feed
         ) else {
             continue;
         };
-        if c.observations < rule.min_samples || b.observations < rule.min_samples {
+        if c.observations < rule.min_samples {
             // The baseline is labelled: the canary's labels are worth waiting for.
             if b.observations >= rule.min_samples {
                 found.waiting.push(collecting(metric, rule, b, c));
@@ -51,8 +51,13 @@ pub fn feedback(policy: &Policy, obs: &Observations, guard: Option<f64>) -> Feed
             continue;
         }
         let compared = Compared::new(metric, rule, b, c);
+        // The absolute limit needs only the canary's labels (at the last
+        // step the baseline serves nothing and its labels age out).
         if let Some(r) = compared.beyond_limit(guard) {
             found.critical.push(r);
+        }
+        if b.observations < rule.min_samples {
+            continue;
         }
         match compared.worse(guard) {
             Worse::No => {}
@@ -334,6 +339,18 @@ mod tests {
         );
         // 0.83 on 60 labels: below 0.85 but well within its bound.
         let v = evaluate(&p, &obs(labelled(2000, 1700), labelled(60, 50)));
+        assert_eq!(codes(&v), vec!["healthy"]);
+    }
+
+    #[test]
+    fn the_minimum_is_judged_without_a_labelled_baseline() {
+        // At the last step the baseline serves nothing; its labels age out.
+        let mut p = Policy::default();
+        p.feedback.get_mut("accuracy").unwrap().min = Some(0.85);
+        let v = evaluate(&p, &obs(labelled(0, 0), labelled(400, 240)));
+        assert_eq!(codes(&v), vec!["feedback_limit"]);
+        // Without a minimum there is nothing to compare with: no finding.
+        let v = evaluate(&Policy::default(), &obs(labelled(0, 0), labelled(400, 240)));
         assert_eq!(codes(&v), vec!["healthy"]);
     }
 

@@ -142,9 +142,13 @@ impl FeedbackSeries {
             return FeedbackStats::default();
         };
         let from = now_second.saturating_sub(window_seconds.saturating_sub(1));
+        // Newest first, up to the window's start: a short window over a
+        // long series reads only its own buckets.
         let (observations, ones) = seconds
             .iter()
-            .filter(|s| (from..=now_second).contains(&s.second))
+            .rev()
+            .skip_while(|s| s.second > now_second)
+            .take_while(|s| s.second >= from)
             .fold((0u64, 0u64), |(n, k), s| {
                 (n.saturating_add(s.observations), k.saturating_add(s.ones))
             });
@@ -183,10 +187,15 @@ impl FeedbackSeries {
         }
     }
 
-    /// Forgets arrivals older than `keep_seconds` before `now_second`.
-    pub fn prune(&mut self, now_second: u64, keep_seconds: u64) {
-        let oldest = now_second.saturating_sub(keep_seconds);
-        self.series.retain(|_, seconds| {
+    /// Forgets each series' arrivals older than its metric's window
+    /// (`window_of(deployment, metric)`, in seconds) before `now_second`,
+    /// and whole series whose metric is no longer declared (`None`).
+    pub fn prune(&mut self, now_second: u64, window_of: impl Fn(&str, &str) -> Option<u64>) {
+        self.series.retain(|key, seconds| {
+            let Some(window) = window_of(&key.deployment, &key.metric) else {
+                return false;
+            };
+            let oldest = now_second.saturating_sub(window);
             while seconds.front().is_some_and(|s| s.second < oldest) {
                 seconds.pop_front();
             }
@@ -217,9 +226,15 @@ mod tests {
             f.stats("d", "conversion", "v2", 140, 60),
             FeedbackStats::default()
         );
-        f.prune(180, 60);
+        f.prune(180, |_, _| Some(60));
         assert_eq!(f.stats("d", "accuracy", "v2", 180, 3600).observations, 5);
-        f.prune(1000, 60);
+        // Each metric is kept for its own window; an undeclared one goes.
+        f.add("d", "conversion", "v2", 990, 1, 1);
+        let windows = |_: &str, m: &str| (m == "conversion").then_some(86_400);
+        f.prune(1000, windows);
+        assert_eq!(f.stats("d", "accuracy", "v2", 1000, 3600).observations, 0);
+        assert_eq!(f.stats("d", "conversion", "v2", 1000, 3600).observations, 1);
+        f.prune(1000, |_, _| None);
         assert!(f.series.is_empty());
     }
 

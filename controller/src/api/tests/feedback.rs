@@ -192,19 +192,37 @@ async fn bad_feedback_is_refused_and_nothing_counted() {
         "bad_request",
         "invalid JSON body",
     );
-    let many = vec![good.to_string(); 40_000].join(",");
+    let many = vec![good.to_string(); FEEDBACK_BODY_LIMIT / 20].join(",");
     let huge = format!("{{\"metric\": \"accuracy\", \"observations\": [{many}]}}");
     assert!(huge.len() > FEEDBACK_BODY_LIMIT);
     assert_error(
         &raw(&app, post(FEEDBACK, huge)).await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        "1048576",
+        &FEEDBACK_BODY_LIMIT.to_string(),
     );
-    // Nothing of any of it was counted.
-    assert_eq!(baseline_accuracy(&app).await, Value::Null);
+    // Nothing of any of it was counted (the declared metric shows, empty).
+    assert_eq!(baseline_accuracy(&app).await["observations"], json!(0));
     let metrics = metrics_text(&app).await;
     assert!(!metrics.contains("feedback_received_total{"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_full_call_with_the_longest_version_names_fits() {
+    let app = app_with_feedback_token().await;
+    let long = "v".repeat(256);
+    let register = json!({"version": long, "cluster": "heart-v2"});
+    let uri = "/v1/deployments/heart-prod/versions";
+    assert_eq!(
+        call(&app, "POST", uri, Some(OP), Some(register)).await.0,
+        StatusCode::CREATED
+    );
+    let full = batch(Value::Array(vec![
+        json!({"version": long, "value": 1});
+        10_000
+    ]));
+    let got = call(&app, "POST", URI, Some(FEEDBACK), Some(full)).await;
+    assert_eq!(got, (StatusCode::ACCEPTED, json!({"accepted": 10_000})));
 }
 
 #[tokio::test]
@@ -215,4 +233,23 @@ async fn without_a_feedback_token_only_the_operator_posts_feedback() {
     assert_eq!(got.0, StatusCode::ACCEPTED, "{}", got.1);
     let got = call(&app, "POST", URI, Some(SYNC), Some(obs)).await;
     assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized", "neither");
+}
+
+#[tokio::test]
+async fn a_given_feedback_token_is_checked_even_without_an_operator_token() {
+    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let controller = Controller::open(store, Default::default()).await.unwrap();
+    let tokens = Tokens {
+        feedback: Some(Secret::new(FEEDBACK)),
+        ..Tokens::default()
+    };
+    let app = router(controller, tokens);
+    let body = json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}});
+    let created = call(&app, "POST", "/v1/deployments", None, Some(body)).await;
+    assert_eq!(created.0, StatusCode::CREATED);
+    let obs = batch(json!([{"version": "v1", "value": 1}]));
+    let got = call(&app, "POST", URI, None, Some(obs.clone())).await;
+    assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized", "Bearer");
+    let got = call(&app, "POST", URI, Some(FEEDBACK), Some(obs)).await;
+    assert_eq!(got.0, StatusCode::ACCEPTED, "{}", got.1);
 }
