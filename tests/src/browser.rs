@@ -4,11 +4,13 @@ use crate::poll;
 use anyhow::{Context as _, Result, bail};
 use fantoccini::{Client, ClientBuilder};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A browser session; chromedriver is stopped when dropped.
+/// A browser session; chromedriver and every Chromium process it started
+/// are stopped when dropped.
 #[derive(Debug)]
 pub struct Browser {
     pub client: Client,
@@ -26,7 +28,10 @@ impl Browser {
             }
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // Its own process group: Chromium's processes join it, and outlive
+        // chromedriver unless the group is stopped.
         let mut driver = Command::new("/usr/bin/chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -105,7 +110,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Any that left the group (Chromium's zygotes), by their profile.
+        let profile = format!("user-data-dir={}", self._profile.path().display());
+        let _ = Command::new("pkill").args(["-KILL", "-f", &profile]).status();
     }
 }
