@@ -19,7 +19,7 @@ mod ingest;
 
 pub use history::HISTORY_SAMPLES;
 
-use crate::clock::{Clock, Millis, SystemClock};
+use crate::clock::{Clock, Millis, MonotonicClock, SystemClock};
 use crate::metrics::Metrics;
 use crate::notify::{NoNotifier, Notifier};
 use crate::store::{Commit, Store, StoreError, StoredEvent};
@@ -163,7 +163,8 @@ impl Controller {
         Ok(Arc::new(Controller {
             store,
             settings,
-            clock: services.clock,
+            // Schedules and windows never run backwards with the wall clock.
+            clock: Arc::new(MonotonicClock::new(services.clock)),
             state: tokio::sync::Mutex::new(State {
                 deployments,
                 epoch: snapshot.epoch,
@@ -740,6 +741,32 @@ mod tests {
                 "rolled_back"
             ]
         );
+        assert_eq!(c.table().deployments[0].canary_bps.get(), 0);
+    }
+
+    /// The wall clock stepped back an hour: evaluations go on, and a
+    /// canary that fails is still rolled back within two intervals.
+    #[tokio::test]
+    async fn a_clock_stepped_back_still_rolls_back_in_two_intervals() {
+        let policy = Policy {
+            check_interval_seconds: 1,
+            ..Policy::default()
+        };
+        let (c, clock) = with_canary(policy).await;
+        for seq in 1..=3 {
+            c.sync(&both_roles(seq, (400, 0), (100, 0))).unwrap();
+            clock.advance(1000);
+            c.evaluate_due().await;
+        }
+        assert!(c.deployment("heart-prod").await.unwrap().canary.is_some());
+        clock.set(T0 + 3000 - 3_600_000);
+        for seq in 4..=5 {
+            c.sync(&both_roles(seq, (400, 0), (50, 50))).unwrap();
+            clock.advance(1000);
+            c.evaluate_due().await;
+        }
+        let d = c.deployment("heart-prod").await.unwrap();
+        assert!(d.canary.is_none(), "still at {:?}", d.canary);
         assert_eq!(c.table().deployments[0].canary_bps.get(), 0);
     }
 
