@@ -154,7 +154,7 @@ impl Controller {
         let deployments: BTreeMap<String, Deployment> = snapshot
             .deployments
             .into_iter()
-            .map(|d| (d.name.clone(), d))
+            .map(|d| (d.name.clone(), d.resumed()))
             .collect();
         let table = table_of(&deployments, snapshot.epoch);
         for d in deployments.values() {
@@ -742,6 +742,65 @@ mod tests {
             ]
         );
         assert_eq!(c.table().deployments[0].canary_bps.get(), 0);
+    }
+
+    /// A controller killed once its canary's bake had passed, and started
+    /// again: it steps only after a whole bake of fresh healthy data.
+    #[tokio::test]
+    async fn after_a_restart_the_bake_starts_over_on_fresh_data() {
+        let policy = Policy {
+            check_interval_seconds: 1,
+            bake_seconds: 5,
+            significance: coalmine_decide::policy::Significance::None,
+            ..Policy::default()
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().await.unwrap());
+        let clock = Arc::new(ManualClock::new(T0));
+        let services = Services {
+            clock: clock.clone(),
+            ..Services::default()
+        };
+        let c = Controller::open_with(store.clone(), Settings::default(), services.clone())
+            .await
+            .unwrap();
+        c.create("heart-prod", target("v1"), policy, "operator")
+            .await
+            .unwrap();
+        register_v2(&c).await;
+        start_v2(&c, None).await;
+        let healthy = |seq| both_roles(seq, (800, 0), (200, 0));
+        for seq in 1..=4 {
+            c.sync(&healthy(seq)).unwrap();
+            clock.advance(1000);
+            c.evaluate_due().await;
+        }
+        let percent = |d: &Deployment| d.canary.as_ref().map(|c| c.bps.as_percent());
+        assert_eq!(
+            percent(&c.deployment("heart-prod").await.unwrap()),
+            Some(20.0)
+        );
+        // Killed; a minute later it is back, its windows empty.
+        drop(c);
+        clock.advance(60_000);
+        let c = Controller::open_with(store, Settings::default(), services)
+            .await
+            .unwrap();
+        let mut stepped_at = None;
+        for seq in 1..=10 {
+            c.sync(&SyncRequest {
+                instance: "after-restart".into(),
+                ..healthy(seq)
+            })
+            .unwrap();
+            clock.advance(1000);
+            c.evaluate_due().await;
+            let d = c.deployment("heart-prod").await.unwrap();
+            if stepped_at.is_none() && percent(&d) != Some(20.0) {
+                stepped_at = Some(seq);
+            }
+        }
+        let stepped_at = stepped_at.expect("it never stepped");
+        assert!(stepped_at > 5, "stepped after {stepped_at} s of fresh data");
     }
 
     /// The wall clock stepped back an hour: evaluations go on, and a

@@ -234,6 +234,16 @@ impl From<PolicyError> for Refusal {
 }
 
 impl Deployment {
+    /// The deployment as a controller that just started holds it: its
+    /// windows are empty, so a canary's healthy bake starts over on fresh
+    /// data (a stored `healthy_since` would count the downtime as healthy).
+    pub fn resumed(mut self) -> Deployment {
+        if let Some(c) = self.canary.as_mut() {
+            c.healthy_since = None;
+        }
+        self
+    }
+
     /// The split the proxies route by.
     pub fn split(&self) -> DeploymentSplit {
         DeploymentSplit {
