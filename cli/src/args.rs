@@ -57,12 +57,15 @@ pub enum Cmd {
     Rollback(Reasoned),
     /// Per-role numbers, verdict, recommendation and reasons.
     Status { deployment: String },
-    /// The timeline.
+    /// The timeline: its newest events, oldest of them first.
     Events {
         deployment: String,
-        /// Only events after this id.
+        /// Instead, the events after this id, oldest first.
         #[arg(long)]
         since: Option<i64>,
+        /// How many (1-10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
     },
     /// Post feedback (labels, outcomes) read as JSON lines,
     /// `{"version": "v2", "value": 1}` each, from stdin or a file.

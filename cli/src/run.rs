@@ -118,8 +118,19 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 )
             }))
         }
-        Cmd::Events { deployment, since } => {
-            let events = client.events(&deployment, since, None).await?;
+        Cmd::Events {
+            deployment,
+            since,
+            limit,
+        } => {
+            let events = match since {
+                Some(_) => client.events(&deployment, since, Some(limit)).await?,
+                None => {
+                    let mut newest = client.latest_events(&deployment, None, Some(limit)).await?;
+                    newest.reverse();
+                    newest
+                }
+            };
             Ok(shown(&events, json, |e| render::events(e)))
         }
     }

@@ -280,6 +280,16 @@ impl Client {
         self.get(&paths::events(name, since, limit)).await
     }
 
+    /// The newest events (below `before`), newest first.
+    pub async fn latest_events(
+        &self,
+        name: &str,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<StoredEvent>, ClientError> {
+        self.get(&paths::latest_events(name, before, limit)).await
+    }
+
     pub async fn history(
         &self,
         name: &str,
@@ -342,6 +352,12 @@ impl Client {
     /// Liveness: `Ok` when the controller answers `/healthz`.
     pub async fn healthz(&self) -> Result<(), ClientError> {
         self.get::<Value>(paths::HEALTHZ).await.map(|_| ())
+    }
+
+    /// Readiness: `Ok` when the controller answers `/readyz` with 200 (every
+    /// change stored, evaluations running), else why not.
+    pub async fn readyz(&self) -> Result<(), ClientError> {
+        self.get::<Value>(paths::READYZ).await.map(|_| ())
     }
 
     /// The OpenAPI document.

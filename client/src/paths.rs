@@ -9,6 +9,8 @@ pub const SYNC: &str = coalmine_protocol::sync::SYNC_PATH;
 /// The OpenAPI document of the whole API.
 pub const OPENAPI: &str = "/v1/openapi.json";
 pub const HEALTHZ: &str = "/healthz";
+/// 200 when every change is stored and evaluations run, else 503.
+pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
 pub const DASHBOARD: &str = "/";
 
@@ -28,6 +30,19 @@ pub fn events(name: &str, since: Option<i64>, limit: Option<u32>) -> String {
     let mut query = Vec::new();
     if let Some(s) = since {
         query.push(format!("since={s}"));
+    }
+    if let Some(l) = limit {
+        query.push(format!("limit={l}"));
+    }
+    with_query(of(name, "events"), &query)
+}
+
+/// A deployment's newest events (below the event id `before`), newest
+/// first, at most `limit`.
+pub fn latest_events(name: &str, before: Option<i64>, limit: Option<u32>) -> String {
+    let mut query = vec!["order=newest".to_string()];
+    if let Some(b) = before {
+        query.push(format!("before={b}"));
     }
     if let Some(l) = limit {
         query.push(format!("limit={l}"));

@@ -123,7 +123,8 @@ fn routes(
         .with_state(proxies);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(dashboard))
-        .routes(routes!(metrics).with_state(metrics_state))
+        .routes(routes!(metrics).with_state(metrics_state.clone()))
+        .routes(routes!(readyz).with_state(metrics_state))
         .routes(routes!(healthz))
         .nest("/v1", v1.merge(feedback_routes).merge(sync_routes))
 }

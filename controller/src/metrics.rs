@@ -79,6 +79,29 @@ pub struct Metrics {
     feedback_observations: Family<MetricRoleLabels, Gauge>,
     feedback_rate: Family<MetricRoleLabels, Gauge<f64, AtomicU64>>,
     feedback_age: Family<MetricRoleLabels, Gauge>,
+    store_errors: Counter,
+    unstored: Gauge,
+    last_evaluation: Gauge<f64, AtomicU64>,
+    held_syncs: Gauge,
+    open_connections: Gauge,
+    dropped_reports: Family<ReasonLabel, Counter>,
+    database_bytes: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// Why part of a sync report was not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// A deployment the controller does not have.
+    UnknownDeployment,
+    /// A version the deployment has not registered.
+    UnknownVersion,
+    /// The instance table was full; the oldest instance was forgotten.
+    InstanceEvicted,
 }
 
 /// How a sync report was taken.
@@ -88,6 +111,8 @@ pub enum SyncResult {
     Duplicate,
     Rejected,
     Unauthorized,
+    /// Refused while evaluations are stalled (the lease not renewed).
+    Stalled,
 }
 
 /// What became of a webhook delivery.
@@ -116,6 +141,13 @@ impl Default for Metrics {
             feedback_observations: Family::default(),
             feedback_rate: Family::default(),
             feedback_age: Family::default(),
+            store_errors: Counter::default(),
+            unstored: Gauge::default(),
+            last_evaluation: Gauge::default(),
+            held_syncs: Gauge::default(),
+            open_connections: Gauge::default(),
+            dropped_reports: Family::default(),
+            database_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -183,7 +215,99 @@ impl Default for Metrics {
             "Seconds since each role's newest feedback observation arrived (absent before the first)",
             m.feedback_age.clone(),
         );
+        m.register_runtime(&mut registry);
         Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The controller's own health: its store, its evaluations, its
+    /// connections and what it refuses.
+    fn register_runtime(&self, registry: &mut Registry) {
+        registry.register(
+            "store_errors",
+            "Database writes that failed or timed out",
+            self.store_errors.clone(),
+        );
+        registry.register(
+            "unstored_changes",
+            "Changes in effect (lowered canary shares) whose events wait for the database",
+            self.unstored.clone(),
+        );
+        registry.register(
+            "last_evaluation_timestamp_seconds",
+            "When the evaluation loop last completed (controller time, seconds since the UNIX epoch)",
+            self.last_evaluation.clone(),
+        );
+        registry.register(
+            "held_syncs",
+            "Sync calls held open until the split table changes",
+            self.held_syncs.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open to the API",
+            self.open_connections.clone(),
+        );
+        registry.register(
+            "dropped_reports",
+            "Parts of sync reports not counted, by reason",
+            self.dropped_reports.clone(),
+        );
+        registry.register(
+            "database_size_bytes",
+            "The database's size on disk",
+            self.database_bytes.clone(),
+        );
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    pub fn unstored_changes(&self, n: usize) {
+        self.unstored.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The evaluation loop completed at `now` (ms).
+    pub fn evaluated(&self, now: u64) {
+        self.last_evaluation.set(now as f64 / 1000.0);
+    }
+
+    /// A sync call starts (`true`) or stops (`false`) being held.
+    pub fn held_sync(&self, held: bool) {
+        if held {
+            self.held_syncs.inc();
+        } else {
+            self.held_syncs.dec();
+        }
+    }
+
+    /// A connection opens (`true`) or closes (`false`).
+    pub fn connection(&self, open: bool) {
+        if open {
+            self.open_connections.inc();
+        } else {
+            self.open_connections.dec();
+        }
+    }
+
+    pub fn dropped(&self, why: Dropped, n: u64) {
+        let reason = match why {
+            Dropped::UnknownDeployment => "unknown_deployment",
+            Dropped::UnknownVersion => "unknown_version",
+            Dropped::InstanceEvicted => "instance_evicted",
+        };
+        self.dropped_reports
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn database_size(&self, bytes: u64) {
+        self.database_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -341,6 +465,7 @@ impl Metrics {
             SyncResult::Duplicate => "duplicate",
             SyncResult::Rejected => "rejected",
             SyncResult::Unauthorized => "unauthorized",
+            SyncResult::Stalled => "stalled",
         };
         self.sync_reports
             .get_or_create(&ResultLabel {

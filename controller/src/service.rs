@@ -8,21 +8,25 @@
 //! metrics and the history; nothing evaluates it again. Time comes from one
 //! injected [`Clock`].
 //!
+//! - `failsafe`: a lowered share applied even when the database cannot be
+//!   written, stored later; leases refused while evaluations stall;
 //! - `ingest`: sync reports, deduplicated, into the rolling windows;
 //! - `feedback`: feedback calls, checked whole, into the windows too;
 //! - `history`: one sample a second per deployment, for charts (sampled
 //!   here, with the metrics of the moment).
 
+mod failsafe;
 mod feedback;
 mod history;
 mod ingest;
 
+pub use failsafe::{STALLED_AFTER, STORE_TIMEOUT};
 pub use history::HISTORY_SAMPLES;
 
 use crate::clock::{Clock, Millis, MonotonicClock, SystemClock};
 use crate::metrics::Metrics;
 use crate::notify::{NoNotifier, Notifier};
-use crate::store::{Commit, Store, StoreError, StoredEvent};
+use crate::store::{Store, StoreError, StoredEvent};
 use coalmine_decide::engine::{self, Command, Deployment, Refusal, Transition};
 use coalmine_decide::observe::Observations;
 use coalmine_decide::policy::Policy;
@@ -78,6 +82,8 @@ struct State {
     next_evaluation: HashMap<String, Millis>,
     /// The verdict of each canary's last evaluation.
     verdicts: HashMap<String, VerdictKind>,
+    /// Changes in effect whose events wait for the database.
+    unstored: failsafe::Unstored,
 }
 
 impl State {
@@ -126,6 +132,24 @@ pub struct Controller {
     history: History,
     metrics: Arc<Metrics>,
     notifier: Arc<dyn Notifier>,
+    watchdog: failsafe::Watchdog,
+}
+
+/// A sync call held open, counted while it lives (also when its caller
+/// goes away mid-hold).
+struct Held<'a>(&'a Metrics);
+
+impl<'a> Held<'a> {
+    fn new(metrics: &'a Metrics) -> Held<'a> {
+        metrics.held_sync(true);
+        Held(metrics)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held_sync(false);
+    }
 }
 
 fn table_of(deployments: &BTreeMap<String, Deployment>, epoch: u64) -> SplitTable {
@@ -170,6 +194,7 @@ impl Controller {
                 epoch: snapshot.epoch,
                 next_evaluation: HashMap::new(),
                 verdicts: HashMap::new(),
+                unstored: failsafe::Unstored::default(),
             }),
             ingest: Ingest::default(),
             table: watch::Sender::new(Arc::new(table)),
@@ -177,6 +202,7 @@ impl Controller {
             history: History::default(),
             metrics: services.metrics,
             notifier: services.notifier,
+            watchdog: failsafe::Watchdog::default(),
         }))
     }
 
@@ -200,9 +226,11 @@ impl Controller {
         self.table.send_modify(|_| {});
     }
 
-    /// Commits a transition, then applies it. The epoch moves when the split
+    /// Commits a transition, then applies it; a transition that lowers the
+    /// canary's share is applied even when the commit fails (its events
+    /// are stored later, `failsafe.rs`). The epoch moves when the split
     /// the proxies route by changed. `verdict` is the evaluation the
-    /// transition came from, if it came from one.
+    /// transition came from, if it came from one. Returns the events stored.
     async fn apply(
         &self,
         state: &mut State,
@@ -218,23 +246,10 @@ impl Controller {
             state.epoch + 1
         };
         let stored = self
-            .store
-            .commit(Commit {
-                deployment: &t.deployment,
-                events: &t.events,
-                epoch,
-                at: now,
-            })
-            .await?;
-        for e in &stored {
-            tracing::info!(
-                deployment = %e.deployment, event = e.event.kind.as_str(), actor = %e.event.actor,
-                "{}", e.event.reason
-            );
-            self.metrics
-                .count_event(&e.deployment, e.event.kind, &e.event.actor);
-            self.notifier.notify(e);
-        }
+            .commit_transition(state, &t.deployment, &t.events, epoch, now)
+            .await?
+            .unwrap_or_default();
+        self.published(&stored);
         match verdict {
             Some(v) if t.deployment.canary.is_some() => state.verdicts.insert(name.clone(), v),
             _ => state.verdicts.remove(&name),
@@ -330,6 +345,17 @@ impl Controller {
         Ok(self.store.events(name, since, limit).await?)
     }
 
+    /// A deployment's newest events (below `before`), newest first.
+    pub async fn latest_events(
+        &self,
+        name: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, ServiceError> {
+        self.deployment(name).await?;
+        Ok(self.store.latest_events(name, before, limit).await?)
+    }
+
     /// What the policy looks at for a deployment, ending now.
     pub fn observations(&self, d: &Deployment) -> Observations {
         self.ingest.observe(d, self.now())
@@ -368,6 +394,7 @@ impl Controller {
         {
             return Ok(answer);
         }
+        let _held = Held::new(&self.metrics);
         if tokio::time::timeout(wait, changes.changed()).await.is_err() {
             return Ok(answer);
         }
@@ -377,8 +404,14 @@ impl Controller {
         })
     }
 
-    /// A filter worker's sync: counts its report once, answers the table.
+    /// A filter worker's sync: counts its report once, answers the table;
+    /// refused (the lease not renewed) while evaluations are stalled.
     pub fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ServiceError> {
+        if let Err(e) = self.check_not_stalled() {
+            self.metrics
+                .sync_report(crate::metrics::SyncResult::Stalled);
+            return Err(e);
+        }
         self.ingest.take(req, self.now(), &self.metrics)?;
         Ok(SyncResponse {
             table: SplitTable::clone(&self.table()),
@@ -390,6 +423,7 @@ impl Controller {
     pub async fn evaluate_due(&self) {
         let now = self.now();
         let mut state = self.state.lock().await;
+        self.retry_unstored(&mut state).await;
         let due: Vec<Deployment> = state
             .deployments
             .values()
@@ -426,6 +460,8 @@ impl Controller {
             self.metrics.evaluation(started.elapsed().as_secs_f64());
         }
         drop(state);
+        self.watchdog.evaluated();
+        self.metrics.evaluated(now);
         self.prune(now).await;
     }
 

@@ -36,6 +36,9 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     #[error("stored data does not decode: {0}")]
     Corrupt(String),
+    /// A commit that did not return in time (a stuck disk).
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -55,6 +58,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         deployment: &str,
         since: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// A deployment's newest events (below `before`, if given), newest first.
+    async fn latest_events(
+        &self,
+        deployment: &str,
+        before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 }

@@ -74,6 +74,9 @@ impl From<ServiceError> for ApiError {
                     StoreError::Corrupt(_) => {
                         "the controller's stored data could not be read; nothing was changed"
                     }
+                    StoreError::TimedOut(_) => {
+                        "the controller's database did not answer in time; nothing was changed, retry later"
+                    }
                 };
                 ApiError::Unavailable(message.into())
             }

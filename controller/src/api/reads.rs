@@ -30,17 +30,34 @@ pub(super) async fn health(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Oldest first, after this event id (the default order).
     #[serde(default)]
     since: Option<i64>,
+    /// `newest`: the newest first, below `before` if given (the latest
+    /// page, then older ones).
+    #[serde(default)]
+    order: Option<EventOrder>,
+    /// With `order=newest`: only events with an id below this.
+    #[serde(default)]
+    before: Option<i64>,
     /// At most this many events (default 1000).
     #[serde(default)]
     #[param(minimum = 1, maximum = 10_000)]
     limit: Option<u32>,
 }
 
+/// Which end of the event log a page starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum EventOrder {
+    #[default]
+    Oldest,
+    Newest,
+}
+
 #[utoipa::path(
     get, path = "/deployments/{name}/events", tag = "health", params(DeploymentName, EventsQuery),
-    responses((status = 200, description = "the event log, oldest first", body = Vec<StoredEvent>))
+    responses((status = 200, description = "the event log, oldest first (or newest first with order=newest)", body = Vec<StoredEvent>))
 )]
 pub(super) async fn events(
     State(s): State<AppState>,
@@ -53,11 +70,27 @@ pub(super) async fn events(
             "limit must be between 1 and 10000, got {limit}"
         )));
     }
-    Ok(Json(
-        s.controller
-            .events(&name, q.since.unwrap_or(0), limit)
-            .await?,
-    ))
+    let order = q.order.unwrap_or_default();
+    let events = match order {
+        EventOrder::Oldest if q.before.is_some() => {
+            return Err(ApiError::BadRequest(
+                "before goes with order=newest; oldest first pages with since".into(),
+            ));
+        }
+        EventOrder::Newest if q.since.is_some() => {
+            return Err(ApiError::BadRequest(
+                "since goes with the default order (oldest first); newest first pages with before"
+                    .into(),
+            ));
+        }
+        EventOrder::Oldest => {
+            s.controller
+                .events(&name, q.since.unwrap_or(0), limit)
+                .await?
+        }
+        EventOrder::Newest => s.controller.latest_events(&name, q.before, limit).await?,
+    };
+    Ok(Json(events))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -88,6 +121,25 @@ pub(super) async fn history(
 )]
 pub(super) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "every change is stored and evaluations run", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "not to be relied on: changes wait for the database, or evaluations stalled", body = Object, example = json!({"status": "unready", "reason": "1 change(s) are in effect but not stored: the database cannot be written"}))
+    )
+)]
+pub(super) async fn readyz(
+    State(c): State<Arc<Controller>>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    match c.readiness() {
+        Ok(()) => (axum::http::StatusCode::OK, Json(json!({"status": "ready"}))),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "reason": reason})),
+        ),
+    }
 }
 
 /// The dashboard: one self-contained page, embedded in the binary.

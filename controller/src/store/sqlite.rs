@@ -12,8 +12,15 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The one writer (writes are serialised by the service anyway).
     pool: SqlitePool,
+    /// Readers for what anyone may ask (events): with WAL they never wait
+    /// for the writer, and the writer never waits for them.
+    reader: SqlitePool,
 }
+
+/// Read-only connections for the API's reads.
+const READERS: u32 = 4;
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -36,7 +43,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(2));
-        Self::with_options(options).await
+        let store = Self::with_options(options.clone()).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { reader, ..store })
     }
 
     /// A private in-memory database (tests).
@@ -57,7 +70,11 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(e.into()))?;
-        Ok(SqliteStore { pool })
+        // In memory the database lives in its one connection: it reads too.
+        Ok(SqliteStore {
+            reader: pool.clone(),
+            pool,
+        })
     }
 }
 
@@ -200,7 +217,25 @@ impl Store for SqliteStore {
         .bind(deployment)
         .bind(since)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn latest_events(
+        &self,
+        deployment: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, deployment, at, kind, actor, reason, numbers FROM events
+             WHERE deployment = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(deployment)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(event_from_row).collect()
     }
