@@ -32,7 +32,7 @@ use coalmine_decide::observe::Observations;
 use coalmine_decide::policy::Policy;
 use coalmine_decide::rules::evaluate;
 use coalmine_decide::verdict::{Health, Verdict, VerdictKind};
-use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
+use coalmine_protocol::sync::ReportError;
 use coalmine_protocol::{SplitTable, Target};
 use history::History;
 use ingest::Ingest;
@@ -133,23 +133,6 @@ pub struct Controller {
     metrics: Arc<Metrics>,
     notifier: Arc<dyn Notifier>,
     watchdog: failsafe::Watchdog,
-}
-
-/// A sync call held open, counted while it lives (also when its caller
-/// goes away mid-hold).
-struct Held<'a>(&'a Metrics);
-
-impl<'a> Held<'a> {
-    fn new(metrics: &'a Metrics) -> Held<'a> {
-        metrics.held_sync(true);
-        Held(metrics)
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.held_sync(false);
-    }
 }
 
 fn table_of(deployments: &BTreeMap<String, Deployment>, epoch: u64) -> SplitTable {
@@ -378,47 +361,6 @@ impl Controller {
         Health::new(verdict, d.policy.window_seconds, obs.baseline, obs.canary)
     }
 
-    /// A filter worker's sync: [`Controller::sync`], then, when the worker
-    /// already holds the current table, holds the answer for up to `wait`
-    /// until the table changes (or shutdown). The report is counted before
-    /// the hold.
-    pub async fn sync_held(
-        &self,
-        req: &SyncRequest,
-        wait: Duration,
-    ) -> Result<SyncResponse, ServiceError> {
-        // Subscribed before the report is taken in, so no change is missed.
-        let mut changes = self.table.subscribe();
-        let answer = self.sync(req)?;
-        if wait.is_zero() || answer.table.epoch != req.epoch || self.closing.load(Ordering::SeqCst)
-        {
-            return Ok(answer);
-        }
-        let _held = Held::new(&self.metrics);
-        if tokio::time::timeout(wait, changes.changed()).await.is_err() {
-            return Ok(answer);
-        }
-        Ok(SyncResponse {
-            table: SplitTable::clone(&self.table()),
-            ..answer
-        })
-    }
-
-    /// A filter worker's sync: counts its report once, answers the table;
-    /// refused (the lease not renewed) while evaluations are stalled.
-    pub fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ServiceError> {
-        if let Err(e) = self.check_not_stalled() {
-            self.metrics
-                .sync_report(crate::metrics::SyncResult::Stalled);
-            return Err(e);
-        }
-        self.ingest.take(req, self.now(), &self.metrics)?;
-        Ok(SyncResponse {
-            table: SplitTable::clone(&self.table()),
-            lease_ms: self.settings.lease_ms,
-        })
-    }
-
     /// Evaluates every deployment whose check interval has come.
     pub async fn evaluate_due(&self) {
         let now = self.now();
@@ -517,7 +459,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::store::SqliteStore;
     use coalmine_protocol::stats::RoleStats;
-    use coalmine_protocol::sync::RoleReport;
+    use coalmine_protocol::sync::{RoleReport, SyncRequest};
     use coalmine_protocol::{Outcome, Role};
 
     fn target(v: &str) -> Target {

@@ -2,12 +2,16 @@
 //! (deduplicated by proxy, instance and sequence number) and merged into
 //! the rolling windows the policy reads.
 
+use super::{Controller, ServiceError};
 use crate::clock::Millis;
 use crate::metrics::{Metrics, SyncResult};
 use coalmine_decide::engine::Deployment;
 use coalmine_decide::observe::{Observations, observe};
 use coalmine_decide::window::{Reported, Tally, Windows};
-use coalmine_protocol::sync::{ReportError, SyncRequest};
+use coalmine_protocol::SplitTable;
+use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -128,5 +132,65 @@ impl Ingest {
         if let Ok(mut i) = self.instances.lock() {
             i.retain(|_, inst| now.saturating_sub(inst.seen_at) < INSTANCE_TTL_MS);
         }
+    }
+}
+
+/// A sync call held open, counted while it lives (also when its caller
+/// goes away mid-hold).
+struct Held<'a>(&'a Metrics);
+
+impl<'a> Held<'a> {
+    fn new(metrics: &'a Metrics) -> Held<'a> {
+        metrics.held_sync(true);
+        Held(metrics)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held_sync(false);
+    }
+}
+
+impl Controller {
+    /// A filter worker's sync: [`Controller::sync`], then, when the worker
+    /// already holds the current table, holds the answer for up to `wait`
+    /// until the table changes (or shutdown). The report is counted before
+    /// the hold.
+    pub async fn sync_held(
+        &self,
+        req: &SyncRequest,
+        wait: Duration,
+    ) -> Result<SyncResponse, ServiceError> {
+        // Subscribed before the report is taken in, so no change is missed.
+        let mut changes = self.table.subscribe();
+        let answer = self.sync(req)?;
+        if wait.is_zero() || answer.table.epoch != req.epoch || self.closing.load(Ordering::SeqCst)
+        {
+            return Ok(answer);
+        }
+        let _held = Held::new(&self.metrics);
+        if tokio::time::timeout(wait, changes.changed()).await.is_err() {
+            return Ok(answer);
+        }
+        Ok(SyncResponse {
+            table: SplitTable::clone(&self.table()),
+            ..answer
+        })
+    }
+
+    /// A filter worker's sync: counts its report once, answers the table;
+    /// refused (the lease not renewed) while evaluations are stalled.
+    pub fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ServiceError> {
+        if let Err(e) = self.check_not_stalled() {
+            self.metrics
+                .sync_report(crate::metrics::SyncResult::Stalled);
+            return Err(e);
+        }
+        self.ingest.take(req, self.now(), &self.metrics)?;
+        Ok(SyncResponse {
+            table: SplitTable::clone(&self.table()),
+            lease_ms: self.settings.lease_ms,
+        })
     }
 }
