@@ -167,6 +167,8 @@ impl Controller {
         for d in deployments.values() {
             services.metrics.observe_deployment(d, None);
         }
+        let ingest = Ingest::default();
+        ingest.know(deployments.values());
         Ok(Arc::new(Controller {
             store,
             settings,
@@ -179,7 +181,7 @@ impl Controller {
                 verdicts: HashMap::new(),
                 unstored: failsafe::Unstored::default(),
             }),
-            ingest: Ingest::default(),
+            ingest,
             table: watch::Sender::new(Arc::new(table)),
             closing: AtomicBool::new(false),
             history: History::default(),
@@ -240,6 +242,7 @@ impl Controller {
         let shown = state.verdict_of(&t.deployment);
         self.metrics.observe_deployment(&t.deployment, Some(shown));
         state.deployments.insert(name, t.deployment);
+        self.ingest.know(state.deployments.values());
         if epoch != state.epoch {
             state.epoch = epoch;
             let table = Arc::new(table_of(&state.deployments, epoch));
@@ -552,6 +555,68 @@ mod tests {
         assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 10);
     }
 
+    /// Reports about deployments or versions the controller does not have
+    /// are dropped and counted; made-up instances beyond the cap push out
+    /// the least recently heard from, never an active one.
+    #[tokio::test]
+    async fn reports_of_unknown_deployments_and_versions_are_dropped() {
+        let c = controller().await;
+        c.create("heart-prod", target("v1"), Policy::default(), "operator")
+            .await
+            .unwrap();
+        let mut made_up = report(Role::Baseline, "v1", 7, 0);
+        made_up.deployment = "nobody".into();
+        let req = SyncRequest {
+            proxy: "p".into(),
+            instance: "i".into(),
+            seq: 1,
+            epoch: 0,
+            reports: vec![
+                report(Role::Baseline, "v1", 10, 0),
+                report(Role::Canary, "v9", 5, 0),
+                made_up,
+            ],
+        };
+        c.sync(&req).unwrap();
+        let h = c.health("heart-prod").await.unwrap();
+        assert_eq!((h.baseline.requests, h.canary.requests), (10, 0));
+        let text = c.metrics().encode();
+        for line in [
+            "coalmine_controller_dropped_reports_total{reason=\"unknown_deployment\"} 1",
+            "coalmine_controller_dropped_reports_total{reason=\"unknown_version\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        for n in 0..(ingest::MAX_INSTANCES as u64 + 10) {
+            let made_up = SyncRequest {
+                instance: format!("made-up-{n}"),
+                reports: vec![],
+                ..req.clone()
+            };
+            c.sync(&made_up).unwrap();
+            if n % 1000 == 0 {
+                // The honest instance keeps reporting: it is never the oldest.
+                let honest = SyncRequest {
+                    seq: 2 + n,
+                    reports: vec![report(Role::Baseline, "v1", 1, 0)],
+                    ..req.clone()
+                };
+                c.sync(&honest).unwrap();
+            }
+        }
+        // Its resent report is still known as counted.
+        let resent = SyncRequest {
+            seq: 2,
+            reports: vec![report(Role::Baseline, "v1", 1, 0)],
+            ..req.clone()
+        };
+        c.sync(&resent).unwrap();
+        let h = c.health("heart-prod").await.unwrap();
+        assert_eq!(h.baseline.requests, 10 + 66);
+        let text = c.metrics().encode();
+        assert!(text.contains("reason=\"instance_evicted\"} 11"), "{text}");
+    }
+
     async fn register_v2(c: &Controller) {
         let reg = Command::RegisterVersion {
             version: "v2".into(),
@@ -596,13 +661,13 @@ mod tests {
 
         // A worker behind the table gets its answer at once.
         let behind = held_request(0);
-        let behind = tokio::time::timeout(PROMPT, c.sync_held(&behind, HOLD));
+        let behind = tokio::time::timeout(PROMPT, c.sync_held(&behind, HOLD, ()));
         assert_eq!(behind.await.unwrap().unwrap().table.epoch, current);
 
         // A current worker is held until the table changes, then gets it.
         let held = {
             let c = c.clone();
-            tokio::spawn(async move { c.sync_held(&held_request(current), HOLD).await })
+            tokio::spawn(async move { c.sync_held(&held_request(current), HOLD, ()).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!held.is_finished());
@@ -628,13 +693,13 @@ mod tests {
         let current = c.epoch().await;
         let t0 = std::time::Instant::now();
         let short = Duration::from_millis(200);
-        let unchanged = c.sync_held(&held_request(current), short).await;
+        let unchanged = c.sync_held(&held_request(current), short, ()).await;
         assert_eq!(unchanged.unwrap().table.epoch, current);
         assert!(t0.elapsed() >= short);
 
         let held = {
             let c = c.clone();
-            tokio::spawn(async move { c.sync_held(&held_request(current), HOLD).await })
+            tokio::spawn(async move { c.sync_held(&held_request(current), HOLD, ()).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!held.is_finished());
@@ -643,7 +708,7 @@ mod tests {
         assert_eq!(released.unwrap().table.epoch, current);
         // After shutdown began nothing is held.
         let late = held_request(current);
-        let late = tokio::time::timeout(PROMPT, c.sync_held(&late, HOLD));
+        let late = tokio::time::timeout(PROMPT, c.sync_held(&late, HOLD, ()));
         assert_eq!(late.await.unwrap().unwrap().table.epoch, current);
     }
 

@@ -10,7 +10,7 @@
 
 mod feedback;
 
-pub use feedback::{FeedbackSeries, FeedbackStats, MAX_BUCKETS, Tally, bucket_seconds, tally};
+pub use feedback::{FeedbackSeries, FeedbackStats, MAX_BUCKETS, Tally, tally};
 
 use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};
 use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
@@ -149,6 +149,17 @@ fn most_frequent(counts: FieldCounts) -> FieldCounts {
         }
         counts => counts,
     }
+}
+
+/// A series keeps at most this many buckets over its deployment's window:
+/// one a second up to 10 minutes, wider beyond (a day's window counts by
+/// the 144 seconds), so memory and the time to read a window do not grow
+/// with it.
+pub const MAX_WINDOW_BUCKETS: u64 = 600;
+
+/// The bucket width for a deployment judged over `window_seconds`.
+pub fn bucket_seconds(window_seconds: u64) -> u64 {
+    (window_seconds / MAX_WINDOW_BUCKETS).max(1)
 }
 
 /// Every series' buckets.
@@ -328,6 +339,14 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_windows_keep_a_bounded_number_of_buckets() {
+        assert_eq!(bucket_seconds(300), 1);
+        assert_eq!(bucket_seconds(3600), 6);
+        assert_eq!(bucket_seconds(86_400), 144);
+        assert!(86_400 / bucket_seconds(86_400) <= MAX_WINDOW_BUCKETS);
+    }
 
     fn hist(latencies_us: &[u64]) -> Histogram<u64> {
         let mut h = Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG).unwrap();

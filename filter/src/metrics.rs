@@ -35,6 +35,8 @@ pub(crate) trait Metrics {
     fn sync_failed(&self);
     /// The lease ran out, counted for every deployment.
     fn lease_expired(&self);
+    /// A report the controller refused (it would refuse it again) dropped.
+    fn report_dropped(&self);
 }
 
 /// Envoy's metrics of every configured deployment.
@@ -110,6 +112,12 @@ impl Metrics for EnvoyMetrics {
     fn lease_expired(&self) {
         for m in &self.deployments {
             let _ = hostcalls::increment_metric(m.lease_expiries, 1);
+        }
+    }
+
+    fn report_dropped(&self) {
+        for m in &self.deployments {
+            let _ = hostcalls::increment_metric(m.sync_reports_dropped, 1);
         }
     }
 }
@@ -227,6 +235,7 @@ struct DeploymentMetrics {
     canary_share_bps: u32,
     split_epoch: u32,
     sync_failures: u32,
+    sync_reports_dropped: u32,
     lease_expiries: u32,
     tester_overrides: u32,
 }
@@ -279,6 +288,10 @@ impl DeploymentMetrics {
             canary_share_bps: define(MetricType::Gauge, &deployment_name(d, "canary_share_bps"))?,
             split_epoch: define(MetricType::Gauge, &deployment_name(d, "split_epoch"))?,
             sync_failures: define(MetricType::Counter, &deployment_name(d, "sync_failures"))?,
+            sync_reports_dropped: define(
+                MetricType::Counter,
+                &deployment_name(d, "sync_reports_dropped"),
+            )?,
             lease_expiries: define(MetricType::Counter, &deployment_name(d, "lease_expiries"))?,
             tester_overrides: define(MetricType::Counter, &deployment_name(d, "tester_overrides"))?,
         })

@@ -19,7 +19,7 @@ use coalmine_protocol::shared::{
 use coalmine_protocol::sync::SyncResponse;
 use coalmine_protocol::sync::lease::LeaseChange;
 use coalmine_protocol::sync::worker_loop::{
-    Accepted, Answer, Call, Failure, Request, SyncLoop, parse_answer,
+    Accepted, Answer, Call, Failure, Request, SyncLoop, Unanswered, parse_answer,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -106,7 +106,15 @@ impl Syncer {
 
     fn failed(&self, worker: &Worker, failure: &Failure) {
         worker.sync_failed();
-        if failure.first {
+        if failure.dropped_report {
+            worker.report_dropped();
+        }
+        if failure.first && failure.dropped_report {
+            log::warn!(
+                "{}; reports the controller refuses are dropped (counted in sync_reports_dropped) until one is taken",
+                failure.reason
+            );
+        } else if failure.first {
             log::warn!(
                 "sync with the controller failing: {}; keeping the last split table and the unsent report",
                 failure.reason
@@ -168,7 +176,7 @@ fn dispatch(c: &ControllerConfig, request: &Request<'_>) -> Result<u32, String> 
 
 /// The controller's answer to the call in flight (the body is read only
 /// after a 200).
-fn read_answer(body_size: usize) -> Result<SyncResponse, String> {
+fn read_answer(body_size: usize) -> Result<SyncResponse, Unanswered> {
     let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten();

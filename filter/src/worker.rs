@@ -370,6 +370,11 @@ impl<M: Metrics> Worker<M> {
         self.metrics.lease_expired();
     }
 
+    /// The controller refused a report for good; it was dropped.
+    pub(crate) fn report_dropped(&self) {
+        self.metrics.report_dropped();
+    }
+
     /// The split gauges of every deployment: canary share in force, epoch.
     fn publish_split_metrics(&self) {
         let epoch = self.epoch();

@@ -151,7 +151,7 @@ pub(crate) fn check_token(what: &str, value: &str) -> Result<(), String> {
 /// How one deployment is split right now.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct DeploymentSplit {
     pub name: String,
     pub baseline: Target,
@@ -183,7 +183,7 @@ impl DeploymentSplit {
 /// Every deployment's split, stamped with the controller's epoch.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct SplitTable {
     pub epoch: u64,
     pub deployments: Vec<DeploymentSplit>,

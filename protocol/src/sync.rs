@@ -46,7 +46,7 @@ pub const MAX_REPORT_REQUESTS: u64 = 1 << 40;
 /// What a filter worker sends.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct SyncRequest {
     /// The proxy's node id (`xds.node.id`).
     pub proxy: String,
@@ -63,7 +63,7 @@ pub struct SyncRequest {
 /// One deployment role's delta since the last acknowledged report.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct RoleReport {
     pub deployment: String,
     pub role: Role,
@@ -83,7 +83,7 @@ pub struct RoleReport {
 /// Requests per outcome class.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct OutcomeCounts {
     #[serde(rename = "2xx", default)]
     pub success: u64,
@@ -139,7 +139,7 @@ impl OutcomeCounts {
 /// What the controller answers.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct SyncResponse {
     pub table: SplitTable,
     /// How long the table stays valid without another successful sync.

@@ -57,16 +57,25 @@ fn parse<T: DeserializeOwned + ToSchema>(bytes: &[u8], state: &AppState) -> Resu
     })
 }
 
+/// A required JSON body read from `req`, checked against its schema (what
+/// [`JsonBody`] does, for handlers that read the body later).
+pub(super) async fn json_body<T: DeserializeOwned + ToSchema>(
+    req: Request,
+    state: &AppState,
+) -> Result<T, ApiError> {
+    let bytes = bytes(req, state).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "a JSON request body is required".into(),
+        ));
+    }
+    parse(&bytes, state)
+}
+
 impl<T: DeserializeOwned + ToSchema> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = bytes(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::BadRequest(
-                "a JSON request body is required".into(),
-            ));
-        }
-        parse(&bytes, state).map(JsonBody)
+        json_body(req, state).await.map(JsonBody)
     }
 }
 

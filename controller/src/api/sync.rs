@@ -2,12 +2,13 @@
 //! its lease out, held until the table changes (DESIGN.md, the sync
 //! protocol).
 
-use super::extract::{JsonBody, QueryParams, SyncCaller};
+use super::extract::{QueryParams, SyncCaller, json_body};
 use super::{ApiError, ApiResult, AppState};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use coalmine_protocol::sync::{MAX_WAIT_MS, SyncRequest, SyncResponse};
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 use utoipa::IntoParams;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -20,6 +21,12 @@ pub(super) struct SyncQuery {
     wait_ms: u64,
 }
 
+/// Sync bodies read and counted at once (each up to 4 MiB); more wait
+/// their turn, so a burst of large reports cannot take the controller's
+/// memory. Held calls wait for the table without a slot.
+const SYNC_SLOTS: usize = 8;
+static SLOTS: Semaphore = Semaphore::const_new(SYNC_SLOTS);
+
 #[utoipa::path(
     post, path = "/sync", tag = "proxies", params(SyncQuery), security(("sync_token" = [])),
     request_body = SyncRequest,
@@ -29,7 +36,7 @@ pub(super) async fn sync(
     State(s): State<AppState>,
     _caller: SyncCaller,
     QueryParams(q): QueryParams<SyncQuery>,
-    JsonBody(req): JsonBody<SyncRequest>,
+    body: Request,
 ) -> ApiResult<Json<SyncResponse>> {
     if q.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::BadRequest(format!(
@@ -37,6 +44,11 @@ pub(super) async fn sync(
             q.wait_ms
         )));
     }
+    let slot = SLOTS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("the controller is stopping".into()))?;
+    let req: SyncRequest = json_body(body, &s).await?;
     let wait = std::time::Duration::from_millis(q.wait_ms);
-    Ok(Json(s.controller.sync_held(&req, wait).await?))
+    Ok(Json(s.controller.sync_held(&req, wait, slot).await?))
 }

@@ -4,19 +4,34 @@
 
 use super::{Controller, ServiceError};
 use crate::clock::Millis;
-use crate::metrics::{Metrics, SyncResult};
+use crate::metrics::{Dropped, Metrics, SyncResult};
 use coalmine_decide::engine::Deployment;
 use coalmine_decide::observe::{Observations, observe};
-use coalmine_decide::window::{Reported, Tally, Windows};
+use coalmine_decide::window::{Reported, Tally, Windows, bucket_seconds};
 use coalmine_protocol::SplitTable;
 use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
+use lru::LruCache;
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// Reporting instances not heard from for this long are forgotten.
 const INSTANCE_TTL_MS: u64 = 3_600_000;
+/// Instances remembered at most (each Envoy worker is one; 32 768
+/// two-worker sidecars fit): beyond, the least recently heard from is
+/// forgotten (and counted). Bounds memory against made-up instance ids.
+pub(super) const MAX_INSTANCES: usize = 65_536;
+
+/// What the controller knows of a deployment, for taking reports in
+/// without its state lock: its registered versions and its window's
+/// bucket width.
+#[derive(Debug)]
+struct Known {
+    versions: HashSet<String>,
+    bucket_seconds: u64,
+}
 
 #[derive(Debug)]
 struct Instance {
@@ -26,14 +41,50 @@ struct Instance {
 
 /// The windows and, per reporting instance, the last sequence number
 /// counted.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ingest {
     windows: Mutex<Windows>,
     /// Last sequence number counted per (proxy, instance).
-    instances: Mutex<HashMap<(String, String), Instance>>,
+    instances: Mutex<LruCache<(String, String), Instance>>,
+    /// The deployments reports may be about: others are dropped, so made-up
+    /// names cannot grow the windows.
+    known: RwLock<HashMap<String, Known>>,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest {
+            windows: Mutex::default(),
+            instances: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MAX_INSTANCES).unwrap_or(NonZeroUsize::MIN),
+            )),
+            known: RwLock::default(),
+        }
+    }
 }
 
 impl Ingest {
+    /// Learns the deployments as they are now (after every change).
+    pub(crate) fn know<'a>(&self, deployments: impl IntoIterator<Item = &'a Deployment>) {
+        let known = deployments
+            .into_iter()
+            .map(|d| {
+                let versions = d.versions.iter().map(|v| v.version.clone()).collect();
+                let bucket = bucket_seconds(d.policy.window_seconds);
+                (
+                    d.name.clone(),
+                    Known {
+                        versions,
+                        bucket_seconds: bucket,
+                    },
+                )
+            })
+            .collect();
+        if let Ok(mut k) = self.known.write() {
+            *k = known;
+        }
+    }
+
     /// Takes in a worker's report at `now`: refused whole when any part is
     /// bad (nothing is counted), counted once when new, ignored when resent.
     pub(crate) fn take(
@@ -61,7 +112,10 @@ impl Ingest {
             return Ok(());
         };
         let key = (req.proxy.clone(), req.instance.clone());
-        let instance = instances.entry(key).or_insert(Instance {
+        if !instances.contains(&key) && instances.len() == instances.cap().get() {
+            metrics.dropped(Dropped::InstanceEvicted, 1);
+        }
+        let instance = instances.get_or_insert_mut(key, || Instance {
             seq: 0,
             seen_at: now,
         });
@@ -74,16 +128,28 @@ impl Ingest {
         }
         instance.seq = req.seq;
         metrics.sync_report(SyncResult::Accepted);
-        if let Ok(mut windows) = self.windows.lock() {
-            for (r, counts, h) in &decoded {
-                let reported = Reported {
-                    counts,
-                    latency: h,
-                    outputs: &r.outputs,
-                    skipped: r.outputs_skipped,
-                };
-                windows.add(&r.deployment, r.role, &r.version, now / 1000, &reported);
+        drop(instances);
+        let (Ok(known), Ok(mut windows)) = (self.known.read(), self.windows.lock()) else {
+            return Ok(());
+        };
+        let second = now / 1000;
+        for (r, counts, h) in &decoded {
+            let Some(k) = known.get(&r.deployment) else {
+                metrics.dropped(Dropped::UnknownDeployment, 1);
+                continue;
+            };
+            if !k.versions.contains(&r.version) {
+                metrics.dropped(Dropped::UnknownVersion, 1);
+                continue;
             }
+            let reported = Reported {
+                counts,
+                latency: h,
+                outputs: &r.outputs,
+                skipped: r.outputs_skipped,
+            };
+            let bucket = second - second % k.bucket_seconds;
+            windows.add(&r.deployment, r.role, &r.version, bucket, &reported);
         }
         Ok(())
     }
@@ -130,7 +196,13 @@ impl Ingest {
             w.feedback.prune(now / 1000, feedback_window);
         }
         if let Ok(mut i) = self.instances.lock() {
-            i.retain(|_, inst| now.saturating_sub(inst.seen_at) < INSTANCE_TTL_MS);
+            // Least recently heard from first.
+            while i
+                .peek_lru()
+                .is_some_and(|(_, inst)| now.saturating_sub(inst.seen_at) >= INSTANCE_TTL_MS)
+            {
+                i.pop_lru();
+            }
         }
     }
 }
@@ -156,15 +228,19 @@ impl Controller {
     /// A filter worker's sync: [`Controller::sync`], then, when the worker
     /// already holds the current table, holds the answer for up to `wait`
     /// until the table changes (or shutdown). The report is counted before
-    /// the hold.
-    pub async fn sync_held(
+    /// the hold, and `slot` (whatever bounds the reports read at once) is
+    /// released then.
+    pub async fn sync_held<S>(
         &self,
         req: &SyncRequest,
         wait: Duration,
+        slot: S,
     ) -> Result<SyncResponse, ServiceError> {
         // Subscribed before the report is taken in, so no change is missed.
         let mut changes = self.table.subscribe();
         let answer = self.sync(req)?;
+        // The report is counted: its slot goes to the next one.
+        drop(slot);
         if wait.is_zero() || answer.table.epoch != req.epoch || self.closing.load(Ordering::SeqCst)
         {
             return Ok(answer);

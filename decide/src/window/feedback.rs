@@ -28,7 +28,7 @@ pub struct FeedbackStats {
 pub const MAX_BUCKETS: u64 = 3600;
 
 /// The bucket width for a metric windowed over `window_seconds`.
-pub fn bucket_seconds(window_seconds: u64) -> u64 {
+pub(super) fn bucket_seconds(window_seconds: u64) -> u64 {
     (window_seconds / MAX_BUCKETS).max(1)
 }
 

@@ -17,6 +17,7 @@ enum Event {
     Split(usize, u16, u64),
     SyncFailed,
     LeaseExpired,
+    ReportDropped,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +49,9 @@ impl Metrics for Recorded {
     }
     fn lease_expired(&self) {
         self.0.borrow_mut().push(Event::LeaseExpired);
+    }
+    fn report_dropped(&self) {
+        self.0.borrow_mut().push(Event::ReportDropped);
     }
 }
 

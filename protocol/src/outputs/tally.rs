@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 /// Answers not read, by why.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct Skips {
     /// Larger than `max_body_bytes`.
     #[serde(default)]
@@ -52,7 +52,7 @@ impl Skips {
 /// One field's counts in a report.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Fields a newer version adds are ignored: filters and controllers of different releases keep syncing.
 pub struct FieldReport {
     pub field: String,
     pub counts: FieldCounts,
@@ -61,7 +61,7 @@ pub struct FieldReport {
 /// A field's counts: by label, or by score slot.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum FieldCounts {
     Class {
         labels: BTreeMap<String, u64>,

@@ -7,7 +7,10 @@
 //! makes it, not on the next tick. A good answer renews the lease and brings
 //! the table; an answer that came early (the table changed) is followed at
 //! once by the next held call. A failed, timed-out or unparsable answer
-//! keeps the last good table and the pending report.
+//! keeps the last good table and the pending report, except a refusal of
+//! the report itself (400, 413, 422: a newer or older controller that will
+//! never take it): that report is dropped, counted and logged, so the next
+//! one can get through, rather than sent again forever.
 //!
 //! [`SyncLoop`] takes every decision of that loop: whether a call is in
 //! flight or lost, how long to ask the controller to hold, how many calls a
@@ -96,6 +99,26 @@ pub struct Request<'a> {
 pub struct Failure {
     pub reason: String,
     pub first: bool,
+    /// The controller refused the report itself; it was dropped.
+    pub dropped_report: bool,
+}
+
+/// Why an answer is not a table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    pub reason: String,
+    /// The controller refused the report for what it is (it would refuse it
+    /// again): drop it.
+    pub refused_report: bool,
+}
+
+impl Unanswered {
+    fn retry(reason: String) -> Unanswered {
+        Unanswered {
+            reason,
+            refused_report: false,
+        }
+    }
 }
 
 /// What a tick decided.
@@ -215,7 +238,7 @@ impl SyncLoop {
         &mut self,
         token: u32,
         now_ms: u64,
-        read: impl FnOnce() -> Result<SyncResponse, String>,
+        read: impl FnOnce() -> Result<SyncResponse, Unanswered>,
     ) -> Answer {
         match self.in_flight {
             Some(call) if call.token == token => self.in_flight = None,
@@ -223,7 +246,14 @@ impl SyncLoop {
         }
         match read() {
             Ok(response) => Answer::Accepted(self.accept(response, now_ms)),
-            Err(why) => Answer::Refused(self.fail(why)),
+            Err(u) => {
+                if u.refused_report {
+                    self.outbox.acknowledged();
+                }
+                let mut failure = self.fail(u.reason);
+                failure.dropped_report = u.refused_report;
+                Answer::Refused(failure)
+            }
         }
     }
 
@@ -267,24 +297,44 @@ impl SyncLoop {
     fn fail(&mut self, reason: String) -> Failure {
         let first = !self.failing;
         self.failing = true;
-        Failure { reason, first }
+        Failure {
+            reason,
+            first,
+            dropped_report: false,
+        }
     }
 }
 
+/// Statuses that refuse the report itself: sending it again cannot help.
+pub const REFUSING_STATUSES: [&str; 3] = ["400", "413", "422"];
+
 /// The controller's answer, from the HTTP status and the body (read only
-/// for a 200), or why it is refused.
+/// for a 200), or why there is none.
 pub fn parse_answer(
     status: Option<&str>,
     body: impl FnOnce() -> Vec<u8>,
-) -> Result<SyncResponse, String> {
+) -> Result<SyncResponse, Unanswered> {
     match status {
         Some("200") => {}
-        Some(s) => return Err(format!("controller answered {s}")),
-        None => return Err("no response (timeout or connection failure)".to_string()),
+        Some(s) if REFUSING_STATUSES.contains(&s) => {
+            return Err(Unanswered {
+                reason: format!("controller refused the report ({s}); it is dropped"),
+                refused_report: true,
+            });
+        }
+        Some(s) => return Err(Unanswered::retry(format!("controller answered {s}"))),
+        None => {
+            return Err(Unanswered::retry(
+                "no response (timeout or connection failure)".to_string(),
+            ));
+        }
     }
     let response = serde_json::from_slice::<SyncResponse>(&body())
-        .map_err(|e| format!("response does not parse: {e}"))?;
-    response.table.validate().map_err(|e| e.to_string())?;
+        .map_err(|e| Unanswered::retry(format!("response does not parse: {e}")))?;
+    response
+        .table
+        .validate()
+        .map_err(|e| Unanswered::retry(e.to_string()))?;
     Ok(response)
 }
 

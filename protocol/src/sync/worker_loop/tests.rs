@@ -100,7 +100,8 @@ fn a_call_in_flight_is_waited_for_until_it_is_lost() {
         tick.lost,
         Some(Failure {
             reason: "no answer".into(),
-            first: true
+            first: true,
+            dropped_report: false,
         })
     );
     let (again, _) = send(&mut m, tick.call.unwrap(), 0, Ok(8));
@@ -129,14 +130,20 @@ fn failures_keep_the_report_and_only_the_first_of_a_run_is_news() {
         failure,
         Some(Failure {
             reason: "cannot call cluster".into(),
-            first: true
+            first: true,
+            dropped_report: false,
         })
     );
     let call = m.tick(2_000, None).call.unwrap();
     let (second, failure) = send(&mut m, call, 3, Ok(1));
     assert_eq!(second.body, first.body, "resent byte for byte");
     assert_eq!(failure, None);
-    let refused = m.answer(1, 2_100, || Err("controller answered 503".into()));
+    let refused = m.answer(1, 2_100, || {
+        Err(Unanswered {
+            reason: "controller answered 503".into(),
+            refused_report: false,
+        })
+    });
     let Answer::Refused(failure) = refused else {
         panic!("{refused:?}")
     };
@@ -234,26 +241,55 @@ fn the_lease_expires_without_a_sync_and_an_answer_renews_it() {
 }
 
 #[test]
+fn a_report_the_controller_refuses_is_dropped_not_sent_forever() {
+    let mut m = machine(0);
+    let call = m.tick(1_000, None).call.unwrap();
+    let (first, _) = send(&mut m, call, 0, Ok(1));
+    let refused = m.answer(1, 1_100, || {
+        parse_answer(Some("400"), || panic!("not read"))
+    });
+    let Answer::Refused(failure) = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(failure.dropped_report && failure.first, "{failure:?}");
+    let call = m.tick(2_000, None).call.unwrap();
+    let (next, _) = send(&mut m, call, 0, Ok(2));
+    assert_eq!(
+        next.request.seq,
+        first.request.seq + 1,
+        "a new report, not the refused one"
+    );
+    // The lease is not renewed by a refusal: it runs out unless a report gets through.
+    let ok = m.answer(2, 2_100, || Ok(response(1, 30_000)));
+    assert!(matches!(ok, Answer::Accepted(_)));
+}
+
+#[test]
 fn answers_are_parsed_strictly() {
     let good = serde_json::to_vec(&response(4, 30_000)).unwrap();
     assert_eq!(
         parse_answer(Some("200"), || good.clone()).unwrap(),
         response(4, 30_000)
     );
-    assert_eq!(
-        parse_answer(Some("503"), || panic!("not read")).unwrap_err(),
-        "controller answered 503"
-    );
-    assert_eq!(
-        parse_answer(None, || panic!("not read")).unwrap_err(),
-        "no response (timeout or connection failure)"
-    );
-    let garbage = parse_answer(Some("200"), || b"{not json".to_vec()).unwrap_err();
+    let unavailable = parse_answer(Some("503"), || panic!("not read")).unwrap_err();
+    assert_eq!(unavailable.reason, "controller answered 503");
+    assert!(!unavailable.refused_report, "retried");
+    let none = parse_answer(None, || panic!("not read")).unwrap_err();
+    assert_eq!(none.reason, "no response (timeout or connection failure)");
+    for status in ["400", "413", "422"] {
+        let refused = parse_answer(Some(status), || panic!("not read")).unwrap_err();
+        assert!(refused.refused_report, "{status}");
+    }
+    let garbage = parse_answer(Some("200"), || b"{not json".to_vec())
+        .unwrap_err()
+        .reason;
     assert!(
         garbage.starts_with("response does not parse: "),
         "{garbage}"
     );
     let bad_target = br#"{"table":{"epoch":1,"deployments":[{"name":"d","baseline":{"version":"v 1","cluster":"c"}}]},"lease_ms":1}"#;
-    let invalid = parse_answer(Some("200"), || bad_target.to_vec()).unwrap_err();
+    let invalid = parse_answer(Some("200"), || bad_target.to_vec())
+        .unwrap_err()
+        .reason;
     assert!(invalid.contains("baseline version"), "{invalid}");
 }
