@@ -94,16 +94,7 @@ pub fn cpu_seconds_from_stat(stat: &str, ticks: f64) -> Result<f64> {
     Ok((get(11)? + get(12)?) / ticks)
 }
 
-/// Resident memory of a process in bytes.
-pub fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))
-}
+pub use coalmine_e2e::rss_bytes;
 
 /// Confines this process (every thread) to `cpus`, a `taskset` list.
 pub fn pin_self(cpus: &str) -> Result<()> {

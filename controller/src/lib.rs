@@ -30,17 +30,57 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 /// In-flight requests get this long to finish after shutdown is requested.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves the API and runs the evaluation loop until `shutdown` resolves,
-/// then drains in-flight requests for at most [`DRAIN_TIMEOUT`].
+/// What one client may hold of the controller.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once; beyond, new ones are closed at once (and
+    /// counted), so a flood cannot take every file descriptor.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this long, and an idle
+    /// keep-alive connection is closed after it (slow clients hold nothing).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this long.
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(20),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the limit
+/// in force (a held sync is one connection per Envoy worker).
+pub fn raise_open_files_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
+/// [`serve_with`] the default [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     controller: Arc<Controller>,
     tokens: Tokens,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, controller, tokens, Limits::default(), shutdown).await
+}
+
+/// Serves the API and runs the evaluation loop until `shutdown` resolves,
+/// then drains in-flight requests for at most [`DRAIN_TIMEOUT`].
+pub async fn serve_with(
+    listener: TcpListener,
+    controller: Arc<Controller>,
+    tokens: Tokens,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -59,18 +99,51 @@ pub async fn serve(
             .clone()
             .run_evaluations(until_stopped(stopped.clone())),
     );
-    let server = axum::serve(listener, api::router(controller, tokens))
-        .with_graceful_shutdown(until_stopped(stopped.clone()));
-    let drain_deadline = {
-        let stopped = stopped.clone();
-        async move {
-            until_stopped(stopped).await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        }
-    };
+    let app = api::router(controller.clone(), tokens).layer(
+        tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout),
+    );
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let stopping = until_stopped(stopped.clone());
+    tokio::pin!(stopping);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stopping => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: try again shortly.
+                tracing::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            controller.metrics().connection_refused();
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        let c = controller.clone();
+        c.metrics().connection(true);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            c.metrics().connection(false);
+            drop(slot);
+        });
+    }
     tokio::select! {
-        result = server => result?,
-        () = drain_deadline => tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+        }
     }
     let _ = evaluations.await;
     Ok(())

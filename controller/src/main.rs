@@ -5,9 +5,9 @@ use clap::Parser;
 use coalmine_controller::auth::{Secret, Tokens};
 use coalmine_controller::metrics::Metrics;
 use coalmine_controller::notify::{NoNotifier, Notifier, RetryPolicy, Webhooks};
-use coalmine_controller::service::{Services, Settings};
+use coalmine_controller::service::{Retention, Services, Settings};
 use coalmine_controller::store::SqliteStore;
-use coalmine_controller::{Controller, serve};
+use coalmine_controller::{Controller, Limits, raise_open_files_limit, serve_with};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +45,15 @@ struct Args {
     /// The controller's URL as operators reach it (links in webhooks); default http://<listen>.
     #[arg(long, env = "COALMINE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Events each deployment keeps in the database; older ones are archived (--events-archive) or dropped.
+    #[arg(long, env = "COALMINE_EVENTS_KEEP", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..))]
+    events_keep: u64,
+    /// Append events past retention to <DIR>/<deployment>.jsonl before removing them.
+    #[arg(long, env = "COALMINE_EVENTS_ARCHIVE")]
+    events_archive: Option<PathBuf>,
+    /// Connections open at once; beyond, new ones are closed (counted in /metrics).
+    #[arg(long, env = "COALMINE_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
     /// Write the bound address to this file once listening (useful with port 0).
     #[arg(long)]
     address_file: Option<PathBuf>,
@@ -156,6 +165,10 @@ async fn main() -> Result<()> {
     };
     let settings = Settings {
         lease_ms: args.lease_ms,
+        retention: Some(Retention {
+            keep: args.events_keep,
+            archive: args.events_archive.clone(),
+        }),
     };
     let services = Services {
         metrics,
@@ -174,7 +187,25 @@ async fn main() -> Result<()> {
         args.db.display(),
         controller.deployments().await.len()
     );
-    serve(listener, controller, tokens, shutdown_signal()).await?;
+    let mut limits = Limits {
+        max_connections: args.max_connections.max(1),
+        ..Limits::default()
+    };
+    match raise_open_files_limit() {
+        // Room for the database, logs and webhooks besides the connections.
+        Some(files) => {
+            let room = usize::try_from(files.saturating_sub(256)).unwrap_or(usize::MAX);
+            if room < limits.max_connections {
+                tracing::warn!(
+                    "only {files} open files allowed: at most {room} connections instead of {}",
+                    limits.max_connections
+                );
+                limits.max_connections = room.max(16);
+            }
+        }
+        None => tracing::warn!("the open-files limit could not be read or raised"),
+    }
+    serve_with(listener, controller, tokens, limits, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

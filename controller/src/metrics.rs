@@ -13,6 +13,10 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 
+mod runtime;
+pub use runtime::Dropped;
+use runtime::ReasonLabel;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentLabel {
     deployment: String,
@@ -84,24 +88,9 @@ pub struct Metrics {
     last_evaluation: Gauge<f64, AtomicU64>,
     held_syncs: Gauge,
     open_connections: Gauge,
+    refused_connections: Counter,
     dropped_reports: Family<ReasonLabel, Counter>,
     database_bytes: Gauge,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: String,
-}
-
-/// Why part of a sync report was not counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dropped {
-    /// A deployment the controller does not have.
-    UnknownDeployment,
-    /// A version the deployment has not registered.
-    UnknownVersion,
-    /// The instance table was full; the oldest instance was forgotten.
-    InstanceEvicted,
 }
 
 /// How a sync report was taken.
@@ -146,6 +135,7 @@ impl Default for Metrics {
             last_evaluation: Gauge::default(),
             held_syncs: Gauge::default(),
             open_connections: Gauge::default(),
+            refused_connections: Counter::default(),
             dropped_reports: Family::default(),
             database_bytes: Gauge::default(),
             registry: Registry::default(),
@@ -217,97 +207,6 @@ impl Default for Metrics {
         );
         m.register_runtime(&mut registry);
         Metrics { registry, ..m }
-    }
-}
-
-impl Metrics {
-    /// The controller's own health: its store, its evaluations, its
-    /// connections and what it refuses.
-    fn register_runtime(&self, registry: &mut Registry) {
-        registry.register(
-            "store_errors",
-            "Database writes that failed or timed out",
-            self.store_errors.clone(),
-        );
-        registry.register(
-            "unstored_changes",
-            "Changes in effect (lowered canary shares) whose events wait for the database",
-            self.unstored.clone(),
-        );
-        registry.register(
-            "last_evaluation_timestamp_seconds",
-            "When the evaluation loop last completed (controller time, seconds since the UNIX epoch)",
-            self.last_evaluation.clone(),
-        );
-        registry.register(
-            "held_syncs",
-            "Sync calls held open until the split table changes",
-            self.held_syncs.clone(),
-        );
-        registry.register(
-            "open_connections",
-            "Client connections open to the API",
-            self.open_connections.clone(),
-        );
-        registry.register(
-            "dropped_reports",
-            "Parts of sync reports not counted, by reason",
-            self.dropped_reports.clone(),
-        );
-        registry.register(
-            "database_size_bytes",
-            "The database's size on disk",
-            self.database_bytes.clone(),
-        );
-    }
-
-    pub fn store_error(&self) {
-        self.store_errors.inc();
-    }
-
-    pub fn unstored_changes(&self, n: usize) {
-        self.unstored.set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
-    /// The evaluation loop completed at `now` (ms).
-    pub fn evaluated(&self, now: u64) {
-        self.last_evaluation.set(now as f64 / 1000.0);
-    }
-
-    /// A sync call starts (`true`) or stops (`false`) being held.
-    pub fn held_sync(&self, held: bool) {
-        if held {
-            self.held_syncs.inc();
-        } else {
-            self.held_syncs.dec();
-        }
-    }
-
-    /// A connection opens (`true`) or closes (`false`).
-    pub fn connection(&self, open: bool) {
-        if open {
-            self.open_connections.inc();
-        } else {
-            self.open_connections.dec();
-        }
-    }
-
-    pub fn dropped(&self, why: Dropped, n: u64) {
-        let reason = match why {
-            Dropped::UnknownDeployment => "unknown_deployment",
-            Dropped::UnknownVersion => "unknown_version",
-            Dropped::InstanceEvicted => "instance_evicted",
-        };
-        self.dropped_reports
-            .get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            })
-            .inc_by(n);
-    }
-
-    pub fn database_size(&self, bytes: u64) {
-        self.database_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 }
 

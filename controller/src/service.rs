@@ -12,6 +12,7 @@
 //!   written, stored later; leases refused while evaluations stall;
 //! - `ingest`: sync reports, deduplicated, into the rolling windows;
 //! - `feedback`: feedback calls, checked whole, into the windows too;
+//! - `retention`: each deployment's oldest events archived and removed;
 //! - `history`: one sample a second per deployment, for charts (sampled
 //!   here, with the metrics of the moment).
 
@@ -19,9 +20,11 @@ mod failsafe;
 mod feedback;
 mod history;
 mod ingest;
+mod retention;
 
 pub use failsafe::{STALLED_AFTER, STORE_TIMEOUT};
 pub use history::HISTORY_SAMPLES;
+pub use retention::{RETENTION_EVERY, Retention};
 
 use crate::clock::{Clock, Millis, MonotonicClock, SystemClock};
 use crate::metrics::Metrics;
@@ -49,11 +52,16 @@ pub const EVALUATION_TICK: Duration = Duration::from_millis(250);
 pub struct Settings {
     /// The lease granted to proxies with each split table.
     pub lease_ms: u64,
+    /// How many events each deployment keeps (none: all, for tests).
+    pub retention: Option<Retention>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { lease_ms: 30_000 }
+        Settings {
+            lease_ms: 30_000,
+            retention: Some(Retention::default()),
+        }
     }
 }
 
@@ -440,6 +448,7 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         let mut sampled_second = 0;
+        let mut retained_at = std::time::Instant::now() - RETENTION_EVERY;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -449,6 +458,15 @@ impl Controller {
                     if second != sampled_second {
                         sampled_second = second;
                         self.sample().await;
+                        if retained_at.elapsed() >= RETENTION_EVERY {
+                            retained_at = std::time::Instant::now();
+                            if let Err(e) = self.apply_retention().await {
+                                tracing::warn!("event retention: {e}");
+                            }
+                            if let Some(bytes) = self.store.size_bytes().await {
+                                self.metrics.database_size(bytes);
+                            }
+                        }
                     }
                 }
             }

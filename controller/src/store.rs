@@ -60,6 +60,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         since: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Removes `deployment`'s events with ids up to `through` (retention:
+    /// only the oldest, only once archived); returns how many.
+    async fn prune_events(&self, deployment: &str, through: i64) -> Result<u64, StoreError>;
+    /// How many events `deployment` has, and the id of the oldest.
+    async fn event_count(&self, deployment: &str) -> Result<(u64, Option<i64>), StoreError>;
+    /// The database's size on disk, if it has one.
+    async fn size_bytes(&self) -> Option<u64> {
+        None
+    }
     /// A deployment's newest events (below `before`, if given), newest first.
     async fn latest_events(
         &self,

@@ -29,6 +29,7 @@ mod answers;
 mod browser;
 pub mod compose;
 mod controller;
+mod dblock;
 mod envoy;
 mod load;
 pub mod models;
@@ -40,6 +41,7 @@ pub use browser::Browser;
 pub use controller::{
     ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin,
 };
+pub use dblock::DbLock;
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, without_outputs};
 pub use load::{Load, Sample};
 pub use models::ModelServer;
@@ -91,6 +93,17 @@ pub fn patients() -> Result<Vec<serde_json::Value>> {
     Ok(coalmine_models_server::patients::load_requests(
         &workspace_root(),
     )?)
+}
+
+/// Resident memory of a process in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))
 }
 
 /// The kinds of `events`, in order.

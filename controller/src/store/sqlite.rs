@@ -222,6 +222,44 @@ impl Store for SqliteStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    async fn prune_events(&self, deployment: &str, through: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE meta SET value = ? WHERE key = 'prunable_through'")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+        let removed = sqlx::query("DELETE FROM events WHERE deployment = ? AND id <= ?")
+            .bind(deployment)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE meta SET value = 0 WHERE key = 'prunable_through'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn event_count(&self, deployment: &str) -> Result<(u64, Option<i64>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) =
+            sqlx::query_as("SELECT COUNT(*), MIN(id) FROM events WHERE deployment = ?")
+                .bind(deployment)
+                .fetch_one(&self.reader)
+                .await?;
+        Ok((to_u64(n), oldest))
+    }
+
+    async fn size_bytes(&self) -> Option<u64> {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .ok()
+        .map(to_u64)
+    }
+
     async fn latest_events(
         &self,
         deployment: &str,
@@ -328,5 +366,24 @@ mod tests {
             assert!(err.to_string().contains("append-only"), "{err}");
         }
         assert_eq!(store.events("heart-prod", 0, 100).await.unwrap().len(), 3);
+
+        // Retention removes the oldest, and nothing else; afterwards the
+        // log refuses DELETE again.
+        assert_eq!(
+            store
+                .prune_events("heart-prod", events[1].id)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store.event_count("heart-prod").await.unwrap(),
+            (1, Some(events[2].id))
+        );
+        let err = sqlx::query("DELETE FROM events")
+            .execute(&store.pool)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
     }
 }

@@ -258,6 +258,7 @@ fn start_canary(
         healthy_since: None,
         paused: false,
         mismatch_reported: false,
+        healthy_streak: 0,
     });
     d.health = HealthMark::Ok;
     d.set_version_state(&start.version, VersionState::Canary, true);

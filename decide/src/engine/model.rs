@@ -98,7 +98,16 @@ pub struct Canary {
     /// A sample-ratio mismatch was reported at the current share.
     #[serde(default)]
     pub mismatch_reported: bool,
+    /// HEALTHY verdicts in a row since the health mark left OK (recovery
+    /// is declared after [`RECOVERY_CHECKS`]).
+    #[serde(default)]
+    pub healthy_streak: u32,
 }
+
+/// HEALTHY verdicts in a row before a DEGRADED (or failed) canary counts
+/// as recovered: a canary hovering at a threshold holds and reports once,
+/// instead of an event on every check.
+pub const RECOVERY_CHECKS: u32 = 3;
 
 impl Canary {
     /// The next share of the schedule above the current one.

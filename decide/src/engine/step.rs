@@ -3,7 +3,9 @@
 //! after a healthy bake and promote at the last step.
 
 use super::model::event;
-use super::model::{Deployment, ENGINE, Event, EventKind, HealthMark, Millis, Step, Transition};
+use super::model::{
+    Deployment, ENGINE, Event, EventKind, HealthMark, Millis, RECOVERY_CHECKS, Step, Transition,
+};
 use crate::observe::Observations;
 use crate::rules::evaluate;
 use crate::verdict::{ReasonCode, Recommendation, Verdict, VerdictKind};
@@ -35,8 +37,14 @@ pub fn step(d: &Deployment, obs: &Observations, now: Millis) -> Step {
         now,
     };
     match verdict.verdict {
-        VerdictKind::Critical => on_critical(&mut next, why, &mut events),
-        VerdictKind::Degraded => on_degraded(&mut next, why, &mut events),
+        VerdictKind::Critical => {
+            unhealthy(&mut next);
+            on_critical(&mut next, why, &mut events);
+        }
+        VerdictKind::Degraded => {
+            unhealthy(&mut next);
+            on_degraded(&mut next, why, &mut events);
+        }
         VerdictKind::Healthy => {
             let promotable = verdict.recommendation == Recommendation::Promote;
             on_healthy(&mut next, promotable, why, &mut events);
@@ -80,6 +88,14 @@ fn restart_bake(next: &mut Deployment) {
     }
 }
 
+/// A verdict other than HEALTHY: recovery counts from zero again.
+fn unhealthy(next: &mut Deployment) {
+    if let Some(c) = next.canary.as_mut() {
+        c.healthy_streak = 0;
+    }
+    restart_bake(next);
+}
+
 /// CRITICAL: reported once on entry, and the canary rolled back unless
 /// automatic rollback is off.
 fn on_critical(next: &mut Deployment, why: Why, events: &mut Vec<Event>) {
@@ -120,11 +136,20 @@ fn on_degraded(next: &mut Deployment, why: Why, events: &mut Vec<Event>) {
     restart_bake(next);
 }
 
-/// HEALTHY: recovery is reported once; after a healthy bake (not paused,
-/// not cooling down) a promotable canary steps up, and at the last step is
-/// promoted when the policy allows.
+/// HEALTHY: recovery is reported once, after [`RECOVERY_CHECKS`] healthy
+/// verdicts in a row (until then the canary still holds); after a healthy
+/// bake (not paused, not cooling down) a promotable canary steps up, and at
+/// the last step is promoted when the policy allows.
 fn on_healthy(next: &mut Deployment, promotable: bool, why: Why, events: &mut Vec<Event>) {
     if next.health != HealthMark::Ok {
+        let streak = next.canary.as_mut().map_or(RECOVERY_CHECKS, |c| {
+            c.healthy_streak = c.healthy_streak.saturating_add(1);
+            c.healthy_streak
+        });
+        if streak < RECOVERY_CHECKS {
+            restart_bake(next);
+            return;
+        }
         next.health = HealthMark::Ok;
         events.push(event(
             EventKind::HealthRecovered,
@@ -259,10 +284,41 @@ mod tests {
         let d = s.transition.deployment;
         let s = step(&d, &stats(1000, 0, 50.0), &stats(200, 6, 50.0), T0 + 10_000);
         assert!(s.transition.events.is_empty());
-        let d = s.transition.deployment;
+        let mut d = s.transition.deployment;
         let (b, c) = good();
-        let s = step(&d, &b, &c, T0 + 15_000);
+        // Recovered after three healthy checks in a row, not before.
+        for at in [15_000, 16_000] {
+            let s = step(&d, &b, &c, T0 + at);
+            assert!(s.transition.events.is_empty(), "{:?}", kinds(&s.transition));
+            d = s.transition.deployment;
+        }
+        let s = step(&d, &b, &c, T0 + 17_000);
         assert_eq!(kinds(&s.transition), ["health_recovered", "step_advanced"]);
+    }
+
+    #[test]
+    fn a_canary_hovering_at_a_threshold_reports_once() {
+        let mut d = with_canary(Policy {
+            bake_seconds: 0,
+            ..Policy::default()
+        });
+        let (b, c) = good();
+        let mut all = Vec::new();
+        for i in 0..100u64 {
+            let s = if i % 2 == 0 {
+                step(
+                    &d,
+                    &stats(1000, 0, 50.0),
+                    &stats(200, 6, 50.0),
+                    T0 + 5000 + i * 1000,
+                )
+            } else {
+                step(&d, &b, &c, T0 + 5000 + i * 1000)
+            };
+            all.extend(kinds(&s.transition));
+            d = s.transition.deployment;
+        }
+        assert_eq!(all, ["health_degraded"]);
     }
 
     #[test]

@@ -287,6 +287,14 @@ fn answers_are_parsed_strictly() {
         garbage.starts_with("response does not parse: "),
         "{garbage}"
     );
+    // A newer controller's field is ignored, not a failure.
+    let newer = br#"{"table":{"epoch":1,"deployments":[],"shard":7},"lease_ms":1000,"surprise":1}"#;
+    assert_eq!(
+        parse_answer(Some("200"), || newer.to_vec())
+            .unwrap()
+            .lease_ms,
+        1000
+    );
     let bad_target = br#"{"table":{"epoch":1,"deployments":[{"name":"d","baseline":{"version":"v 1","cluster":"c"}}]},"lease_ms":1}"#;
     let invalid = parse_answer(Some("200"), || bad_target.to_vec())
         .unwrap_err()
