@@ -129,6 +129,9 @@ pub async fn serve_with(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            // A connection buffers little of a body nobody reads yet (a
+            // sync waiting for its slot).
+            .max_buf_size(64 * 1024)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         let c = controller.clone();

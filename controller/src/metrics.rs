@@ -210,13 +210,49 @@ impl Default for Metrics {
     }
 }
 
+/// OpenMetrics text (what the registry writes) as Prometheus text: a
+/// counter's family takes its samples' `_total` name in HELP and TYPE, and
+/// the OpenMetrics-only `# UNIT` and `# EOF` lines go.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line.starts_with("# EOF") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let renamed =
+                (kind == "counter" && !name.ends_with("_total")).then(|| format!("{name}_total"));
+            let family = renamed.as_deref().unwrap_or(name);
+            if let Some(h) = help.take() {
+                let text = h.strip_prefix("# HELP ").and_then(|h| h.split_once(' '));
+                out.push_str(&format!(
+                    "# HELP {family} {}\n",
+                    text.map_or("", |(_, t)| t)
+                ));
+            }
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 impl Metrics {
-    /// The text exposition.
+    /// The Prometheus text exposition (format 0.0.4), which every scraper
+    /// and `promtool check metrics` read.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        prometheus_text(&out)
     }
 
     pub fn observe_deployment(&self, d: &Deployment, verdict: Option<VerdictKind>) {

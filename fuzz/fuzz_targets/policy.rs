@@ -33,6 +33,7 @@ impl Role {
             p50_ms: self.p50_ms,
             p95_ms: self.p95_ms,
             p99_ms: self.p99_ms,
+            ..RoleWindowStats::default()
         }
     }
 }

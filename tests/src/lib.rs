@@ -166,7 +166,12 @@ pub(crate) fn tail_text(text: &str, lines: usize) -> String {
 /// 0 when absent.
 pub fn prometheus_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let rendered: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let series = format!("{name}{{{}}}", rendered.join(","));
+    // A series without labels is written without braces.
+    let series = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{}}}", rendered.join(","))
+    };
     text.lines()
         .find_map(|line| line.strip_prefix(&series).map(str::trim))
         .and_then(|v| v.parse().ok())

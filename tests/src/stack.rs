@@ -44,8 +44,13 @@ pub fn plugin_reading_outputs(lease_ms: u64) -> Result<Value> {
 
 impl Stack {
     pub async fn start(lease_ms: u64) -> Result<Stack> {
+        Stack::start_with(lease_ms, &[]).await
+    }
+
+    /// With extra controller arguments (e.g. `--webhook URL`).
+    pub async fn start_with(lease_ms: u64, controller_args: &[&str]) -> Result<Stack> {
         Ok(Stack {
-            controller: ControllerProc::start(lease_ms).await?,
+            controller: ControllerProc::start_with(lease_ms, controller_args).await?,
             v1: Upstream::start("heart-v1").await?,
             v2: Upstream::start("heart-v2").await?,
         })

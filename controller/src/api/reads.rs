@@ -155,13 +155,13 @@ pub(super) async fn dashboard() -> axum::response::Html<&'static str> {
 
 #[utoipa::path(
     get, path = "/metrics", tag = "metrics",
-    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+    responses((status = 200, description = "Prometheus metrics (text exposition format 0.0.4)", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
 )]
 pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         c.metrics().encode(),
     )

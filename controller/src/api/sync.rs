@@ -24,7 +24,7 @@ pub(super) struct SyncQuery {
 /// Sync bodies read and counted at once (each up to 4 MiB); more wait
 /// their turn, so a burst of large reports cannot take the controller's
 /// memory. Held calls wait for the table without a slot.
-const SYNC_SLOTS: usize = 8;
+const SYNC_SLOTS: usize = 4;
 static SLOTS: Semaphore = Semaphore::const_new(SYNC_SLOTS);
 
 #[utoipa::path(
