@@ -79,6 +79,7 @@ pub struct Metrics {
     feedback_observations: Family<MetricRoleLabels, Gauge>,
     feedback_rate: Family<MetricRoleLabels, Gauge<f64, AtomicU64>>,
     feedback_age: Family<MetricRoleLabels, Gauge>,
+    webhook_backlog: Family<ReceiverLabel, Gauge>,
 }
 
 /// How a sync report was taken.
@@ -116,6 +117,7 @@ impl Default for Metrics {
             feedback_observations: Family::default(),
             feedback_rate: Family::default(),
             feedback_age: Family::default(),
+            webhook_backlog: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -182,6 +184,11 @@ impl Default for Metrics {
             "feedback_newest_age_seconds",
             "Seconds since each role's newest feedback observation arrived (absent before the first)",
             m.feedback_age.clone(),
+        );
+        registry.register(
+            "webhook_backlog",
+            "Notified events waiting for delivery to each webhook receiver (scheme, host and port only)",
+            m.webhook_backlog.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -365,5 +372,25 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+}
+
+// Webhook backlog (notify/webhook.rs): one gauge per receiver, labelled by
+// its redacted form (`https://host:port/…`), never its URL.
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabel {
+    receiver: String,
+}
+
+impl Metrics {
+    /// `waiting` notified events not yet delivered to `receiver`.
+    pub fn webhook_backlog(&self, receiver: &str, waiting: u64) {
+        let label = ReceiverLabel {
+            receiver: receiver.to_string(),
+        };
+        self.webhook_backlog
+            .get_or_create(&label)
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 }
