@@ -116,6 +116,8 @@ impl Drop for Browser {
         let _ = self.driver.wait();
         // Any that left the group (Chromium's zygotes), by their profile.
         let profile = format!("user-data-dir={}", self._profile.path().display());
-        let _ = Command::new("pkill").args(["-KILL", "-f", &profile]).status();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &profile])
+            .status();
     }
 }
