@@ -20,6 +20,10 @@ pub struct Cli {
         default_value = "http://127.0.0.1:8700"
     )]
     pub url: String,
+    /// A PEM file of CA certificates to trust besides the system's roots
+    /// (an https:// controller behind a private CA).
+    #[arg(long, global = true, env = "COALMINE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Operator token (default: COALMINE_TOKEN, then .coalmine/operator-token).
     #[arg(long, global = true, env = "COALMINE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

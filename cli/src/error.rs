@@ -70,6 +70,7 @@ impl From<ClientError> for CliError {
                 _ => CliError::Other(format!("the controller answered {status}: {message}")),
             },
             ClientError::Decode(m) => CliError::Other(m),
+            ClientError::Setup(_) => CliError::Other(e.to_string()),
         }
     }
 }

@@ -24,6 +24,17 @@ fn token(cli: &Cli) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// The typed client of `--url`, trusting `--ca-file` too when given.
+fn client(cli: &Cli) -> Result<Client, CliError> {
+    let mut builder = Client::builder(&cli.url);
+    if let Some(path) = &cli.ca_file {
+        builder = builder
+            .ca_file(path)
+            .map_err(|e| CliError::Invalid(format!("--ca-file: {e}")))?;
+    }
+    Ok(builder.build()?.operator_token(token(cli)))
+}
+
 /// A JSON argument, given inline or as `@file.json`.
 fn json_arg(what: &str, arg: &str) -> Result<Value, CliError> {
     let text = match arg.strip_prefix('@') {
@@ -46,7 +57,7 @@ fn shown<T: Serialize>(value: &T, json: bool, table: impl FnOnce(&T) -> String) 
 
 /// Runs a parsed command; returns what to print.
 pub async fn run(cli: Cli) -> Result<String, CliError> {
-    let client = Client::new(&cli.url).operator_token(token(&cli));
+    let client = client(&cli)?;
     let json = cli.output == Output::Json;
     match cli.command {
         Cmd::Completions { shell } => {

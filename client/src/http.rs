@@ -1,6 +1,7 @@
 //! The client: one typed call per operation of the API, over reqwest.
 
 use crate::paths;
+use crate::roots::{CaFileError, error_chain, read_ca_file};
 use crate::types::{
     CreateDeployment, DeploymentView, ErrorBody, FeedbackAccepted, FeedbackBatch, ReasonBody,
     RegisterVersion, Sample, SetTraffic, StartCanary, StoredEvent,
@@ -13,6 +14,7 @@ use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
 
 /// How long a call may take unless the client is built with another timeout.
@@ -35,6 +37,9 @@ pub enum ClientError {
     /// An answer that is not what the API promises.
     #[error("unexpected answer from the controller: {0}")]
     Decode(String),
+    /// The HTTP client cannot be set up (e.g. the system's roots are unreadable).
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
 }
 
 impl ClientError {
@@ -79,6 +84,19 @@ impl Client {
             .timeout(timeout)
             .build()
             .unwrap_or_default();
+        Client::over(http, url)
+    }
+
+    /// A client with more than a URL: another timeout, extra trusted roots.
+    pub fn builder(url: &str) -> ClientBuilder {
+        ClientBuilder {
+            url: url.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+            roots: Vec::new(),
+        }
+    }
+
+    fn over(http: reqwest::Client, url: &str) -> Client {
         Client {
             http,
             url: url.trim_end_matches('/').to_string(),
@@ -366,6 +384,50 @@ impl Client {
     }
 }
 
+/// Builds a [`Client`]: `https://` URLs are checked against the system's
+/// roots and the roots added here.
+#[derive(Debug)]
+pub struct ClientBuilder {
+    url: String,
+    timeout: Duration,
+    roots: Vec<reqwest::Certificate>,
+}
+
+impl ClientBuilder {
+    /// How long a call may take (default [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Trusts `cert` besides the system's roots (a controller behind a
+    /// private CA).
+    pub fn add_root_certificate(mut self, cert: reqwest::Certificate) -> ClientBuilder {
+        self.roots.push(cert);
+        self
+    }
+
+    /// Trusts every certificate of the PEM file at `path` besides the
+    /// system's roots.
+    pub fn ca_file(mut self, path: &Path) -> Result<ClientBuilder, CaFileError> {
+        self.roots.extend(read_ca_file(path)?);
+        Ok(self)
+    }
+
+    pub fn build(self) -> Result<Client, ClientError> {
+        let http = self
+            .roots
+            .into_iter()
+            .fold(reqwest::Client::builder(), |b, cert| {
+                b.add_root_certificate(cert)
+            })
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| ClientError::Setup(error_chain(&e)))?;
+        Ok(Client::over(http, &self.url))
+    }
+}
+
 /// The operator's calls that take only an optional reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -390,7 +452,13 @@ fn unreachable_cause(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
-        "connection refused".into()
+        // A refused connection, or a certificate not trusted: the
+        // innermost cause says which.
+        let mut cause: &dyn std::error::Error = e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        cause.to_string()
     } else {
         e.to_string()
     }

@@ -1,12 +1,14 @@
 //! `coalmine-controller`: the controller service.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use coalmine_controller::auth::{Secret, Tokens};
 use coalmine_controller::metrics::Metrics;
-use coalmine_controller::notify::{NoNotifier, Notifier, RetryPolicy, Webhooks};
+use coalmine_controller::notify::{
+    NoNotifier, Notifier, RetryPolicy, WebhookSettings, Webhooks, receivers,
+};
 use coalmine_controller::service::{Retention, Services, Settings};
-use coalmine_controller::store::SqliteStore;
+use coalmine_controller::store::{SqliteStore, Store};
 use coalmine_controller::{Controller, Limits, raise_open_files_limit, serve_with};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,9 +41,19 @@ struct Args {
     #[arg(long, env = "COALMINE_LEASE_MS", default_value_t = 30_000)]
     lease_ms: u64,
     /// POST the events operators must not miss (health_degraded,
-    /// auto_rollback_triggered, rolled_back, promoted) to this URL; repeatable.
-    #[arg(long = "webhook", env = "COALMINE_WEBHOOKS", value_delimiter = ',')]
+    /// auto_rollback_triggered, rolled_back, promoted) to this http(s) URL;
+    /// repeatable. Logs and metrics show only its scheme, host and port.
+    #[arg(
+        long = "webhook",
+        env = "COALMINE_WEBHOOKS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     webhooks: Vec<String>,
+    /// A PEM file of CA certificates (one or several) that https:// webhooks
+    /// may be signed by, besides the system's roots.
+    #[arg(long, env = "COALMINE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// The controller's URL as operators reach it (links in webhooks); default http://<listen>.
     #[arg(long, env = "COALMINE_PUBLIC_URL")]
     public_url: Option<String>,
@@ -96,6 +108,40 @@ fn tokens(args: &Args) -> Result<Tokens> {
     Ok(tokens)
 }
 
+/// The webhooks (none without a `--webhook`), started before the API
+/// serves: the URLs must be http(s), the CA file must hold certificates.
+async fn notifier(
+    args: &Args,
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Notifier>> {
+    let receivers = receivers(&args.webhooks).map_err(|e| anyhow!("--webhook: {e}"))?;
+    let roots = match &args.ca_file {
+        Some(path) => {
+            coalmine_client::roots::read_ca_file(path).map_err(|e| anyhow!("--ca-file: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    if receivers.is_empty() {
+        return Ok(Arc::new(NoNotifier));
+    }
+    let shown: Vec<&str> = receivers.iter().map(|r| r.redacted()).collect();
+    tracing::info!("webhooks: {}", shown.join(", "));
+    let settings = WebhookSettings {
+        public_url: args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+        retry: RetryPolicy::default(),
+        roots,
+    };
+    let webhooks = Webhooks::start(receivers, settings, store, metrics)
+        .await
+        .context("starting the webhooks")?;
+    Ok(Arc::new(webhooks))
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -137,32 +183,8 @@ async fn main() -> Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
-    let webhooks: Vec<String> = args
-        .webhooks
-        .iter()
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .collect();
-    for url in &webhooks {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            bail!("--webhook {url:?} is not an http(s) URL");
-        }
-    }
-    let notifier: Arc<dyn Notifier> = if webhooks.is_empty() {
-        Arc::new(NoNotifier)
-    } else {
-        tracing::info!("webhooks: {} URL(s)", webhooks.len());
-        let public_url = args
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
-        Arc::new(Webhooks::start(
-            webhooks,
-            public_url,
-            RetryPolicy::default(),
-            metrics.clone(),
-        ))
-    };
+    let store: Arc<dyn Store> = Arc::new(store);
+    let notifier = notifier(&args, addr, store.clone(), metrics.clone()).await?;
     let settings = Settings {
         lease_ms: args.lease_ms,
         retention: Some(Retention {
@@ -175,7 +197,7 @@ async fn main() -> Result<()> {
         notifier,
         ..Services::default()
     };
-    let controller = Controller::open_with(Arc::new(store), settings, services)
+    let controller = Controller::open_with(store, settings, services)
         .await
         .context("loading the stored state")?;
     if let Some(path) = &args.address_file {

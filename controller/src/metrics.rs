@@ -91,6 +91,7 @@ pub struct Metrics {
     refused_connections: Counter,
     dropped_reports: Family<ReasonLabel, Counter>,
     database_bytes: Gauge,
+    webhook_backlog: Family<ReceiverLabel, Gauge>,
 }
 
 /// How a sync report was taken.
@@ -138,6 +139,7 @@ impl Default for Metrics {
             refused_connections: Counter::default(),
             dropped_reports: Family::default(),
             database_bytes: Gauge::default(),
+            webhook_backlog: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -206,6 +208,11 @@ impl Default for Metrics {
             m.feedback_age.clone(),
         );
         m.register_runtime(&mut registry);
+        registry.register(
+            "webhook_backlog",
+            "Notified events waiting for delivery to each webhook receiver (scheme, host and port only)",
+            m.webhook_backlog.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -425,5 +432,25 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+}
+
+// Webhook backlog (notify/webhook.rs): one gauge per receiver, labelled by
+// its redacted form (`https://host:port/…`), never its URL.
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabel {
+    receiver: String,
+}
+
+impl Metrics {
+    /// `waiting` notified events not yet delivered to `receiver`.
+    pub fn webhook_backlog(&self, receiver: &str, waiting: u64) {
+        let label = ReceiverLabel {
+            receiver: receiver.to_string(),
+        };
+        self.webhook_backlog
+            .get_or_create(&label)
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 }

@@ -2,16 +2,24 @@
 //!
 //! The service hands every stored event to a [`Notifier`]; implementations
 //! must return at once (the engine never waits on a receiver). One file per
-//! implementation: `notify/webhook.rs` (POST to configured URLs, retried with
-//! backoff) and `notify/none.rs`.
+//! implementation: `notify/webhook.rs` (each receiver its own task, reading
+//! its backlog from the store after its stored cursor, retried with capped
+//! backoff until a 2xx) and `notify/none.rs`. The webhooks' pure rules are
+//! apart: `notify/receiver.rs` (parsing, redaction, the cursor key) and
+//! `notify/delivery.rs` (backoff, what an answer means, where to resume,
+//! the payload).
 
 use crate::store::StoredEvent;
 use coalmine_decide::engine::EventKind;
 
+mod delivery;
 mod none;
+mod receiver;
 mod webhook;
+pub use delivery::RetryPolicy;
 pub use none::NoNotifier;
-pub use webhook::{RetryPolicy, Webhooks};
+pub use receiver::{Receiver, ReceiverError, receivers};
+pub use webhook::{WebhookError, WebhookSettings, Webhooks};
 
 /// The events that are sent out.
 pub const NOTIFIED: [EventKind; 4] = [
@@ -22,6 +30,7 @@ pub const NOTIFIED: [EventKind; 4] = [
 ];
 
 pub trait Notifier: Send + Sync + std::fmt::Debug {
-    /// Queues `event` for delivery; never blocks.
+    /// Takes note of a stored `event` (for webhooks: wakes the receivers,
+    /// which read it from the store); never blocks.
     fn notify(&self, event: &StoredEvent);
 }

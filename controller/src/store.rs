@@ -4,8 +4,12 @@
 //! A [`Store`] commits a transition (new state + its events + epoch) as one
 //! transaction: either all of it is durable or none. SQLite is the default
 //! implementation (`store/sqlite.rs`).
+//!
+//! Webhook receivers read the events to deliver from here, each from its
+//! own cursor (the last event it acknowledged), so what is stored is
+//! delivered even across a restart.
 
-use coalmine_decide::engine::{Deployment, Event, Millis};
+use coalmine_decide::engine::{Deployment, Event, EventKind, Millis};
 
 pub use coalmine_client::types::StoredEvent;
 
@@ -76,4 +80,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Events of these `kinds`, of every deployment, with an id above
+    /// `after`, oldest first, at most `limit`.
+    async fn notified_after(
+        &self,
+        after: i64,
+        kinds: &[EventKind],
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// How many events of these `kinds` have an id above `after`.
+    async fn count_notified_after(
+        &self,
+        after: i64,
+        kinds: &[EventKind],
+    ) -> Result<u64, StoreError>;
+    /// The id of the newest event (0 before the first).
+    async fn newest_event_id(&self) -> Result<i64, StoreError>;
+    /// The id of the last event the webhook receiver with this `key` (a
+    /// hash of its URL) acknowledged; `None` for a receiver never seen.
+    async fn webhook_cursor(&self, key: &str) -> Result<Option<i64>, StoreError>;
+    /// Records that the receiver with this `key` acknowledged every
+    /// notified event up to `id`.
+    async fn set_webhook_cursor(&self, key: &str, id: i64) -> Result<(), StoreError>;
 }

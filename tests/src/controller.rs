@@ -245,10 +245,18 @@ impl ControllerProc {
         self.dir.path().join("coalmine.db")
     }
 
-    /// Starts again on the same address and database.
+    /// Starts again on the same address and database (after a SIGKILL, if
+    /// it is still running).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill9();
         self.spawn().await
+    }
+
+    /// Starts again on the same address and database, with these extra
+    /// arguments instead of the first ones.
+    pub async fn restart_with(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.restart().await
     }
 
     pub fn log(&self) -> String {

@@ -10,11 +10,13 @@
 //!   every response, remembers the coalmine headers it was sent, and can
 //!   answer a share of requests with 500s.
 //! - [`ControllerProc`]: the real controller binary with its own database;
-//!   it can be killed with SIGKILL and restarted on the same address.
+//!   it can be stopped (SIGTERM) or killed (SIGKILL) and restarted on the
+//!   same address and database.
 //! - [`Load`]: steady client traffic in the background, every response kept.
 //! - [`Stack`]: the controller and both upstreams, and Envoys pointed at
 //!   them.
-//! - [`Receiver`]: a webhook receiver that can fail or hang on purpose.
+//! - [`Receiver`]: a webhook receiver (HTTP, or HTTPS with a certificate
+//!   the test made) that can fail, refuse or hang on purpose.
 //! - [`AnswerServer`]: an upstream that answers whatever a test asks (good
 //!   and bad model answers, chunked, huge, compressed).
 //! - [`Browser`]: Debian's headless Chromium driven through chromedriver.

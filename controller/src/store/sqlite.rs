@@ -1,7 +1,7 @@
 //! The SQLite store: one file, WAL, full sync, migrations embedded.
 
 use super::{Commit, Snapshot, Store, StoreError, StoredEvent};
-use coalmine_decide::engine::{Deployment, Event, Version};
+use coalmine_decide::engine::{Deployment, Event, EventKind, Version};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -93,6 +93,11 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, StoreErr
             numbers: serde_json::from_str(&numbers).map_err(|e| corrupt("event numbers", e))?,
         },
     })
+}
+
+/// `?, ?, …`: one placeholder per kind.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 #[async_trait::async_trait]
@@ -277,6 +282,69 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(event_from_row).collect()
     }
+
+    async fn notified_after(
+        &self,
+        after: i64,
+        kinds: &[EventKind],
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT id, deployment, at, kind, actor, reason, numbers FROM events
+             WHERE id > ? AND kind IN ({}) ORDER BY id LIMIT ?",
+            placeholders(kinds.len())
+        );
+        let mut query = sqlx::query(&sql).bind(after);
+        for k in kinds {
+            query = query.bind(k.as_str());
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn count_notified_after(
+        &self,
+        after: i64,
+        kinds: &[EventKind],
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM events WHERE id > ? AND kind IN ({})",
+            placeholders(kinds.len())
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(after);
+        for k in kinds {
+            query = query.bind(k.as_str());
+        }
+        Ok(to_u64(query.fetch_one(&self.pool).await?))
+    }
+
+    async fn newest_event_id(&self) -> Result<i64, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    async fn webhook_cursor(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT last_event_id FROM webhook_cursors WHERE receiver = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn set_webhook_cursor(&self, key: &str, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_cursors (receiver, last_event_id) VALUES (?, ?)
+             ON CONFLICT (receiver) DO UPDATE SET last_event_id = excluded.last_event_id",
+        )
+        .bind(key)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -385,5 +453,98 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+    use crate::notify::NOTIFIED;
+    use coalmine_decide::engine::{self, OPERATOR};
+    use coalmine_decide::policy::Policy;
+    use coalmine_protocol::Target;
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            kind,
+            actor: OPERATOR.into(),
+            reason: "test".into(),
+            numbers: serde_json::Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn notified_events_are_read_by_id_and_cursors_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.newest_event_id().await.unwrap(), 0);
+        let target = Target {
+            version: "v1".into(),
+            cluster: "heart-v1".into(),
+        };
+        let t = engine::create("heart-prod", target, Policy::default(), OPERATOR, 1000).unwrap();
+        let kinds = [
+            EventKind::RolledBack,
+            EventKind::Paused,
+            EventKind::Promoted,
+            EventKind::HealthDegraded,
+        ];
+        for (at, events) in [(1000, t.events.clone()), (2000, kinds.map(event).to_vec())] {
+            store
+                .commit(Commit {
+                    deployment: &t.deployment,
+                    events: &events,
+                    epoch: 1,
+                    at,
+                })
+                .await
+                .unwrap();
+        }
+        // deployment_created, version_registered, then ids 3 to 6.
+        assert_eq!(store.newest_event_id().await.unwrap(), 6);
+        let ids = |events: Vec<StoredEvent>| events.iter().map(|e| e.id).collect::<Vec<_>>();
+        let all = store.notified_after(0, &NOTIFIED, 100).await.unwrap();
+        assert_eq!(ids(all.clone()), [3, 5, 6]);
+        assert_eq!(all[0].event.kind, EventKind::RolledBack);
+        assert_eq!(all[2].deployment, "heart-prod");
+        let after_3 = store.notified_after(3, &NOTIFIED, 100).await.unwrap();
+        assert_eq!(ids(after_3), [5, 6]);
+        assert_eq!(
+            ids(store.notified_after(0, &NOTIFIED, 1).await.unwrap()),
+            [3]
+        );
+        let only_promotions = [EventKind::Promoted];
+        assert_eq!(
+            ids(store
+                .notified_after(0, &only_promotions, 100)
+                .await
+                .unwrap()),
+            [5]
+        );
+        for (after, waiting) in [(0, 3), (3, 2), (5, 1), (6, 0)] {
+            assert_eq!(
+                store.count_notified_after(after, &NOTIFIED).await.unwrap(),
+                waiting
+            );
+        }
+
+        // A receiver's key: the SHA-256 of its URL, in hex.
+        let key = format!("{:064x}", 0xfeed_u32);
+        assert_eq!(store.webhook_cursor(&key).await.unwrap(), None);
+        store.set_webhook_cursor(&key, 3).await.unwrap();
+        store.set_webhook_cursor(&key, 5).await.unwrap();
+        assert_eq!(store.webhook_cursor(&key).await.unwrap(), Some(5));
+        // Only hashes are keys: a URL is refused by the table itself.
+        assert!(
+            store
+                .set_webhook_cursor("https://hooks.example/SECRET", 1)
+                .await
+                .is_err()
+        );
+        drop(store);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.webhook_cursor(&key).await.unwrap(), Some(5));
     }
 }
