@@ -177,11 +177,13 @@ impl Controller {
         }
         let ingest = Ingest::default();
         ingest.know(deployments.values());
+        // Schedules and windows never run backwards with the wall clock.
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new(services.clock));
+        let watchdog = failsafe::Watchdog::new(clock.now());
         Ok(Arc::new(Controller {
             store,
             settings,
-            // Schedules and windows never run backwards with the wall clock.
-            clock: Arc::new(MonotonicClock::new(services.clock)),
+            clock,
             state: tokio::sync::Mutex::new(State {
                 deployments,
                 epoch: snapshot.epoch,
@@ -195,7 +197,7 @@ impl Controller {
             history: History::default(),
             metrics: services.metrics,
             notifier: services.notifier,
-            watchdog: failsafe::Watchdog::default(),
+            watchdog,
         }))
     }
 
@@ -413,7 +415,7 @@ impl Controller {
             self.metrics.evaluation(started.elapsed().as_secs_f64());
         }
         drop(state);
-        self.watchdog.evaluated();
+        self.watchdog.evaluated(now);
         self.metrics.evaluated(now);
         self.prune(now).await;
     }
@@ -888,6 +890,34 @@ mod tests {
         let d = c.deployment("heart-prod").await.unwrap();
         assert!(d.canary.is_none(), "still at {:?}", d.canary);
         assert_eq!(c.table().deployments[0].canary_bps.get(), 0);
+    }
+
+    /// Evaluations stop (the loop stuck, the state lock held): after
+    /// `STALLED_AFTER` leases are no longer renewed, so the proxies fall
+    /// back to their baselines, and readiness says why; the next
+    /// evaluation renews them again.
+    #[tokio::test]
+    async fn stalled_evaluations_stop_renewing_leases() {
+        let policy = Policy {
+            check_interval_seconds: 1,
+            ..Policy::default()
+        };
+        let (c, clock) = with_canary(policy).await;
+        c.sync(&both_roles(1, (400, 0), (100, 0))).unwrap();
+        assert!(c.readiness().is_ok());
+        clock.advance(failsafe::STALLED_AFTER.as_millis() as u64 - 1000);
+        c.sync(&both_roles(2, (400, 0), (100, 0))).unwrap();
+        clock.advance(2000);
+        let refused = c.sync(&both_roles(3, (400, 0), (100, 0)));
+        assert!(
+            matches!(refused, Err(ServiceError::Unavailable(ref m)) if m.contains("not renewed")),
+            "{refused:?}"
+        );
+        let why = c.readiness().unwrap_err();
+        assert!(why.contains("stalled"), "{why}");
+        c.evaluate_due().await;
+        c.sync(&both_roles(4, (400, 0), (100, 0))).unwrap();
+        assert!(c.readiness().is_ok());
     }
 
     /// The history shows the verdict the engine reached, not one made

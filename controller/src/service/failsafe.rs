@@ -20,9 +20,8 @@ use crate::clock::Millis;
 use crate::store::{Commit, StoreError, StoredEvent};
 use coalmine_decide::engine::{Deployment, Event};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A commit that takes longer has failed (its change is not applied, or,
 /// lowering a share, applied and kept to store later).
@@ -44,32 +43,30 @@ impl Unstored {
 }
 
 /// The watchdog's view, readable without the state lock (which a hung
-/// commit holds).
+/// commit holds), on the controller's own (monotonic) clock.
 #[derive(Debug)]
 pub(super) struct Watchdog {
-    last_evaluation: Mutex<Instant>,
+    last_evaluation: AtomicU64,
     unstored: AtomicUsize,
 }
 
-impl Default for Watchdog {
-    fn default() -> Self {
+impl Watchdog {
+    /// Counting from `now`, as if an evaluation had just run.
+    pub(super) fn new(now: Millis) -> Watchdog {
         Watchdog {
-            last_evaluation: Mutex::new(Instant::now()),
+            last_evaluation: AtomicU64::new(now),
             unstored: AtomicUsize::new(0),
         }
     }
-}
 
-impl Watchdog {
-    pub(super) fn evaluated(&self) {
-        if let Ok(mut t) = self.last_evaluation.lock() {
-            *t = Instant::now();
-        }
+    pub(super) fn evaluated(&self, now: Millis) {
+        self.last_evaluation.fetch_max(now, Ordering::SeqCst);
     }
 
-    /// How long evaluations have been stalled, if they have.
-    pub(super) fn stalled(&self) -> Option<Duration> {
-        let since = self.last_evaluation.lock().map(|t| t.elapsed()).ok()?;
+    /// How long evaluations have been stalled at `now`, if they have.
+    pub(super) fn stalled(&self, now: Millis) -> Option<Duration> {
+        let since =
+            Duration::from_millis(now.saturating_sub(self.last_evaluation.load(Ordering::SeqCst)));
         (since > STALLED_AFTER).then_some(since)
     }
 }
@@ -216,7 +213,7 @@ impl Controller {
                 "{unstored} change(s) are in effect but not stored: the database cannot be written"
             ));
         }
-        if let Some(for_) = self.watchdog.stalled() {
+        if let Some(for_) = self.watchdog.stalled(self.now()) {
             return Err(format!("evaluations have stalled for {} s", for_.as_secs()));
         }
         Ok(())
@@ -224,7 +221,7 @@ impl Controller {
 
     /// Refuses to renew leases while evaluations are stalled.
     pub(super) fn check_not_stalled(&self) -> Result<(), ServiceError> {
-        match self.watchdog.stalled() {
+        match self.watchdog.stalled(self.now()) {
             Some(for_) => Err(ServiceError::Unavailable(format!(
                 "evaluations have stalled for {} s; the lease is not renewed, so proxies fall back to their baselines",
                 for_.as_secs()
