@@ -311,6 +311,18 @@ async fn watch_redraws_until_interrupted(c: &ControllerProc) -> Result<()> {
     Ok(())
 }
 
+/// Clicks the element with `id`, found again if the page redrew it
+/// between finding and clicking (a stale element).
+async fn click(b: &fantoccini::Client, id: &str) -> Result<()> {
+    poll("a button to click", Duration::from_secs(5), || async {
+        let Ok(button) = b.find(Locator::Id(id)).await else {
+            return Ok(None);
+        };
+        Ok(button.click().await.ok().map(|_| ()))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> {
     let c = ControllerProc::start(30_000).await?;
@@ -355,12 +367,16 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         "both roles' numbers on the page",
         Duration::from_secs(20),
         || async {
+            // The page redraws every second: an element found may be
+            // gone by the time it is read (stale); that is "not yet".
             let text =
                 |id: &'static str| async move { b.find(Locator::Id(id)).await?.text().await };
-            let (base, canary) = (
-                text("baseline-requests").await?,
-                text("canary-requests").await?,
-            );
+            let (Ok(base), Ok(canary)) = (
+                text("baseline-requests").await,
+                text("canary-requests").await,
+            ) else {
+                return Ok(None);
+            };
             let n = |s: &str| s.trim().parse::<u64>().unwrap_or(0);
             Ok((n(&base) > 0 && n(&canary) > 0).then_some((base, canary)))
         },
@@ -377,7 +393,9 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
             let Ok(line) = b.find(Locator::Css("svg polyline")).await else {
                 return Ok(None);
             };
-            let points = line.attr("points").await?.unwrap_or_default();
+            let Ok(Some(points)) = line.attr("points").await else {
+                return Ok(None);
+            };
             Ok((points.split_whitespace().count() >= 5).then_some(()))
         },
     )
@@ -388,7 +406,9 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         let Ok(chart) = b.find(Locator::Css("#outputs-probability")).await else {
             return Ok(None);
         };
-        let bars = chart.find_all(Locator::Css("rect")).await?.len();
+        let Ok(bars) = chart.find_all(Locator::Css("rect")).await.map(|r| r.len()) else {
+            return Ok(None);
+        };
         let prediction = b.find(Locator::Css("#outputs-prediction")).await.is_ok();
         Ok((bars >= 2 && prediction).then_some(()))
     })
@@ -430,7 +450,7 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
     let before = artifacts.join("dashboard-canary.png");
     browser.screenshot(&before).await?;
 
-    b.find(Locator::Id("rollback")).await?.click().await?;
+    click(b, "rollback").await?;
     let question = b.get_alert_text().await?;
     ensure!(
         question.contains("Roll back canary v2"),
@@ -461,7 +481,7 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         vec![],
     )
     .await?;
-    b.find(Locator::Id("rollback")).await?.click().await?;
+    click(b, "rollback").await?;
     b.accept_alert().await?;
     let message = b.find(Locator::Id("message")).await?.text().await?;
     ensure!(message.contains("operator token"), "{message}");
