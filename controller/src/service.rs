@@ -941,9 +941,13 @@ mod tests {
             last(c.history("heart-prod", 0).await.unwrap()),
             Some(VerdictKind::Critical)
         );
-        // The bad second leaves the window; healthy numbers arrive.
+        // The bad second leaves the window; healthy numbers arrive (taken
+        // as the ingest takes them: 20 s without an evaluation would be a
+        // stall, and a sync would be refused).
         clock.advance(20_000);
-        c.sync(&both_roles(2, (400, 0), (400, 0))).unwrap();
+        c.ingest
+            .take(&both_roles(2, (400, 0), (400, 0)), c.now(), &c.metrics)
+            .unwrap();
         let d = c.deployment("heart-prod").await.unwrap();
         assert_eq!(c.health_of(&d).verdict, VerdictKind::Healthy);
         c.sample().await;
