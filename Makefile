@@ -5,7 +5,17 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
-WASM := target/$(WASM_TARGET)/release/coalmine_filter.wasm
+WASM_DIR := target/$(WASM_TARGET)/release
+WASM := $(WASM_DIR)/coalmine_filter.wasm
+# Callbacks coalmine does not take. The SDK exports every callback, and
+# Envoy enters the VM for each one a module exports (proxy_on_done on every
+# request, proxy_on_request_body on every chunk of every request body), so
+# build-wasm drops these exports from the built modules.
+UNUSED_CALLBACKS := proxy_on_done proxy_on_request_body proxy_on_request_trailers \
+  proxy_on_queue_ready proxy_on_foreign_function proxy_on_new_connection \
+  proxy_on_downstream_data proxy_on_downstream_connection_close proxy_on_upstream_data \
+  proxy_on_upstream_connection_close proxy_on_grpc_receive_initial_metadata \
+  proxy_on_grpc_receive proxy_on_grpc_receive_trailing_metadata proxy_on_grpc_close
 ENVOY := .venv/bin/envoy
 # The pure core's tests also run compiled to wasm32, under Wasmtime.
 WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
@@ -22,6 +32,10 @@ build: setup build-wasm build-native ## build the filter (wasm) and the native b
 
 build-wasm:
 	$(CARGO) build --release -p coalmine-filter -p coalmine-empty-filter --target $(WASM_TARGET)
+	$(CARGO) build --release --locked -p coalmine-wasm-exports
+	target/release/coalmine-wasm-exports $(WASM_DIR)/coalmine_filter_sdk.wasm $(WASM) $(UNUSED_CALLBACKS)
+	target/release/coalmine-wasm-exports $(WASM_DIR)/coalmine_empty_filter.wasm \
+	  $(WASM_DIR)/coalmine_empty_filter_lean.wasm $(UNUSED_CALLBACKS)
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
 build-native:

@@ -1,11 +1,12 @@
-//! Data-plane cost: the same Envoy, upstreams and wrk settings, six ways:
+//! Data-plane cost: the same Envoy, upstreams and wrk settings, seven ways:
 //! (a) no filter, (b) Envoy's native `weighted_clusters` 80/20, (c) the
 //! shipped config with a wasm filter that does nothing in coalmine's place
-//! (what any wasm filter costs), (d) the shipped coalmine config (header
+//! (what any wasm filter costs), (c') the same filter exporting only the
+//! callbacks coalmine exports, (d) the shipped coalmine config (header
 //! strip + filter) at 80/20 with its controller syncing, without reading
 //! outputs, and (e, f) the same reading the answers' outputs (prediction
 //! and probability) of every request and of 10 %. Repetitions are
-//! interleaved (a b c d e f a b …) so drift of the machine hits all alike;
+//! interleaved (a b c c' d e f a b …) so drift of the machine hits all alike;
 //! medians are reported.
 //!
 //! Each repetition has two wrk runs per variant: throughput and CPU per
@@ -65,6 +66,10 @@ pub struct DataPlane {
     pub throughput_ratio_empty_wasm_vs_plain: f64,
     /// What coalmine's own work costs: coalmine against the empty filter.
     pub throughput_ratio_filter_vs_empty_wasm: f64,
+    /// Against the empty filter exporting only coalmine's callbacks.
+    pub throughput_ratio_filter_vs_lean_empty_wasm: f64,
+    /// What the callbacks coalmine does not export cost an empty filter.
+    pub throughput_ratio_lean_vs_empty_wasm: f64,
     /// What reading outputs costs: reading every answer (and 10 % of them)
     /// against coalmine without outputs.
     pub throughput_ratio_outputs_100_vs_filter: f64,
@@ -74,6 +79,8 @@ pub struct DataPlane {
     pub p50_added_outputs_100_us: f64,
     pub p50_added_outputs_10_us: f64,
     pub p50_added_us: f64,
+    /// coalmine's p50 over the empty filter's (one connection).
+    pub p50_added_vs_empty_us: f64,
     pub p99_added_us: f64,
     pub cpu_us_added_per_request: f64,
 }
@@ -88,6 +95,43 @@ fn route(target: serde_json::Value) -> serde_json::Value {
         r.extend(t.clone());
     }
     json!([{ "match": { "prefix": PATH }, "route": route }])
+}
+
+/// Warms up every Envoy (connections, the filter's JIT) before measuring.
+pub(crate) fn warm_up<'a>(
+    b: &Bench,
+    envoys: impl Iterator<Item = &'a Envoy>,
+    connections: u32,
+) -> Result<()> {
+    for envoy in envoys {
+        Wrk {
+            url: &envoy.url(PATH),
+            connections,
+            duration: Duration::from_secs(1),
+            limit: None,
+        }
+        .run(b.dir())?;
+    }
+    Ok(())
+}
+
+/// `envoy` saturated by `connections` for `secs`: the wrk run, and the CPU
+/// seconds Envoy spent meanwhile.
+pub(crate) fn saturate(
+    b: &Bench,
+    envoy: &Envoy,
+    connections: u32,
+    secs: u64,
+) -> Result<(WrkRun, f64)> {
+    let before = cpu_seconds(envoy.pid())?;
+    let w = Wrk {
+        url: &envoy.url(PATH),
+        connections,
+        duration: Duration::from_secs(secs),
+        limit: None,
+    }
+    .run(b.dir())?;
+    Ok((w, cpu_seconds(envoy.pid())? - before))
 }
 
 /// Returns the figures and the filter VM's memory after the load.
@@ -127,6 +171,9 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
     let empty = base()?
         .plugin_config(&b.plugin_config())?
         .wasm_module(coalmine_e2e::empty_filter_wasm()?);
+    let lean = base()?
+        .plugin_config(&b.plugin_config())?
+        .wasm_module(coalmine_e2e::lean_empty_filter_wasm()?);
 
     let opts = EnvoyOptions {
         node_id: "bench-dataplane".into(),
@@ -150,6 +197,11 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
             Envoy::start_with(empty, &opts).await?,
         ),
         (
+            "empty_wasm_lean",
+            "the same empty filter exporting only the callbacks coalmine exports",
+            Envoy::start_with(lean, &opts).await?,
+        ),
+        (
             "coalmine",
             "the shipped config: header strip + coalmine filter at 80/20, controller syncing, no outputs read",
             Envoy::start_with(coalmine, &opts).await?,
@@ -165,33 +217,15 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
             Envoy::start_with(outputs_10, &opts).await?,
         ),
     ];
-    const COALMINE: usize = 3;
+    const COALMINE: usize = 4;
     b.wait_share(&variants[COALMINE].2, 2000).await?;
 
-    // Warm up every Envoy (connections, JIT of the filter) before measuring.
-    for (_, _, envoy) in &variants {
-        let url = envoy.url(PATH);
-        Wrk {
-            url: &url,
-            connections,
-            duration: Duration::from_secs(1),
-            limit: None,
-        }
-        .run(b.dir())?;
-    }
+    warm_up(b, variants.iter().map(|v| &v.2), connections)?;
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
     for rep in 0..reps {
         for (i, (name, _, envoy)) in variants.iter().enumerate() {
             let url = envoy.url(PATH);
-            let before = cpu_seconds(envoy.pid())?;
-            let w: WrkRun = Wrk {
-                url: &url,
-                connections,
-                duration: Duration::from_secs(secs),
-                limit: None,
-            }
-            .run(b.dir())?;
-            let cpu = cpu_seconds(envoy.pid())? - before;
+            let (w, cpu) = saturate(b, envoy, connections, secs)?;
             let one: WrkRun = Wrk {
                 url: &url,
                 connections: LATENCY_CONNECTIONS,
@@ -232,10 +266,11 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         }
     };
     let vm_memory = b.vm_memory_bytes(&variants[COALMINE].2).await?;
-    let (plain, weighted, empty, filter, all, tenth) = (
+    let (plain, weighted, empty, lean, filter, all, tenth) = (
         summarize(0),
         summarize(1),
         summarize(2),
+        summarize(3),
         summarize(COALMINE),
         summarize(COALMINE + 1),
         summarize(COALMINE + 2),
@@ -251,6 +286,11 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         throughput_ratio_filter_vs_weighted: ratio(filter.requests_per_s, weighted.requests_per_s),
         throughput_ratio_empty_wasm_vs_plain: ratio(empty.requests_per_s, plain.requests_per_s),
         throughput_ratio_filter_vs_empty_wasm: ratio(filter.requests_per_s, empty.requests_per_s),
+        throughput_ratio_filter_vs_lean_empty_wasm: ratio(
+            filter.requests_per_s,
+            lean.requests_per_s,
+        ),
+        throughput_ratio_lean_vs_empty_wasm: ratio(lean.requests_per_s, empty.requests_per_s),
         throughput_ratio_outputs_100_vs_filter: ratio(all.requests_per_s, filter.requests_per_s),
         throughput_ratio_outputs_10_vs_filter: ratio(tenth.requests_per_s, filter.requests_per_s),
         throughput_ratio_outputs_10_vs_empty_wasm: ratio(
@@ -260,9 +300,10 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         p50_added_outputs_100_us: round(all.p50_us - filter.p50_us, 1),
         p50_added_outputs_10_us: round(tenth.p50_us - filter.p50_us, 1),
         p50_added_us: round(filter.p50_us - plain.p50_us, 1),
+        p50_added_vs_empty_us: round(filter.p50_us - empty.p50_us, 1),
         p99_added_us: round(filter.p99_us - plain.p99_us, 1),
         cpu_us_added_per_request: round(filter.cpu_us_per_request - plain.cpu_us_per_request, 2),
-        variants: vec![plain, weighted, empty, filter, all, tenth],
+        variants: vec![plain, weighted, empty, lean, filter, all, tenth],
     };
     Ok((figures, vm_memory))
 }

@@ -1,6 +1,8 @@
 //! `make bench`: what coalmine costs and how fast it acts, measured side by
 //! side in one run on one machine (loopback only, bounded, stops by itself).
 //!
+//! - [`calibrate`]: what one host call of each kind costs, from the empty
+//!   filter making N of them per request.
 //! - [`dataplane`]: Envoy without a filter vs native `weighted_clusters` vs
 //!   the coalmine filter: requests/s, p50/p99, CPU per request (wrk).
 //! - [`routing`]: split accuracy over 100 000 requests at 20/50/100 %, and
@@ -26,6 +28,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod calibrate;
 pub mod capacity;
 pub mod dataplane;
 pub mod heart;
@@ -248,7 +251,7 @@ impl Bench {
 
 /// Runs every section and writes the JSON (and, for a full run, the
 /// Markdown report).
-/// Runs only the named sections (`profile`, `dataplane`, `routing`,
+/// Runs only the named sections (`profile`, `calibrate`, `dataplane`, `routing`,
 /// `rollback`, `capacity`) and prints their figures: for working on one.
 pub async fn run_only(smoke: bool, sections: &[String]) -> Result<()> {
     let b = Bench::new(smoke, bin_dir()?)?;
@@ -258,11 +261,14 @@ pub async fn run_only(smoke: bool, sections: &[String]) -> Result<()> {
     for s in sections {
         let figures = match s.as_str() {
             "profile" => serde_json::to_string_pretty(&profile::run(&b)?)?,
+            "calibrate" => serde_json::to_string_pretty(&calibrate::run(&b).await?)?,
             "dataplane" => serde_json::to_string_pretty(&dataplane::run(&b).await?)?,
             "routing" => serde_json::to_string_pretty(&routing::run(&b).await?)?,
             "rollback" => serde_json::to_string_pretty(&rollback::run(&b).await?)?,
             "capacity" => serde_json::to_string_pretty(&capacity::run(&b).await?)?,
-            other => bail!("no section {other:?}: profile, dataplane, routing, rollback, capacity"),
+            other => bail!(
+                "no section {other:?}: profile, calibrate, dataplane, routing, rollback, capacity"
+            ),
         };
         println!("{s}: {figures}");
     }
@@ -298,6 +304,7 @@ pub async fn run(smoke: bool, out: &Path, markdown: Option<&Path>) -> Result<rep
         "request path: {:.0} instructions per request (callgrind)",
         profile.instructions_per_request
     ));
+    let calibration = calibrate::run(&b).await?;
     let (dataplane, vm_after_dataplane) = dataplane::run(&b).await?;
     let (routing, vm_after_routing) = routing::run(&b).await?;
     let rollback = rollback::run(&b).await?;
@@ -308,7 +315,17 @@ pub async fn run(smoke: bool, out: &Path, markdown: Option<&Path>) -> Result<rep
         vm_memory_bytes: vm_after_dataplane.max(vm_after_routing),
     };
     let perf = report::Perf::new(
-        smoke, machine, dataplane, routing, rollback, capacity, footprint, profile,
+        smoke,
+        machine,
+        report::Sections {
+            calibration,
+            dataplane,
+            routing,
+            rollback,
+            capacity,
+            footprint,
+            profile,
+        },
     );
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;

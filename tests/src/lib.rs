@@ -81,6 +81,12 @@ pub fn empty_filter_wasm() -> Result<PathBuf> {
     built_wasm("coalmine_empty_filter")
 }
 
+/// The filter that does nothing without the callbacks coalmine does not
+/// export either (`make build-wasm`): the floor for coalmine.
+pub fn lean_empty_filter_wasm() -> Result<PathBuf> {
+    built_wasm("coalmine_empty_filter_lean")
+}
+
 fn built_wasm(name: &str) -> Result<PathBuf> {
     let wasm = workspace_root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
     if !wasm.exists() {

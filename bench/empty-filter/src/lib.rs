@@ -3,17 +3,145 @@
 //! as coalmine: the difference between Envoy without a filter and Envoy with
 //! this one is what the wasm VM itself costs per request (creating the
 //! context, entering the VM for each callback), before coalmine does any work.
+//!
+//! To price one kind of host call, a plugin configuration holding
+//! `{"calibrate": {"call": "<kind>", "per_request": N}}` makes it do N calls
+//! of that kind per request and nothing else (any other configuration, such
+//! as coalmine's own, is ignored). The kinds are the calls coalmine makes on
+//! its request path: `header_read` (`:path`) and `header_write` (a request
+//! header) and `time` (the host's clock) when the request headers arrive;
+//! `property` (`request.duration`), `counter` (an increment) and `histogram`
+//! (a value recorded) in `on_log`. A bad `calibrate` block is refused at
+//! load. The bench's `calibrate` section compares each with N = 0.
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
-struct EmptyRoot;
+/// One kind of host call.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    HeaderRead,
+    HeaderWrite,
+    Time,
+    Property,
+    Counter(u32),
+    Histogram(u32),
+}
+
+/// N calls of one kind per request.
+#[derive(Clone, Copy, Debug)]
+struct Calibration {
+    call: Call,
+    per_request: u32,
+}
+
+impl Calibration {
+    /// From the plugin configuration: `None` without a `calibrate` block.
+    fn parse(config: &[u8]) -> Result<Option<Calibration>, String> {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(config) else {
+            return Ok(None);
+        };
+        let Some(c) = value.get("calibrate") else {
+            return Ok(None);
+        };
+        let per_request = c
+            .get("per_request")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or("calibrate.per_request: a whole number is required")?;
+        let metric = |kind, name| {
+            hostcalls::define_metric(kind, name)
+                .map_err(|e| format!("calibrate: cannot define {name}: {e:?}"))
+        };
+        let call = match c.get("call").and_then(serde_json::Value::as_str) {
+            Some("header_read") => Call::HeaderRead,
+            Some("header_write") => Call::HeaderWrite,
+            Some("time") => Call::Time,
+            Some("property") => Call::Property,
+            Some("counter") => Call::Counter(metric(MetricType::Counter, "calibrate.counter")?),
+            Some("histogram") => {
+                Call::Histogram(metric(MetricType::Histogram, "calibrate.histogram")?)
+            }
+            other => {
+                return Err(format!(
+                    "calibrate.call: {other:?} is not one of header_read, header_write, time, property, counter, histogram"
+                ));
+            }
+        };
+        Ok(Some(Calibration { call, per_request }))
+    }
+
+    /// The calls made when the request headers arrive.
+    fn on_request_headers(self) {
+        for _ in 0..self.per_request {
+            match self.call {
+                Call::HeaderRead => {
+                    let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
+                }
+                Call::HeaderWrite => {
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        "x-calibrate",
+                        Some("1"),
+                    );
+                }
+                Call::Time => {
+                    let _ = hostcalls::get_current_time();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The calls made when the request is logged.
+    fn on_log(self) {
+        for i in 0..self.per_request {
+            match self.call {
+                Call::Property => {
+                    let _ = hostcalls::get_property(vec!["request", "duration"]);
+                }
+                Call::Counter(id) => {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+                Call::Histogram(id) => {
+                    let _ = hostcalls::record_metric(id, u64::from(i));
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct EmptyRoot {
+    calibration: Option<Calibration>,
+}
 
 impl Context for EmptyRoot {}
 
 impl RootContext for EmptyRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match Calibration::parse(&config) {
+            Ok(c) => {
+                self.calibration = c;
+                true
+            }
+            Err(e) => {
+                let _ = hostcalls::log(proxy_wasm::types::LogLevel::Error, &e);
+                false
+            }
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EmptyRequest))
+        Some(Box::new(EmptyRequest {
+            calibration: self.calibration,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -21,13 +149,19 @@ impl RootContext for EmptyRoot {
     }
 }
 
-/// Takes the same callbacks as coalmine's request context, and does nothing.
-struct EmptyRequest;
+/// Takes the same callbacks as coalmine's request context, and does nothing
+/// (or, calibrating, the calls asked for).
+struct EmptyRequest {
+    calibration: Option<Calibration>,
+}
 
 impl Context for EmptyRequest {}
 
 impl HttpContext for EmptyRequest {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
+        if let Some(c) = self.calibration {
+            c.on_request_headers();
+        }
         proxy_wasm::types::Action::Continue
     }
 
@@ -35,12 +169,16 @@ impl HttpContext for EmptyRequest {
         proxy_wasm::types::Action::Continue
     }
 
-    fn on_log(&mut self) {}
+    fn on_log(&mut self) {
+        if let Some(c) = self.calibration {
+            c.on_log();
+        }
+    }
 }
 
 #[allow(unsafe_code)]
 mod entry {
     proxy_wasm::main! {{
-        proxy_wasm::set_root_context(|_| Box::new(crate::EmptyRoot));
+        proxy_wasm::set_root_context(|_| Box::<crate::EmptyRoot>::default());
     }}
 }

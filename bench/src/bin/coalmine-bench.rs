@@ -17,7 +17,7 @@ struct Args {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Run only these sections and print their figures (no files written):
-    /// profile, dataplane, routing, rollback, capacity.
+    /// profile, calibrate, dataplane, routing, rollback, capacity.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
