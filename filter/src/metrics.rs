@@ -21,14 +21,14 @@ use proxy_wasm::types::MetricType;
 /// What a worker counts, per deployment (by its index in the configuration).
 pub(crate) trait Metrics {
     /// A finished request of a role: its outcome class and latency.
-    fn request(&self, deployment: usize, role: Role, outcome: Outcome, latency_us: u64);
+    fn request(&mut self, deployment: usize, role: Role, outcome: Outcome, latency_us: u64);
     /// One field of an answer read (`field`: its index in `outputs`).
     fn output(&mut self, deployment: usize, role: Role, field: usize, value: &FieldValue);
     /// An answer not read, and why.
-    fn output_skipped(&self, deployment: usize, role: Role, skip: Skip);
+    fn output_skipped(&mut self, deployment: usize, role: Role, skip: Skip);
     /// A request whose role a tester chose (kept out of the role counters
     /// and the reports: it is not part of the comparison).
-    fn tester_override(&self, deployment: usize);
+    fn tester_override(&mut self, deployment: usize);
     /// The split in force: canary share and table epoch.
     fn split(&self, deployment: usize, canary_bps: u16, epoch: u64);
     /// A failed sync, counted for every deployment.
@@ -37,6 +37,38 @@ pub(crate) trait Metrics {
     fn lease_expired(&self);
     /// A report the controller refused (it would refuse it again) dropped.
     fn report_dropped(&self);
+    /// Hands the counts gathered since the last call to Envoy (on the tick).
+    fn flush(&mut self) {}
+}
+
+/// An Envoy counter whose increments wait in the VM until the next flush:
+/// one host call per counter and tick instead of one per request. Totals
+/// stay exact; Envoy shows them at most one tick late.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counter {
+    id: u32,
+    pending: u64,
+}
+
+impl Counter {
+    fn defined(name: &str) -> Result<Counter, String> {
+        Ok(Counter {
+            id: define(MetricType::Counter, name)?,
+            pending: 0,
+        })
+    }
+
+    fn add(&mut self) {
+        self.pending = self.pending.saturating_add(1);
+    }
+
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            let n = i64::try_from(self.pending).unwrap_or(i64::MAX);
+            let _ = hostcalls::increment_metric(self.id, n);
+            self.pending = 0;
+        }
+    }
 }
 
 /// Envoy's metrics of every configured deployment.
@@ -57,8 +89,8 @@ impl EnvoyMetrics {
 }
 
 impl Metrics for EnvoyMetrics {
-    fn request(&self, deployment: usize, role: Role, outcome: Outcome, latency_us: u64) {
-        if let Some(m) = self.deployments.get(deployment) {
+    fn request(&mut self, deployment: usize, role: Role, outcome: Outcome, latency_us: u64) {
+        if let Some(m) = self.deployments.get_mut(deployment) {
             m.record(role, outcome, latency_us);
         }
     }
@@ -74,25 +106,25 @@ impl Metrics for EnvoyMetrics {
         else {
             return;
         };
-        if let Some(id) = f.id(value) {
-            let _ = hostcalls::increment_metric(id, 1);
+        if let Some(c) = f.counter(value) {
+            c.add();
         }
     }
 
-    fn output_skipped(&self, deployment: usize, role: Role, skip: Skip) {
-        let id = self
+    fn output_skipped(&mut self, deployment: usize, role: Role, skip: Skip) {
+        let counter = self
             .deployments
-            .get(deployment)
-            .and_then(|m| m.skipped.get(role.index()))
-            .and_then(|s| s.get(skip.index()));
-        if let Some(&id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+            .get_mut(deployment)
+            .and_then(|m| m.skipped.get_mut(role.index()))
+            .and_then(|s| s.get_mut(skip.index()));
+        if let Some(c) = counter {
+            c.add();
         }
     }
 
-    fn tester_override(&self, deployment: usize) {
-        if let Some(m) = self.deployments.get(deployment) {
-            let _ = hostcalls::increment_metric(m.tester_overrides, 1);
+    fn tester_override(&mut self, deployment: usize) {
+        if let Some(m) = self.deployments.get_mut(deployment) {
+            m.tester_overrides.add();
         }
     }
 
@@ -118,6 +150,12 @@ impl Metrics for EnvoyMetrics {
     fn report_dropped(&self) {
         for m in &self.deployments {
             let _ = hostcalls::increment_metric(m.sync_reports_dropped, 1);
+        }
+    }
+
+    fn flush(&mut self) {
+        for m in &mut self.deployments {
+            m.flush();
         }
     }
 }
@@ -154,11 +192,11 @@ enum FieldIds {
     Class {
         /// The name of a label's counter, but for the label.
         name: (String, String),
-        labels: Vec<(String, u32)>,
-        other: u32,
+        labels: Vec<(String, Counter)>,
+        other: Counter,
     },
     /// One counter per slot, defined at load.
-    Score { slots: Vec<u32> },
+    Score { slots: Vec<Counter> },
 }
 
 impl FieldIds {
@@ -168,12 +206,7 @@ impl FieldIds {
         field: &str,
         kind: FieldKind,
     ) -> Result<FieldIds, String> {
-        let counter = |value: &str| {
-            define(
-                MetricType::Counter,
-                &output_name(deployment, role, field, value),
-            )
-        };
+        let counter = |value: &str| Counter::defined(&output_name(deployment, role, field, value));
         Ok(match kind {
             FieldKind::Class => FieldIds::Class {
                 name: (
@@ -193,9 +226,9 @@ impl FieldIds {
 
     /// The counter of `value`; a new label's is defined here (one host call
     /// for each of the first [`MAX_LABELS`] labels, never again).
-    fn id(&mut self, value: &FieldValue) -> Option<u32> {
+    fn counter(&mut self, value: &FieldValue) -> Option<&mut Counter> {
         match (self, value) {
-            (FieldIds::Score { slots }, FieldValue::Slot(s)) => slots.get(*s).copied(),
+            (FieldIds::Score { slots }, FieldValue::Slot(s)) => slots.get_mut(*s),
             (
                 FieldIds::Class {
                     name,
@@ -205,18 +238,27 @@ impl FieldIds {
                 FieldValue::Label(label),
             ) => {
                 let label = metric_label(label);
-                if let Some((_, id)) = labels.iter().find(|(l, _)| *l == label) {
-                    return Some(*id);
+                if let Some(i) = labels.iter().position(|(l, _)| *l == label) {
+                    return labels.get_mut(i).map(|(_, c)| c);
                 }
                 if labels.len() >= MAX_LABELS || label == OTHER {
-                    return Some(*other);
+                    return Some(other);
                 }
-                let id =
-                    define(MetricType::Counter, &format!("{}{label}{}", name.0, name.1)).ok()?;
-                labels.push((label, id));
-                Some(id)
+                let c = Counter::defined(&format!("{}{label}{}", name.0, name.1)).ok()?;
+                labels.push((label, c));
+                labels.last_mut().map(|(_, c)| c)
             }
             _ => None,
+        }
+    }
+
+    fn flush(&mut self) {
+        match self {
+            FieldIds::Class { labels, other, .. } => {
+                labels.iter_mut().for_each(|(_, c)| c.flush());
+                other.flush();
+            }
+            FieldIds::Score { slots } => slots.iter_mut().for_each(Counter::flush),
         }
     }
 }
@@ -225,19 +267,19 @@ impl FieldIds {
 #[derive(Debug, Clone)]
 struct DeploymentMetrics {
     /// `[role][class]` request counters.
-    requests: [[u32; Outcome::ALL.len()]; 2],
-    /// Per role latency histogram in milliseconds.
-    latency_ms: [u32; 2],
+    requests: [[Counter; Outcome::ALL.len()]; 2],
+    /// Per role latency histogram in microseconds.
+    latency_us: [u32; 2],
     /// Per role, per output field (none without `outputs`).
     outputs: [Vec<FieldIds>; 2],
     /// `[role][skip]` answers not read.
-    skipped: [[u32; Skip::ALL.len()]; 2],
+    skipped: [[Counter; Skip::ALL.len()]; 2],
     canary_share_bps: u32,
     split_epoch: u32,
     sync_failures: u32,
     sync_reports_dropped: u32,
     lease_expiries: u32,
-    tester_overrides: u32,
+    tester_overrides: Counter,
 }
 
 impl DeploymentMetrics {
@@ -245,20 +287,20 @@ impl DeploymentMetrics {
     fn define(deployment: &Deployment) -> Result<DeploymentMetrics, String> {
         let d = deployment.name.as_str();
         let fields = deployment.outputs.as_ref().map_or(&[][..], |o| &o.fields);
-        let mut requests = [[0; Outcome::ALL.len()]; 2];
-        let mut latency_ms = [0; 2];
+        let mut requests = [[Counter::default(); Outcome::ALL.len()]; 2];
+        let mut latency_us = [0; 2];
         let mut outputs: [Vec<FieldIds>; 2] = Default::default();
-        let mut skipped = [[0; Skip::ALL.len()]; 2];
+        let mut skipped = [[Counter::default(); Skip::ALL.len()]; 2];
         for role in Role::ALL {
             let r = role.index();
             for (i, class) in Outcome::ALL.iter().enumerate() {
                 let name = role_name(d, role, &format!("class.{class}.requests"));
-                if let Some(id) = requests.get_mut(r).and_then(|c| c.get_mut(i)) {
-                    *id = define(MetricType::Counter, &name)?;
+                if let Some(c) = requests.get_mut(r).and_then(|c| c.get_mut(i)) {
+                    *c = Counter::defined(&name)?;
                 }
             }
-            if let Some(id) = latency_ms.get_mut(r) {
-                *id = define(MetricType::Histogram, &role_name(d, role, "latency_ms"))?;
+            if let Some(id) = latency_us.get_mut(r) {
+                *id = define(MetricType::Histogram, &role_name(d, role, "latency_us"))?;
             }
             if fields.is_empty() {
                 continue;
@@ -275,14 +317,14 @@ impl DeploymentMetrics {
                     role,
                     &format!("reason.{}.outputs_skipped", skip.as_str()),
                 );
-                if let Some(id) = skipped.get_mut(r).and_then(|s| s.get_mut(i)) {
-                    *id = define(MetricType::Counter, &name)?;
+                if let Some(c) = skipped.get_mut(r).and_then(|s| s.get_mut(i)) {
+                    *c = Counter::defined(&name)?;
                 }
             }
         }
         Ok(DeploymentMetrics {
             requests,
-            latency_ms,
+            latency_us,
             outputs,
             skipped,
             canary_share_bps: define(MetricType::Gauge, &deployment_name(d, "canary_share_bps"))?,
@@ -293,18 +335,29 @@ impl DeploymentMetrics {
                 &deployment_name(d, "sync_reports_dropped"),
             )?,
             lease_expiries: define(MetricType::Counter, &deployment_name(d, "lease_expiries"))?,
-            tester_overrides: define(MetricType::Counter, &deployment_name(d, "tester_overrides"))?,
+            tester_overrides: Counter::defined(&deployment_name(d, "tester_overrides"))?,
         })
     }
 
-    fn record(&self, role: Role, outcome: Outcome, latency_us: u64) {
+    fn record(&mut self, role: Role, outcome: Outcome, latency_us: u64) {
         let r = role.index();
-        if let Some(id) = self.requests.get(r).and_then(|c| c.get(outcome.index())) {
-            let _ = hostcalls::increment_metric(*id, 1);
+        if let Some(c) = self
+            .requests
+            .get_mut(r)
+            .and_then(|c| c.get_mut(outcome.index()))
+        {
+            c.add();
         }
-        if let Some(id) = self.latency_ms.get(r) {
-            let _ = hostcalls::record_metric(*id, latency_us / 1000);
+        if let Some(id) = self.latency_us.get(r) {
+            let _ = hostcalls::record_metric(*id, latency_us);
         }
+    }
+
+    fn flush(&mut self) {
+        self.requests.iter_mut().flatten().for_each(Counter::flush);
+        self.skipped.iter_mut().flatten().for_each(Counter::flush);
+        self.outputs.iter_mut().flatten().for_each(FieldIds::flush);
+        self.tester_overrides.flush();
     }
 }
 
@@ -351,8 +404,8 @@ mod tests {
             format!("{d}.role.canary.class.bad_output.requests")
         );
         assert_eq!(
-            role_name("heart-prod", Role::Baseline, "latency_ms"),
-            format!("{d}.role.baseline.latency_ms")
+            role_name("heart-prod", Role::Baseline, "latency_us"),
+            format!("{d}.role.baseline.latency_us")
         );
         assert_eq!(
             output_name("heart-prod", Role::Canary, "probability", "07"),

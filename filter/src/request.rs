@@ -6,6 +6,7 @@
 
 use crate::host;
 use crate::worker::{Answer, Finished, HeaderEdit, Routed, Worker};
+use coalmine_protocol::Outcome;
 use coalmine_protocol::outputs::{BodyCollector, Collected};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -20,6 +21,9 @@ pub(crate) struct RequestContext {
     /// read.
     collecting: Option<BodyCollector>,
     answer: Answer,
+    /// The response arrived whole (its end seen in the headers, body or
+    /// trailers): then a status below 500 says all about the outcome.
+    complete: bool,
 }
 
 impl RequestContext {
@@ -29,6 +33,7 @@ impl RequestContext {
             routed: None,
             collecting: None,
             answer: Answer::NotRead,
+            complete: false,
         }
     }
 }
@@ -79,6 +84,7 @@ impl HttpContext for RequestContext {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.complete = end_of_stream;
         if let (Some(routed), Some(Ok(worker))) = (
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow()),
@@ -99,6 +105,7 @@ impl HttpContext for RequestContext {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.complete = end_of_stream;
         // Each chunk goes on to the user at once: it is copied, never held.
         if let Some(c) = self.collecting.as_mut() {
             let chunk = c.wants(body_size).then(|| host::response_body(body_size));
@@ -110,6 +117,7 @@ impl HttpContext for RequestContext {
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         // Trailers end the body.
+        self.complete = true;
         if let Some(c) = self.collecting.as_mut() {
             let collected = c.push(None, 0, true);
             self.collected(collected);
@@ -122,16 +130,27 @@ impl HttpContext for RequestContext {
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow_mut()),
         ) {
-            worker.record(routed, finished, std::mem::take(&mut self.answer));
+            let complete = self.complete;
+            let answer = std::mem::take(&mut self.answer);
+            worker.record(routed, || finished(complete), answer);
         }
     }
 }
 
-/// What Envoy says of the finished request.
-fn finished() -> Finished {
+/// What Envoy says of the finished request. Why it ended
+/// (`response.code_details`) is read only when the status alone cannot
+/// tell the outcome: no status, a 5xx (sent by the model, or by Envoy for
+/// want of one), or a response cut off before its end.
+fn finished(complete: bool) -> Finished {
+    let code = host::property_u64(&["response", "code"]).unwrap_or(0);
+    let details = if Outcome::status_suffices(code, complete) {
+        Vec::new()
+    } else {
+        host::property(&["response", "code_details"]).unwrap_or_default()
+    };
     Finished {
         duration_ns: host::property_u64(&["request", "duration"]).unwrap_or(0),
-        code: host::property_u64(&["response", "code"]).unwrap_or(0),
-        details: host::property(&["response", "code_details"]).unwrap_or_default(),
+        code,
+        details,
     }
 }

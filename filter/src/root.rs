@@ -15,8 +15,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// How often a VM without a controller publishes its memory gauge.
-const STANDALONE_TICK: Duration = Duration::from_secs(10);
+/// How often a VM without a controller hands its counts to Envoy and
+/// publishes its memory gauge.
+const STANDALONE_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub(crate) struct CoalmineRoot {
@@ -57,10 +58,8 @@ impl CoalmineRoot {
         self.worker = Some(Rc::new(RefCell::new(worker)));
         let Some(controller) = controller else {
             log::info!("configured {count} deployment(s), standalone mode");
-            if hostcalls::set_tick_period(STANDALONE_TICK).is_err() {
-                log::warn!("cannot start the timer; the memory gauge will not be updated");
-            }
-            return Ok(());
+            return hostcalls::set_tick_period(STANDALONE_TICK)
+                .map_err(|_| "cannot start the timer".to_string());
         };
         let interval = controller.interval;
         log::info!(
@@ -99,10 +98,11 @@ impl RootContext for CoalmineRoot {
         if let Some(vm) = &self.vm {
             vm.publish_memory();
         }
-        if let (Some(syncer), Some(Ok(mut worker))) = (
-            self.syncer.as_mut(),
-            self.worker.as_ref().map(|w| w.try_borrow_mut()),
-        ) {
+        let Some(Ok(mut worker)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) else {
+            return;
+        };
+        worker.flush_metrics();
+        if let Some(syncer) = self.syncer.as_mut() {
             syncer.on_tick(&mut worker);
         }
     }

@@ -375,6 +375,11 @@ impl<M: Metrics> Worker<M> {
         self.metrics.report_dropped();
     }
 
+    /// Hands the request counts gathered since the last tick to Envoy.
+    pub(crate) fn flush_metrics(&mut self) {
+        self.metrics.flush();
+    }
+
     /// The split gauges of every deployment: canary share in force, epoch.
     fn publish_split_metrics(&self) {
         let epoch = self.epoch();

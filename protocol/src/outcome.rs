@@ -72,6 +72,15 @@ impl Outcome {
         }
     }
 
+    /// Whether the status alone classes a finished request, so that
+    /// `response.code_details` need not be read: a response that arrived
+    /// whole with a status below 500. A missing status, a 5xx (the model's,
+    /// or Envoy's for want of an answer) and a response cut off after its
+    /// headers all need the details to tell a reset apart.
+    pub fn status_suffices(code: u64, complete: bool) -> bool {
+        complete && (100..500).contains(&code)
+    }
+
     /// Classifies a finished request. `code` is `response.code` (0 or absent:
     /// no response), `details` is `response.code_details`.
     pub fn classify(code: u64, details: &[u8]) -> Outcome {
@@ -95,6 +104,26 @@ impl fmt::Display for Outcome {
 #[cfg(test)]
 mod tests {
     use super::Outcome::{self, *};
+
+    #[test]
+    fn details_are_needed_unless_a_whole_answer_has_a_status_below_500() {
+        assert!(Outcome::status_suffices(200, true));
+        assert!(Outcome::status_suffices(404, true));
+        assert!(!Outcome::status_suffices(200, false), "cut off mid-body");
+        assert!(!Outcome::status_suffices(0, true), "no response");
+        assert!(!Outcome::status_suffices(503, true), "perhaps Envoy's");
+        // Where the status suffices, a whole answer's details ("via_upstream"
+        // or a local reply's reason) do not change the class.
+        for code in [100, 200, 204, 302, 400, 404, 499] {
+            for details in ["via_upstream", "route_not_found", ""] {
+                assert_eq!(
+                    Outcome::classify(code, details.as_bytes()),
+                    Outcome::classify(code, b""),
+                    "{code} {details}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn classes_follow_envoy_codes_and_details() {

@@ -194,10 +194,30 @@ async fn twenty_percent_of_ten_thousand_requests_reach_the_canary() -> Result<()
             &[("deployment", "heart-prod")]
         ) == 2000.0
     );
-    ensure!(
-        text.contains("coalmine_latency_ms_bucket{deployment=\"heart-prod\",role=\"canary\""),
-        "latency histogram missing"
-    );
+    // Latency in microseconds: requests on loopback take about a
+    // millisecond or less, and land in the buckets below it (in whole
+    // milliseconds, every one of them would record 0). Envoy merges
+    // histograms on its stats flush, so they may show a few seconds late.
+    for role in ["baseline", "canary"] {
+        let (under_50us, under_5ms, all) =
+            poll("the latency histogram", Duration::from_secs(15), || async {
+                let text = s.envoy.prometheus().await?;
+                let labels = |le| [("deployment", "heart-prod"), ("role", role), ("le", le)];
+                let bucket =
+                    |le| prometheus_value(&text, "coalmine_latency_us_bucket", &labels(le));
+                let all = prometheus_value(
+                    &text,
+                    "coalmine_latency_us_count",
+                    &[("deployment", "heart-prod"), ("role", role)],
+                );
+                Ok((all > 0.0).then_some((bucket("50"), bucket("5000"), all)))
+            })
+            .await?;
+        ensure!(
+            under_5ms > 0.0 && under_50us < all,
+            "{role} latency: {under_50us} under 50 µs, {under_5ms} under 5 ms, of {all}"
+        );
+    }
     Ok(())
 }
 
@@ -384,9 +404,15 @@ async fn a_tester_override_chooses_the_role_only_with_the_secret() -> Result<()>
             .collect();
     ensure!(leaked.is_empty(), "{:?}", leaked.first());
     // Forced requests are counted apart: they are not part of the
-    // comparison of the roles.
-    let text = s.envoy.prometheus().await?;
+    // comparison of the roles. (The filter hands its counts to Envoy on
+    // its tick, so they show within a second.)
     let labels = [("deployment", "heart-prod")];
+    let text = poll("the tester counter", Duration::from_secs(5), || async {
+        let text = s.envoy.prometheus().await?;
+        let n = prometheus_value(&text, "coalmine_tester_overrides", &labels);
+        Ok((n >= 70.0).then_some(text))
+    })
+    .await?;
     ensure!(prometheus_value(&text, "coalmine_tester_overrides", &labels) == 70.0);
     let canary_counted = prometheus_value(
         &text,

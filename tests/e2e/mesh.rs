@@ -9,8 +9,7 @@ use coalmine_client::types::StartCanary;
 use coalmine_e2e::compose::Compose;
 use coalmine_e2e::{
     ControllerProc, Envoy, EnvoyConfig, INTERVAL_MS, Load, ModelServer, Stack, envoy_bin,
-    package_bin, patients, poll, prometheus_value, role_counts, settled_role_counts,
-    workspace_root,
+    package_bin, patients, poll, prometheus_value, settled_role_counts, workspace_root,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -459,7 +458,7 @@ async fn three_proxies_behind_one_controller_act_as_one() -> Result<()> {
     // 3. One proxy restarts; the other two carry on undisturbed.
     let load_a = Load::start(proxies[0].url("/predict/heart"), 40);
     let load_c = Load::start(proxies[2].url("/predict/heart"), 40);
-    let before_b = role_counts(&proxies[1]).await?;
+    let before_b = settled_role_counts(std::slice::from_ref(&proxies[1])).await?[0];
     let restart = Instant::now();
     let old_b = std::mem::replace(&mut proxies[1], s.envoy("proxy-b", 30_000).await?);
     drop(old_b);
@@ -567,7 +566,7 @@ async fn three_proxies_behind_one_controller_act_as_one() -> Result<()> {
             || async { Ok((share_bps(p).await? == 0.0).then_some(())) },
         )
         .await?;
-        let (_, canary_before) = role_counts(p).await?;
+        let (_, canary_before) = settled_role_counts(std::slice::from_ref(p)).await?[0];
         for _ in 0..50 {
             let r = client.get(p.url("/predict/heart")).send().await?;
             ensure!(
@@ -576,7 +575,7 @@ async fn three_proxies_behind_one_controller_act_as_one() -> Result<()> {
                 r.status()
             );
         }
-        let (_, canary_after) = role_counts(p).await?;
+        let (_, canary_after) = settled_role_counts(std::slice::from_ref(p)).await?[0];
         ensure!(
             canary_after == canary_before,
             "{name} still sends to the canary"

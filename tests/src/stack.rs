@@ -138,12 +138,15 @@ pub async fn role_counts(envoy: &Envoy) -> Result<(f64, f64)> {
 }
 
 /// Each proxy's per-role counts once they stop changing (requests still
-/// under way when a load stopped are counted first).
+/// under way when a load stopped are counted first). The filter hands its
+/// counts to Envoy on its tick, so "settled" means unchanged for longer
+/// than a sync interval.
 pub async fn settled_role_counts(proxies: &[Envoy]) -> Result<Vec<(f64, f64)>> {
-    let last = std::sync::Mutex::new(Vec::new());
+    let steady_for = Duration::from_millis(INTERVAL_MS * 2);
+    let last = std::sync::Mutex::new((Vec::new(), std::time::Instant::now()));
     poll(
         "the proxies' counts to settle",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         || {
             let last = &last;
             async move {
@@ -152,9 +155,11 @@ pub async fn settled_role_counts(proxies: &[Envoy]) -> Result<Vec<(f64, f64)>> {
                     now.push(role_counts(p).await?);
                 }
                 let mut before = last.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                let settled = !before.is_empty() && *before == now;
-                *before = now.clone();
-                Ok(settled.then_some(now))
+                if before.0 != now {
+                    *before = (now, std::time::Instant::now());
+                    return Ok(None);
+                }
+                Ok((before.1.elapsed() >= steady_for).then_some(now))
             }
         },
     )

@@ -24,7 +24,7 @@ enum Event {
 struct Recorded(RefCell<Vec<Event>>);
 
 impl Metrics for Recorded {
-    fn request(&self, deployment: usize, role: Role, outcome: Outcome, latency_us: u64) {
+    fn request(&mut self, deployment: usize, role: Role, outcome: Outcome, latency_us: u64) {
         let e = Event::Request(deployment, role, outcome, latency_us);
         self.0.borrow_mut().push(e);
     }
@@ -32,12 +32,12 @@ impl Metrics for Recorded {
         let e = Event::Output(deployment, role, field, value.clone());
         self.0.borrow_mut().push(e);
     }
-    fn output_skipped(&self, deployment: usize, role: Role, skip: Skip) {
+    fn output_skipped(&mut self, deployment: usize, role: Role, skip: Skip) {
         self.0
             .borrow_mut()
             .push(Event::Skipped(deployment, role, skip));
     }
-    fn tester_override(&self, deployment: usize) {
+    fn tester_override(&mut self, deployment: usize) {
         self.0.borrow_mut().push(Event::TesterOverride(deployment));
     }
     fn split(&self, deployment: usize, canary_bps: u16, epoch: u64) {
