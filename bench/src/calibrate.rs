@@ -55,7 +55,7 @@ pub async fn run(b: &Bench) -> Result<Calibration> {
     let (reps, secs, connections, per_request) = if b.smoke {
         (1, 1, 8, 10)
     } else {
-        (3, 6, 32, 10)
+        (3, 6, 32, 50)
     };
     let upstream = Upstream::start_counting("heart-v1").await?;
     let config = |call: Option<&str>| -> Result<EnvoyConfig> {

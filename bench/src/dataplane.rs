@@ -66,7 +66,7 @@ pub struct DataPlane {
     pub throughput_ratio_empty_wasm_vs_plain: f64,
     /// What coalmine's own work costs: coalmine against the empty filter.
     pub throughput_ratio_filter_vs_empty_wasm: f64,
-    /// Against the empty filter exporting only coalmine's callbacks.
+    /// Against the empty filter without the callbacks coalmine does not take.
     pub throughput_ratio_filter_vs_lean_empty_wasm: f64,
     /// What the callbacks coalmine does not export cost an empty filter.
     pub throughput_ratio_lean_vs_empty_wasm: f64,
@@ -198,7 +198,7 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         ),
         (
             "empty_wasm_lean",
-            "the same empty filter exporting only the callbacks coalmine exports",
+            "the same empty filter without the callbacks coalmine does not take",
             Envoy::start_with(lean, &opts).await?,
         ),
         (

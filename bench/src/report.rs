@@ -260,7 +260,7 @@ impl Perf {
         }
         let _ = writeln!(
             o,
-            "\nThe filter vs plain Envoy: throughput × {}, p50 {:+} µs, p99 {:+} µs, CPU {:+} µs per request. Against native weighted clusters: throughput × {}. Of that, a wasm filter that does nothing already costs throughput × {} (the wasm VM); coalmine's own work, against that empty filter, × {} (p50 {:+} µs); against the empty filter exporting only the callbacks coalmine exports (× {} of the full empty filter), × {}.",
+            "\nThe filter vs plain Envoy: throughput × {}, p50 {:+} µs, p99 {:+} µs, CPU {:+} µs per request. Against native weighted clusters: throughput × {}. Of that, a wasm filter that does nothing already costs throughput × {} (the wasm VM); coalmine's own work, against that empty filter, × {} (p50 {:+} µs); against the empty filter without the callbacks coalmine does not take (× {} of the full empty filter), × {}.",
             d.throughput_ratio_filter_vs_plain,
             d.p50_added_us,
             d.p99_added_us,

@@ -81,8 +81,8 @@ pub fn empty_filter_wasm() -> Result<PathBuf> {
     built_wasm("coalmine_empty_filter")
 }
 
-/// The filter that does nothing without the callbacks coalmine does not
-/// export either (`make build-wasm`): the floor for coalmine.
+/// The filter that does nothing, without the callbacks coalmine does not
+/// take (`make build-wasm`): the floor of what any filter costs.
 pub fn lean_empty_filter_wasm() -> Result<PathBuf> {
     built_wasm("coalmine_empty_filter_lean")
 }
