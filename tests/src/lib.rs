@@ -174,14 +174,44 @@ pub(crate) fn tail_text(text: &str, lines: usize) -> String {
 /// 0 when absent.
 pub fn prometheus_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let rendered: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    // A series without labels is written without braces.
-    let series = if labels.is_empty() {
-        format!("{name} ")
-    } else {
-        format!("{name}{{{}}}", rendered.join(","))
-    };
+    let series = format!("{name}{{{}}}", rendered.join(","));
+    // A series without labels may be written without braces (the
+    // controller's) or with empty ones (Envoy's).
+    let bare = format!("{name} ");
     text.lines()
-        .find_map(|line| line.strip_prefix(&series).map(str::trim))
+        .find_map(|line| {
+            line.strip_prefix(&series)
+                .or_else(|| {
+                    labels
+                        .is_empty()
+                        .then(|| line.strip_prefix(&bare))
+                        .flatten()
+                })
+                .map(str::trim)
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prometheus_value;
+
+    #[test]
+    fn samples_are_found_with_labels_and_without() {
+        let controller = "coalmine_controller_store_errors_total 3\n";
+        let envoy = "coalmine_vm_memory_bytes{} 1048576\n\
+                     coalmine_requests{deployment=\"d\",role=\"canary\",class=\"2xx\"} 7\n";
+        assert_eq!(
+            prometheus_value(controller, "coalmine_controller_store_errors_total", &[]),
+            3.0
+        );
+        assert_eq!(
+            prometheus_value(envoy, "coalmine_vm_memory_bytes", &[]),
+            1_048_576.0
+        );
+        let labels = [("deployment", "d"), ("role", "canary"), ("class", "2xx")];
+        assert_eq!(prometheus_value(envoy, "coalmine_requests", &labels), 7.0);
+        assert_eq!(prometheus_value(envoy, "coalmine_requests", &[]), 0.0);
+    }
 }
