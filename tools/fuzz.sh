@@ -12,7 +12,23 @@ targets=(plugin_config sync_request sync_response histogram policy)
 logs=../target/fuzz-logs
 mkdir -p "$logs"
 echo "building the fuzz targets (nightly, address sanitizer)"
-cargo +nightly fuzz build >"$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
+# A failed build shows what failed (errors and compiler panics rather than the
+# command lines cargo prints after them), the toolchain and the free disk.
+build_failed() {
+  grep -E -B2 -A12 "^error|panicked|No space left|SIGKILL|out of memory" "$logs/build.log" | head -120 || true
+  cargo +nightly --version || true; rustc +nightly --version || true
+  df -h . /tmp
+}
+# A compiler crash on a dependency has been seen once on a fresh machine: the
+# build is tried a second time, and fails the run if it fails again.
+if ! cargo +nightly fuzz build >"$logs/build.log" 2>&1; then
+  build_failed
+  echo "fuzz build failed; trying once more" >&2
+  if ! cargo +nightly fuzz build >"$logs/build.log" 2>&1; then
+    build_failed
+    exit 1
+  fi
+fi
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   if [ "$smoke" = --smoke ]; then

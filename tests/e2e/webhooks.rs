@@ -4,7 +4,9 @@
 //! refused them while the controller was stopped (SIGTERM) and killed
 //! (SIGKILL) and started again on the same database; a receiver added later
 //! gets no history; and the receiver's URL (its secret path and query)
-//! never appears in the controller's log.
+//! never appears in the controller's log. Over plain HTTP: a failed
+//! delivery is retried with the same payload, and a receiver that never
+//! answers slows neither the API nor the others.
 
 use anyhow::{Context, Result, ensure};
 use coalmine_client::types::{RegisterVersion, StartCanary};
@@ -12,7 +14,7 @@ use coalmine_client::{Action, Client};
 use coalmine_e2e::{ControllerProc, Receiver, poll, prometheus_value};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The part of the receiver's URL that is a secret, as in a Slack hook.
 const SECRET: &str = "T0PS3CRET";
@@ -313,5 +315,83 @@ async fn a_refused_backlog_survives_sigterm_and_sigkill_and_arrives_once_in_orde
         "the receiver refused some attempts"
     );
     never_logs_the_url(&c)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_retried_and_never_block() -> Result<()> {
+    let flaky = Receiver::start(1, false).await?; // the first delivery fails
+    let dead = Receiver::start(0, true).await?; // never answers
+    let c = ControllerProc::start_with(
+        30_000,
+        &[
+            "--webhook",
+            &flaky.url(),
+            "--webhook",
+            &dead.url(),
+            "--public-url",
+            "http://coalmine.example:8700",
+        ],
+    )
+    .await?;
+    c.heart_prod(json!({})).await?;
+    c.start_canary(None).await?;
+    // With one receiver hanging, changes still answer at once.
+    let t = Instant::now();
+    c.client()
+        .act("heart-prod", Action::Rollback, Some("bad outputs".into()))
+        .await?;
+    c.client().deployment("heart-prod").await?;
+    ensure!(
+        t.elapsed() < Duration::from_secs(2),
+        "the API waited on a webhook: {:?}",
+        t.elapsed()
+    );
+
+    let delivered = poll("the retried delivery", Duration::from_secs(15), || {
+        let attempts = flaky.attempts();
+        async move { Ok((attempts.len() >= 2).then_some(attempts)) }
+    })
+    .await?;
+    ensure!(
+        delivered[0] == delivered[1],
+        "a retry sends the same payload"
+    );
+    let p = &delivered[1];
+    ensure!(
+        p["deployment"] == "heart-prod" && p["event"] == "rolled_back",
+        "{p}"
+    );
+    ensure!(
+        p["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("bad outputs"),
+        "{p}"
+    );
+    ensure!(
+        p["numbers"]["version"] == "v2" && p["numbers"]["from_percent"] == 20.0,
+        "{p}"
+    );
+    ensure!(
+        p["link"] == "http://coalmine.example:8700/#/deployments/heart-prod",
+        "{p}"
+    );
+    ensure!(p["actor"] == "operator", "{p}");
+    // canary_started and the registrations are not notified.
+    ensure!(flaky.attempts().iter().all(|a| a["event"] == "rolled_back"));
+    ensure!(
+        dead.attempts().len() == 1,
+        "the hanging receiver got its delivery attempt"
+    );
+    let metrics = c.metrics_text().await?;
+    ensure!(
+        metrics.contains("coalmine_controller_webhook_deliveries_total{result=\"retried\"} 1"),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains("coalmine_controller_webhook_deliveries_total{result=\"delivered\"} 1"),
+        "{metrics}"
+    );
     Ok(())
 }
