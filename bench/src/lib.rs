@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 pub mod calibrate;
 pub mod capacity;
+pub mod compare;
 pub mod dataplane;
 pub mod heart;
 pub mod machine;
@@ -252,8 +253,9 @@ impl Bench {
 /// Runs every section and writes the JSON (and, for a full run, the
 /// Markdown report).
 /// Runs only the named sections (`profile`, `calibrate`, `dataplane`, `routing`,
-/// `rollback`, `capacity`) and prints their figures: for working on one.
-pub async fn run_only(smoke: bool, sections: &[String]) -> Result<()> {
+/// `rollback`, `capacity`, and `compare` of the given filter `modules`) and
+/// prints their figures: for working on one.
+pub async fn run_only(smoke: bool, sections: &[String], modules: &[PathBuf]) -> Result<()> {
     let b = Bench::new(smoke, bin_dir()?)?;
     if let Some(cpus) = &b.cpus.load {
         machine::pin_self(cpus)?;
@@ -266,8 +268,9 @@ pub async fn run_only(smoke: bool, sections: &[String]) -> Result<()> {
             "routing" => serde_json::to_string_pretty(&routing::run(&b).await?)?,
             "rollback" => serde_json::to_string_pretty(&rollback::run(&b).await?)?,
             "capacity" => serde_json::to_string_pretty(&capacity::run(&b).await?)?,
+            "compare" => serde_json::to_string_pretty(&compare::run(&b, modules).await?)?,
             other => bail!(
-                "no section {other:?}: profile, calibrate, dataplane, routing, rollback, capacity"
+                "no section {other:?}: profile, calibrate, dataplane, routing, rollback, capacity, compare"
             ),
         };
         println!("{s}: {figures}");

@@ -17,16 +17,20 @@ struct Args {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Run only these sections and print their figures (no files written):
-    /// profile, calibrate, dataplane, routing, rollback, capacity.
+    /// profile, calibrate, dataplane, routing, rollback, capacity, compare.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// For `compare`: filter modules (.wasm) to measure side by side in the
+    /// shipped config, e.g. builds before and after a change.
+    #[arg(long = "module")]
+    modules: Vec<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.only.is_empty() {
-        return coalmine_bench::run_only(args.smoke, &args.only).await;
+        return coalmine_bench::run_only(args.smoke, &args.only, &args.modules).await;
     }
     coalmine_bench::run(args.smoke, &args.out, args.markdown.as_deref()).await?;
     Ok(())

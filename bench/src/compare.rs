@@ -1,0 +1,128 @@
+//! Builds of the filter side by side: the shipped config (header strip +
+//! filter at 80/20, controller syncing, no outputs read) with each given
+//! module in turn, and with the empty filter for reference. This is how a
+//! change to the request path is measured on its own: build the module
+//! before and after it, then
+//!
+//! ```text
+//! coalmine-bench --only compare --module before.wasm --module after.wasm
+//! ```
+//!
+//! Repetitions are interleaved as in the data-plane section; medians are
+//! reported, with each module's throughput against the first module's and
+//! against the empty filter's.
+
+use super::Bench;
+use super::dataplane::{saturate, warm_up};
+use super::stats::{median, round};
+use anyhow::{Result, bail};
+use coalmine_e2e::{Envoy, EnvoyConfig, EnvoyOptions, Upstream};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// One module's medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct Module {
+    pub module: String,
+    pub requests_per_s: f64,
+    pub cpu_us_per_request: f64,
+    /// Median requests/s against the first module's.
+    pub throughput_vs_first: f64,
+    /// Median requests/s against the empty filter's.
+    pub throughput_vs_empty_wasm: f64,
+    pub runs_requests_per_s: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub repetitions: usize,
+    pub seconds_per_run: u64,
+    pub connections: u32,
+    pub empty_wasm_requests_per_s: f64,
+    pub modules: Vec<Module>,
+}
+
+pub async fn run(b: &Bench, modules: &[PathBuf]) -> Result<Comparison> {
+    if modules.is_empty() {
+        bail!("compare needs at least one --module <file.wasm>");
+    }
+    if let Some(missing) = modules.iter().find(|m| !m.is_file()) {
+        bail!("no module at {}", missing.display());
+    }
+    let (reps, secs, connections) = if b.smoke { (1, 1, 8) } else { (7, 8, 32) };
+    let v1 = Upstream::start_counting("heart-v1").await?;
+    let v2 = Upstream::start_counting("heart-v2").await?;
+    let controller = b.controller(None).await?;
+    b.canary(&controller, 20.0, true).await?;
+    let config = |module: PathBuf| -> Result<EnvoyConfig> {
+        Ok(EnvoyConfig::shipped("envoy.yaml")?
+            .upstream("heart-v1", v1.addr)?
+            .upstream("heart-v2", v2.addr)?
+            .upstream("coalmine_controller", controller.addr)?
+            .plugin_config(&b.plugin_config())?
+            .wasm_module(module))
+    };
+    let opts = EnvoyOptions {
+        node_id: "bench-compare".into(),
+        concurrency: 1,
+        cpus: b.cpus.proxy.clone(),
+    };
+    let mut envoys =
+        vec![Envoy::start_with(config(coalmine_e2e::empty_filter_wasm()?)?, &opts).await?];
+    for m in modules {
+        let envoy = Envoy::start_with(config(m.clone())?, &opts).await?;
+        b.wait_share(&envoy, 2000).await?;
+        envoys.push(envoy);
+    }
+    warm_up(b, envoys.iter(), connections)?;
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); envoys.len()];
+    for rep in 0..reps {
+        for (i, envoy) in envoys.iter().enumerate() {
+            let (w, cpu) = saturate(b, envoy, connections, secs)?;
+            let rps = round(w.requests_per_s(), 0);
+            let cpu_us = round(cpu * 1e6 / w.requests.max(1) as f64, 2);
+            let name = match i.checked_sub(1).and_then(|m| modules.get(m)) {
+                Some(m) => m.display().to_string(),
+                None => "empty filter".into(),
+            };
+            b.progress(&format!(
+                "compare {}/{reps} {rps:>8.0} req/s {cpu_us:>6.1} µs CPU/req  {name}",
+                rep + 1
+            ));
+            if let Some(r) = runs.get_mut(i) {
+                r.push((rps, cpu_us));
+            }
+        }
+    }
+    let medians: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| {
+            let m = |f: fn(&(f64, f64)) -> f64| {
+                median(&r.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
+            };
+            (m(|r| r.0), m(|r| r.1))
+        })
+        .collect();
+    let ratio = |a: f64, b: f64| if b > 0.0 { round(a / b, 3) } else { 0.0 };
+    let empty = medians.first().map_or(0.0, |m| m.0);
+    let first = medians.get(1).map_or(0.0, |m| m.0);
+    let modules = modules
+        .iter()
+        .zip(medians.iter().skip(1).zip(runs.iter().skip(1)))
+        .map(|(path, (&(rps, cpu), r))| Module {
+            module: path.display().to_string(),
+            requests_per_s: rps,
+            cpu_us_per_request: cpu,
+            throughput_vs_first: ratio(rps, first),
+            throughput_vs_empty_wasm: ratio(rps, empty),
+            runs_requests_per_s: r.iter().map(|r| r.0).collect(),
+        })
+        .collect();
+    Ok(Comparison {
+        repetitions: reps,
+        seconds_per_run: secs,
+        connections,
+        empty_wasm_requests_per_s: empty,
+        modules,
+    })
+}
