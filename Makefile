@@ -97,6 +97,7 @@ test-decisions: build-native ## a quick decision simulation: A/A false rollbacks
 
 test-bench: build-wasm build-native ## a seconds-long smoke of `make bench`, so the harness never rots
 	target/release/coalmine-bench --smoke --out target/bench/perf-smoke.json
+	target/release/coalmine-bench --smoke --only compare --module $(WASM)
 
 bench: build ## data-plane cost, split accuracy, propagation, time to rollback, controller capacity; writes target/bench/perf.json and BENCHMARKS.md
 	target/release/coalmine-bench --out target/bench/perf.json --markdown BENCHMARKS.md

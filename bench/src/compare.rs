@@ -15,7 +15,7 @@
 use super::Bench;
 use super::dataplane::{saturate, warm_up};
 use super::stats::{median, round};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use coalmine_e2e::{Envoy, EnvoyConfig, EnvoyOptions, Upstream};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -46,9 +46,14 @@ pub async fn run(b: &Bench, modules: &[PathBuf]) -> Result<Comparison> {
     if modules.is_empty() {
         bail!("compare needs at least one --module <file.wasm>");
     }
-    if let Some(missing) = modules.iter().find(|m| !m.is_file()) {
-        bail!("no module at {}", missing.display());
-    }
+    // Envoy runs elsewhere: it is given each module by its absolute path.
+    let modules = modules
+        .iter()
+        .map(|m| {
+            m.canonicalize()
+                .with_context(|| format!("no module at {}", m.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (reps, secs, connections) = if b.smoke { (1, 1, 8) } else { (7, 8, 32) };
     let v1 = Upstream::start_counting("heart-v1").await?;
     let v2 = Upstream::start_counting("heart-v2").await?;
@@ -69,7 +74,7 @@ pub async fn run(b: &Bench, modules: &[PathBuf]) -> Result<Comparison> {
     };
     let mut envoys =
         vec![Envoy::start_with(config(coalmine_e2e::empty_filter_wasm()?)?, &opts).await?];
-    for m in modules {
+    for m in &modules {
         let envoy = Envoy::start_with(config(m.clone())?, &opts).await?;
         b.wait_share(&envoy, 2000).await?;
         envoys.push(envoy);
