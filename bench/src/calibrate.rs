@@ -10,8 +10,8 @@
 //! removing from coalmine's request path.
 
 use super::Bench;
-use super::dataplane::{saturate, warm_up};
-use super::stats::{median, round};
+use super::dataplane::interleaved;
+use super::stats::round;
 use anyhow::Result;
 use coalmine_e2e::{Envoy, EnvoyConfig, EnvoyOptions, Upstream};
 use serde::Serialize;
@@ -82,31 +82,13 @@ pub async fn run(b: &Bench) -> Result<Calibration> {
         let envoy = Envoy::start_with(config(Some(call))?, &opts).await?;
         envoys.push((Some((call, what)), envoy));
     }
-    warm_up(b, envoys.iter().map(|e| &e.1), connections)?;
-    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); envoys.len()];
-    for rep in 0..reps {
-        for (i, (call, envoy)) in envoys.iter().enumerate() {
-            let (w, cpu) = saturate(b, envoy, connections, secs)?;
-            let rps = w.requests_per_s();
-            let cpu_us = cpu * 1e6 / w.requests.max(1) as f64;
-            b.progress(&format!(
-                "calibrate {}/{reps} {:<13} {rps:>8.0} req/s  {cpu_us:>5.1} µs CPU/req",
-                rep + 1,
-                call.map_or("idle", |c| c.0),
-            ));
-            if let Some(r) = runs.get_mut(i) {
-                r.push((rps, cpu_us));
-            }
-        }
-    }
-    let medians: Vec<(f64, f64)> = runs
+    let named: Vec<(String, &Envoy)> = envoys
         .iter()
-        .map(|r| {
-            let m = |f: fn(&(f64, f64)) -> f64| {
-                median(&r.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
-            };
-            (m(|x| x.0), m(|x| x.1))
-        })
+        .map(|(call, e)| (call.map_or("idle", |c| c.0).to_string(), e))
+        .collect();
+    let medians: Vec<(f64, f64)> = interleaved(b, "calibrate", &named, (reps, secs, connections))?
+        .into_iter()
+        .map(|(m, _)| m)
         .collect();
     let (idle_rps, idle_cpu) = medians.first().copied().unwrap_or_default();
     let n = f64::from(per_request.max(1));

@@ -13,8 +13,8 @@
 //! against the empty filter's.
 
 use super::Bench;
-use super::dataplane::{saturate, warm_up};
-use super::stats::{median, round};
+use super::dataplane::interleaved;
+use super::stats::round;
 use anyhow::{Context, Result, bail};
 use coalmine_e2e::{Envoy, EnvoyConfig, EnvoyOptions, Upstream};
 use serde::Serialize;
@@ -79,35 +79,17 @@ pub async fn run(b: &Bench, modules: &[PathBuf]) -> Result<Comparison> {
         b.wait_share(&envoy, 2000).await?;
         envoys.push(envoy);
     }
-    warm_up(b, envoys.iter(), connections)?;
-    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); envoys.len()];
-    for rep in 0..reps {
-        for (i, envoy) in envoys.iter().enumerate() {
-            let (w, cpu) = saturate(b, envoy, connections, secs)?;
-            let rps = round(w.requests_per_s(), 0);
-            let cpu_us = round(cpu * 1e6 / w.requests.max(1) as f64, 2);
-            let name = match i.checked_sub(1).and_then(|m| modules.get(m)) {
-                Some(m) => m.display().to_string(),
-                None => "empty filter".into(),
-            };
-            b.progress(&format!(
-                "compare {}/{reps} {rps:>8.0} req/s {cpu_us:>6.1} µs CPU/req  {name}",
-                rep + 1
-            ));
-            if let Some(r) = runs.get_mut(i) {
-                r.push((rps, cpu_us));
-            }
-        }
-    }
-    let medians: Vec<(f64, f64)> = runs
+    let named: Vec<(String, &Envoy)> = envoys
         .iter()
-        .map(|r| {
-            let m = |f: fn(&(f64, f64)) -> f64| {
-                median(&r.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
-            };
-            (m(|r| r.0), m(|r| r.1))
-        })
+        .zip(
+            std::iter::once("empty filter".to_string())
+                .chain(modules.iter().map(|m| m.display().to_string())),
+        )
+        .map(|(e, name)| (name, e))
         .collect();
+    let measured = interleaved(b, "compare", &named, (reps, secs, connections))?;
+    let medians: Vec<(f64, f64)> = measured.iter().map(|(m, _)| *m).collect();
+    let runs: Vec<&Vec<(f64, f64)>> = measured.iter().map(|(_, r)| r).collect();
     let ratio = |a: f64, b: f64| if b > 0.0 { round(a / b, 3) } else { 0.0 };
     let empty = medians.first().map_or(0.0, |m| m.0);
     let first = medians.get(1).map_or(0.0, |m| m.0);
@@ -116,18 +98,18 @@ pub async fn run(b: &Bench, modules: &[PathBuf]) -> Result<Comparison> {
         .zip(medians.iter().skip(1).zip(runs.iter().skip(1)))
         .map(|(path, (&(rps, cpu), r))| Module {
             module: path.display().to_string(),
-            requests_per_s: rps,
-            cpu_us_per_request: cpu,
+            requests_per_s: round(rps, 0),
+            cpu_us_per_request: round(cpu, 2),
             throughput_vs_first: ratio(rps, first),
             throughput_vs_empty_wasm: ratio(rps, empty),
-            runs_requests_per_s: r.iter().map(|r| r.0).collect(),
+            runs_requests_per_s: r.iter().map(|r| round(r.0, 0)).collect(),
         })
         .collect();
     Ok(Comparison {
         repetitions: reps,
         seconds_per_run: secs,
         connections,
-        empty_wasm_requests_per_s: empty,
+        empty_wasm_requests_per_s: round(empty, 0),
         modules,
     })
 }

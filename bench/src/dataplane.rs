@@ -134,6 +134,42 @@ pub(crate) fn saturate(
     Ok((w, cpu_seconds(envoy.pid())? - before))
 }
 
+/// (requests/s, Envoy CPU µs per request) of one wrk run, or their medians.
+pub(crate) type Load = (f64, f64);
+
+/// `reps` interleaved rounds of saturating each named Envoy in turn, after
+/// warming them up: per Envoy, the median requests/s and Envoy CPU µs per
+/// request, and every run's (requests/s, CPU µs per request).
+pub(crate) fn interleaved(
+    b: &Bench,
+    section: &str,
+    envoys: &[(String, &Envoy)],
+    (reps, secs, connections): (usize, u64, u32),
+) -> Result<Vec<(Load, Vec<Load>)>> {
+    warm_up(b, envoys.iter().map(|e| e.1), connections)?;
+    let mut runs: Vec<Vec<Load>> = vec![Vec::new(); envoys.len()];
+    for rep in 0..reps {
+        for ((name, envoy), r) in envoys.iter().zip(runs.iter_mut()) {
+            let (w, cpu) = saturate(b, envoy, connections, secs)?;
+            let rps = w.requests_per_s();
+            let cpu_us = cpu * 1e6 / w.requests.max(1) as f64;
+            b.progress(&format!(
+                "{section} {}/{reps} {rps:>8.0} req/s {cpu_us:>6.1} µs CPU/req  {name}",
+                rep + 1
+            ));
+            r.push((rps, cpu_us));
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|r| {
+            let m =
+                |f: fn(&Load) -> f64| median(&r.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0);
+            ((m(|x| x.0), m(|x| x.1)), r)
+        })
+        .collect())
+}
+
 /// Returns the figures and the filter VM's memory after the load.
 pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
     let (reps, secs, latency_secs, connections) =
