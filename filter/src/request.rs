@@ -21,6 +21,11 @@ pub(crate) struct RequestContext {
     /// read.
     collecting: Option<BodyCollector>,
     answer: Answer,
+    /// The host's clock when the request was routed, in ns (latency is
+    /// measured from there to `on_log`).
+    started_ns: u64,
+    /// The response's `:status` (0: no response headers seen).
+    status: u64,
     /// The response arrived whole (its end seen in the headers, body or
     /// trailers): then a status below 500 says all about the outcome.
     complete: bool,
@@ -33,6 +38,8 @@ impl RequestContext {
             routed: None,
             collecting: None,
             answer: Answer::NotRead,
+            started_ns: 0,
+            status: 0,
             complete: false,
         }
     }
@@ -40,9 +47,9 @@ impl RequestContext {
 
 /// Whether the answer is read, from its headers (three host calls, made
 /// only for a sampled request of a deployment that reads outputs).
-fn start_reading(limit: usize) -> Result<BodyCollector, Answer> {
+fn start_reading(status: Option<&[u8]>, limit: usize) -> Result<BodyCollector, Answer> {
     BodyCollector::for_response(
-        host::response_header(":status").as_deref(),
+        status,
         host::response_header("content-encoding").as_deref(),
         host::response_header("content-length").as_deref(),
         limit,
@@ -79,6 +86,9 @@ impl HttpContext for RequestContext {
                 }
             }
             self.routed = decision.into_routed();
+            if self.routed.is_some() {
+                self.started_ns = host::now_ns();
+            }
         }
         Action::Continue
     }
@@ -89,11 +99,13 @@ impl HttpContext for RequestContext {
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow()),
         ) {
+            let status = host::response_header(":status");
+            self.status = status.as_deref().map_or(0, parse_status);
             for (name, value) in worker.response_headers(routed) {
                 host::set_response_header(name, value);
             }
             if let Some(outputs) = worker.outputs_to_read(routed) {
-                match start_reading(outputs.max_body_bytes) {
+                match start_reading(status.as_deref(), outputs.max_body_bytes) {
                     // No body will follow: the answer is empty.
                     Ok(_) if end_of_stream => self.answer = Answer::Body(Vec::new()),
                     Ok(c) => self.collecting = Some(c),
@@ -130,26 +142,40 @@ impl HttpContext for RequestContext {
             self.routed.as_ref(),
             self.worker.as_ref().map(|w| w.try_borrow_mut()),
         ) {
-            let complete = self.complete;
+            let (status, complete, started_ns) = (self.status, self.complete, self.started_ns);
             let answer = std::mem::take(&mut self.answer);
-            worker.record(routed, || finished(complete), answer);
+            worker.record(routed, || finished(status, complete, started_ns), answer);
         }
     }
 }
 
-/// What Envoy says of the finished request. Why it ended
-/// (`response.code_details`) is read only when the status alone cannot
-/// tell the outcome: no status, a 5xx (sent by the model, or by Envoy for
-/// want of one), or a response cut off before its end.
-fn finished(complete: bool) -> Finished {
-    let code = host::property_u64(&["response", "code"]).unwrap_or(0);
+/// A `:status` value as a number (0 when it is not one).
+fn parse_status(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What is known of the finished request: its status as the response
+/// headers gave it and its latency from the host's clock (from routing to
+/// the end of the stream). Envoy's `response.code` is read only when no
+/// response headers were seen, and why the request ended
+/// (`response.code_details`) only when the status alone cannot tell the
+/// outcome: no status, a 5xx (sent by the model, or by Envoy for want of
+/// one), or a response cut off before its end.
+fn finished(status: u64, complete: bool, started_ns: u64) -> Finished {
+    let code = match status {
+        0 => host::property_u64(&["response", "code"]).unwrap_or(0),
+        seen => seen,
+    };
     let details = if Outcome::status_suffices(code, complete) {
         Vec::new()
     } else {
         host::property(&["response", "code_details"]).unwrap_or_default()
     };
     Finished {
-        duration_ns: host::property_u64(&["request", "duration"]).unwrap_or(0),
+        duration_ns: host::now_ns().saturating_sub(started_ns),
         code,
         details,
     }
