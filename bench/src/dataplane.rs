@@ -187,11 +187,11 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
     };
     let plain = base()?
         .without_http_filter("coalmine")?
-        .without_http_filter("coalmine.strip_client_headers")?
+        .without_header_strip()?
         .routes(route(json!({"cluster": "heart-v1"})))?;
     let weighted = base()?
         .without_http_filter("coalmine")?
-        .without_http_filter("coalmine.strip_client_headers")?
+        .without_header_strip()?
         .routes(route(json!({"weighted_clusters": {"clusters": [
             {"name": "heart-v1", "weight": 80},
             {"name": "heart-v2", "weight": 20}

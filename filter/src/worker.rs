@@ -94,7 +94,8 @@ pub(crate) enum Answer {
 /// What Envoy says of a finished request.
 #[derive(Debug, Default)]
 pub(crate) struct Finished {
-    /// `request.duration`, in nanoseconds.
+    /// From routing to the end of the stream, by the host's clock, in
+    /// nanoseconds.
     pub(crate) duration_ns: u64,
     /// `response.code` (0: no response).
     pub(crate) code: u64,
@@ -202,6 +203,13 @@ impl<M: Metrics> Worker<M> {
     /// The request header edits of a decision: the role and cluster headers
     /// overwritten inside a deployment and removed outside every one (a
     /// client never chooses an upstream), the tester header removed.
+    ///
+    /// Each edit makes Envoy choose the route again, the largest cost the
+    /// filter adds to a request, so where a filter ahead of coalmine has
+    /// already removed the clients' role and cluster headers
+    /// (`client_headers_stripped`), nothing is removed, and a request sent to
+    /// its deployment's `default_cluster` goes out untagged: the route sends
+    /// it there without the header.
     pub(crate) fn request_edits<'a>(
         &'a self,
         decision: &'a Decision,
@@ -212,21 +220,30 @@ impl<M: Metrics> Worker<M> {
             .as_ref()
             .filter(|_| decision.tester_header)
             .map(|t| HeaderEdit::Remove(&t.header));
-        let served = decision
-            .routed
-            .as_ref()
-            .and_then(|r| Some((r.role, r.target()?)));
+        let served = decision.routed.as_ref().and_then(|r| {
+            let target = r.target()?;
+            let default = self
+                .config
+                .deployments
+                .get(r.deployment)?
+                .default_cluster
+                .as_ref();
+            let untagged = names.client_headers_stripped && default == Some(&target.cluster);
+            Some((r.role, target, untagged))
+        });
         let (role, cluster) = match served {
-            Some((role, target)) => (
-                HeaderEdit::Set(&names.role, role.as_str()),
-                HeaderEdit::Set(&names.cluster, &target.cluster),
+            Some((_, _, true)) => (None, None),
+            Some((role, target, false)) => (
+                Some(HeaderEdit::Set(&names.role, role.as_str())),
+                Some(HeaderEdit::Set(&names.cluster, &target.cluster)),
             ),
+            None if names.client_headers_stripped => (None, None),
             None => (
-                HeaderEdit::Remove(&names.role),
-                HeaderEdit::Remove(&names.cluster),
+                Some(HeaderEdit::Remove(&names.role)),
+                Some(HeaderEdit::Remove(&names.cluster)),
             ),
         };
-        [tester, Some(role), Some(cluster)].into_iter().flatten()
+        [tester, role, cluster].into_iter().flatten()
     }
 
     /// The response headers naming the role and version that served a

@@ -81,6 +81,10 @@ pub struct HeaderNames {
     pub cluster: String,
     pub version: String,
     pub respond_with_role: bool,
+    /// A filter ahead of coalmine removes the role and cluster headers
+    /// clients send (the shipped configs' `coalmine.strip_client_headers`),
+    /// so the filter need not remove them itself.
+    pub client_headers_stripped: bool,
     /// Lets testers choose a role; off unless configured with a secret.
     pub tester_override: Option<TesterOverride>,
 }
@@ -104,6 +108,11 @@ pub struct Deployment {
     pub matcher: RequestMatch,
     /// Lower-case header whose value keeps a user on one role.
     pub sticky_header: Option<String>,
+    /// The cluster the proxy's route sends this deployment's requests to
+    /// when they carry no cluster header. Requests the filter sends there
+    /// go out untagged: no header change, so Envoy keeps the route it chose
+    /// (only with `client_headers_stripped`).
+    pub default_cluster: Option<String>,
     /// The split used without a controller, or until its first answer.
     pub static_split: Option<DeploymentSplit>,
     /// Salt for sticky hashing, derived from the name.

@@ -706,7 +706,7 @@ async fn the_istio_manifests_route_each_version_on_a_real_envoy() -> Result<()> 
     // VirtualService's routes, Istio's cluster names; no header strip in
     // front of the filter (a sidecar has none).
     let config = EnvoyConfig::shipped("compose.yaml")?
-        .without_http_filter("coalmine.strip_client_headers")?
+        .without_header_strip()?
         .rename_cluster("heart-v1", &v1)?
         .rename_cluster("heart-v2", &v2)?
         .rename_cluster("coalmine_controller", &controller_cluster)?

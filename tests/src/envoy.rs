@@ -17,6 +17,9 @@ pub struct EnvoyConfig {
     wasm: Option<PathBuf>,
 }
 
+/// The shipped configs' strip of the clients' role and cluster headers.
+const STRIP: &str = "coalmine.strip_client_headers";
+
 impl EnvoyConfig {
     /// Loads a config shipped under `envoy/` (e.g. `envoy.yaml`).
     pub fn shipped(name: &str) -> Result<EnvoyConfig> {
@@ -43,6 +46,19 @@ impl EnvoyConfig {
                     .as_sequence_mut()
             })
             .ok_or_else(|| anyhow!("first listener has no http_filters"))
+    }
+
+    /// The early header mutations of the first listener (run before route
+    /// selection and every HTTP filter).
+    fn early_header_mutations(&mut self) -> Result<&mut Vec<Value>> {
+        self.listeners()?
+            .get_mut(0)
+            .and_then(|l| {
+                l["filter_chains"][0]["filters"][0]["typed_config"]
+                    ["early_header_mutation_extensions"]
+                    .as_sequence_mut()
+            })
+            .ok_or_else(|| anyhow!("first listener has no early_header_mutation_extensions"))
     }
 
     fn coalmine_filter(&mut self) -> Result<&mut Value> {
@@ -122,6 +138,18 @@ impl EnvoyConfig {
         Ok(self)
     }
 
+    /// Removes the shipped strip of the clients' role and cluster headers
+    /// (e.g. to test the coalmine filter alone, or a chain without it).
+    pub fn without_header_strip(mut self) -> Result<EnvoyConfig> {
+        let strips = self.early_header_mutations()?;
+        let before = strips.len();
+        strips.retain(|f| f["name"].as_str() != Some(STRIP));
+        if strips.len() == before {
+            bail!("no early header mutation named {STRIP}");
+        }
+        Ok(self)
+    }
+
     /// Removes an HTTP filter by name (e.g. to test the coalmine filter alone).
     pub fn without_http_filter(mut self, name: &str) -> Result<EnvoyConfig> {
         let filters = self.http_filters()?;
@@ -148,6 +176,33 @@ impl EnvoyConfig {
         self
     }
 
+    /// Only behind the header strip may the filter leave requests untagged
+    /// (`client_headers_stripped`, `default_cluster`): a config without the
+    /// strip (the filter alone, a sidecar's chain) has the filter tag every
+    /// request, as a user's config must.
+    fn tag_all_without_strip(&mut self) -> Result<()> {
+        let stripped = self
+            .early_header_mutations()
+            .is_ok_and(|m| m.iter().any(|f| f["name"].as_str() == Some(STRIP)));
+        if stripped || self.coalmine_filter().is_err() {
+            return Ok(());
+        }
+        let mut plugin = self.shipped_plugin_config()?;
+        if plugin["headers"]["client_headers_stripped"] != serde_json::Value::Bool(true) {
+            return Ok(());
+        }
+        plugin["headers"]["client_headers_stripped"] = false.into();
+        for d in plugin["deployments"].as_array_mut().into_iter().flatten() {
+            if let Some(d) = d.as_object_mut() {
+                d.remove("default_cluster");
+            }
+        }
+        let filter = self.coalmine_filter()?;
+        filter["typed_config"]["config"]["configuration"]["value"] =
+            Value::from(plugin.to_string());
+        Ok(())
+    }
+
     /// The final bootstrap: ports 0 (Envoy picks), the built filter.
     fn render(mut self) -> Result<String> {
         let wasm = match self.wasm.take() {
@@ -162,6 +217,7 @@ impl EnvoyConfig {
             l["address"]["socket_address"]["address"] = Value::from("127.0.0.1");
             l["address"]["socket_address"]["port_value"] = Value::from(0);
         }
+        self.tag_all_without_strip()?;
         // A config without the filter (a benchmark's baseline) has no code.
         if let Ok(filter) = self.coalmine_filter() {
             filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =

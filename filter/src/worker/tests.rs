@@ -185,6 +185,69 @@ fn outside_every_deployment_the_role_and_cluster_headers_are_removed() {
     assert!(route(&mut w, &[]).0.routed.is_none());
 }
 
+/// With the clients' headers stripped ahead of the filter: a request for
+/// the route's default cluster goes out untagged and nothing is removed,
+/// a request for any other cluster is tagged as always.
+#[test]
+fn behind_a_header_strip_only_requests_off_the_default_route_are_tagged() {
+    let json = |stripped: bool| {
+        format!(
+            r#"{{"headers":{{"client_headers_stripped":{stripped}}},"deployments":[
+              {{"name":"heart","match":{{"path_prefix":"/predict/heart"}},"default_cluster":"heart-v1",
+                "static":{{"baseline":{{"version":"v1","cluster":"heart-v1"}},
+                           "canary":{{"version":"v2","cluster":"heart-v2"}},"canary_percent":50}}}}]}}"#
+        )
+    };
+    let e = PluginConfig::parse(json(false).as_bytes()).unwrap_err();
+    assert_eq!(e.field, "deployments[0].default_cluster");
+    assert!(e.message.contains("client_headers_stripped"), "{e}");
+    let config = PluginConfig::parse(json(true).as_bytes()).unwrap();
+    let mut w = Worker::new(config, Recorded::default()).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let (decision, _) = route(&mut w, &[(":path", "/predict/heart")]);
+        let role = decision.routed.as_ref().unwrap().role;
+        let expected = match role {
+            Role::Baseline => vec![],
+            Role::Canary => vec![
+                set("x-coalmine-role", "canary"),
+                set("x-coalmine-cluster", "heart-v2"),
+            ],
+        };
+        assert_eq!(edits(&w, &decision), expected);
+        // The response names the role and version either way.
+        let routed = decision.into_routed().unwrap();
+        let response: Vec<_> = w.response_headers(&routed).map(|h| h.0).collect();
+        assert_eq!(response, ["x-coalmine-role", "x-coalmine-version"]);
+        *seen.entry(role).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Outside the deployment: nothing to remove.
+    let (outside, _) = route(&mut w, &[(":path", "/other")]);
+    assert!(edits(&w, &outside).is_empty());
+    // After a promotion the baseline is another cluster: tagged again.
+    w.take_answer(SplitTable {
+        epoch: 7,
+        deployments: vec![coalmine_protocol::DeploymentSplit {
+            name: "heart".into(),
+            baseline: coalmine_protocol::Target {
+                version: "v2".into(),
+                cluster: "heart-v2".into(),
+            },
+            canary: None,
+            canary_bps: Bps::ZERO,
+        }],
+    });
+    let (decision, _) = route(&mut w, &[(":path", "/predict/heart")]);
+    assert_eq!(
+        edits(&w, &decision),
+        [
+            set("x-coalmine-role", "baseline"),
+            set("x-coalmine-cluster", "heart-v2")
+        ]
+    );
+}
+
 #[test]
 fn the_share_decides_between_baseline_and_canary() {
     let mut none = worker(0.0, false);

@@ -66,6 +66,7 @@ struct RawHeaders {
     cluster: String,
     version: String,
     respond_with_role: bool,
+    client_headers_stripped: bool,
     tester_override: Option<RawTesterOverride>,
 }
 
@@ -83,6 +84,7 @@ impl Default for RawHeaders {
             cluster: "x-coalmine-cluster".into(),
             version: "x-coalmine-version".into(),
             respond_with_role: true,
+            client_headers_stripped: false,
             tester_override: None,
         }
     }
@@ -96,6 +98,8 @@ struct RawDeployment {
     matcher: RawMatch,
     #[serde(default)]
     sticky_header: Option<String>,
+    #[serde(default)]
+    default_cluster: Option<String>,
     #[serde(default, rename = "static")]
     static_split: Option<RawStatic>,
     #[serde(default)]
@@ -259,6 +263,7 @@ impl RawHeaders {
             cluster: self.cluster,
             version: self.version,
             respond_with_role: self.respond_with_role,
+            client_headers_stripped: self.client_headers_stripped,
             tester_override,
         })
     }
@@ -295,6 +300,16 @@ impl RawDeployment {
                 ));
             }
         }
+        if let Some(cluster) = &self.default_cluster {
+            check_token("cluster", cluster)
+                .map_err(|m| ConfigError::new(format!("{field}.default_cluster"), m))?;
+            if !headers.client_headers_stripped {
+                return Err(ConfigError::new(
+                    format!("{field}.default_cluster"),
+                    "needs `headers.client_headers_stripped: true`: a request the filter leaves untagged must not carry a cluster header a client sent",
+                ));
+            }
+        }
         let static_split = match self.static_split {
             Some(raw) => Some(raw.validate(&format!("{field}.static"), &self.name)?),
             None if !has_controller => {
@@ -317,6 +332,7 @@ impl RawDeployment {
                 host,
             },
             sticky_header: self.sticky_header,
+            default_cluster: self.default_cluster,
             static_split,
             outputs,
         })
