@@ -10,7 +10,10 @@
 //!
 //! Repetitions are interleaved as in the data-plane section; medians are
 //! reported, with each module's throughput against the first module's and
-//! against the empty filter's.
+//! against the empty filter's. Every module is given the shipped plugin
+//! configuration, so a build from before a configuration field was added
+//! refuses it; measure such a change with the field's effect switched in
+//! the code instead.
 
 use super::Bench;
 use super::dataplane::interleaved;

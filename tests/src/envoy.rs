@@ -17,6 +17,16 @@ pub struct EnvoyConfig {
     wasm: Option<PathBuf>,
 }
 
+/// Removes the entry named `name` from `list` (of `what`s), which must have one.
+fn remove_named(list: &mut Vec<Value>, name: &str, what: &str) -> Result<()> {
+    let before = list.len();
+    list.retain(|f| f["name"].as_str() != Some(name));
+    if list.len() == before {
+        bail!("no {what} named {name}");
+    }
+    Ok(())
+}
+
 /// The shipped configs' strip of the clients' role and cluster headers.
 const STRIP: &str = "coalmine.strip_client_headers";
 
@@ -141,23 +151,17 @@ impl EnvoyConfig {
     /// Removes the shipped strip of the clients' role and cluster headers
     /// (e.g. to test the coalmine filter alone, or a chain without it).
     pub fn without_header_strip(mut self) -> Result<EnvoyConfig> {
-        let strips = self.early_header_mutations()?;
-        let before = strips.len();
-        strips.retain(|f| f["name"].as_str() != Some(STRIP));
-        if strips.len() == before {
-            bail!("no early header mutation named {STRIP}");
-        }
+        remove_named(
+            self.early_header_mutations()?,
+            STRIP,
+            "early header mutation",
+        )?;
         Ok(self)
     }
 
     /// Removes an HTTP filter by name (e.g. to test the coalmine filter alone).
     pub fn without_http_filter(mut self, name: &str) -> Result<EnvoyConfig> {
-        let filters = self.http_filters()?;
-        let before = filters.len();
-        filters.retain(|f| f["name"].as_str() != Some(name));
-        if filters.len() == before {
-            bail!("no http filter named {name}");
-        }
+        remove_named(self.http_filters()?, name, "http filter")?;
         Ok(self)
     }
 
