@@ -32,6 +32,8 @@ pub(crate) struct Worker<M = EnvoyMetrics> {
     random: RandomPool,
     /// Whether any deployment matches on host (else `:authority` is not read).
     match_on_host: bool,
+    /// The first deployment takes every request (else `:path` is read).
+    first_takes_all: bool,
 }
 
 /// How a request that belongs to a deployment is served.
@@ -109,6 +111,10 @@ impl<M: Metrics> Worker<M> {
         RoleStats::try_new().map_err(|e| e.to_string())?;
         let splits = ActiveSplits::from_static(&config.deployments);
         let match_on_host = config.deployments.iter().any(|d| d.matcher.host.is_some());
+        let first_takes_all = config
+            .deployments
+            .first()
+            .is_some_and(|d| d.matcher.matches_every_request());
         let worker = Worker {
             config,
             splits,
@@ -116,6 +122,7 @@ impl<M: Metrics> Worker<M> {
             metrics,
             random: RandomPool::default(),
             match_on_host,
+            first_takes_all,
         };
         worker.publish_split_metrics();
         Ok(worker)
@@ -132,18 +139,20 @@ impl<M: Metrics> Worker<M> {
         let forced = tester
             .zip(tester_value.as_deref())
             .and_then(|(t, value)| tester_role(value, &t.secret));
-        let path = header(":path").unwrap_or_default();
-        // One host call fewer per request when no deployment matches on host.
-        let authority = if self.match_on_host {
-            header(":authority")
+        // No `:path` read when the first deployment takes every request
+        // (Envoy's routes then decide which requests reach the filter), and
+        // no `:authority` read when no deployment matches on host.
+        let index = if self.first_takes_all {
+            Some(0)
         } else {
-            None
+            let path = header(":path").unwrap_or_default();
+            let authority = self.match_on_host.then(|| header(":authority")).flatten();
+            find_match(
+                self.config.deployments.iter().map(|d| &d.matcher),
+                &path,
+                authority.as_deref(),
+            )
         };
-        let index = find_match(
-            self.config.deployments.iter().map(|d| &d.matcher),
-            &path,
-            authority.as_deref(),
-        );
         Decision {
             tester_header: tester_value.is_some(),
             routed: index.and_then(|index| self.choose(index, forced, header)),

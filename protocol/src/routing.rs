@@ -63,6 +63,12 @@ pub struct RequestMatch {
 }
 
 impl RequestMatch {
+    /// Whether every request matches (prefix `/`, any host): then the
+    /// request's path need not be read.
+    pub fn matches_every_request(&self) -> bool {
+        self.path_prefix == "/" && self.host.is_none()
+    }
+
     pub fn matches(&self, path: &[u8], authority: Option<&[u8]>) -> bool {
         if !path.starts_with(self.path_prefix.as_bytes()) {
             return false;

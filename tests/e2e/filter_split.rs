@@ -532,3 +532,77 @@ async fn hostile_requests_never_break_the_filter() -> Result<()> {
     );
     Ok(())
 }
+
+/// A deployment matching every path takes every request the filter sees,
+/// without reading its path; Envoy's routes decide which requests those
+/// are (the filter disabled by route elsewhere). Requests on the other
+/// routes pass through untouched and uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routes_choose_the_requests_of_a_deployment_of_every_path() -> Result<()> {
+    let (v1, v2) = (
+        Upstream::start("heart-v1").await?,
+        Upstream::start("heart-v2").await?,
+    );
+    let mut config = EnvoyConfig::shipped("envoy.yaml")?
+        .upstream("heart-v1", v1.addr)?
+        .upstream("heart-v2", v2.addr)?;
+    let mut plugin = config.standalone_plugin_config()?;
+    plugin["deployments"][0]["match"] = json!({"path_prefix": "/"});
+    plugin["deployments"][0]["static"]["canary_percent"] = json!(50);
+    let config = config.plugin_config(&plugin)?.routes(json!([
+        {"match": {"prefix": "/predict/heart", "headers": [{"name": "x-coalmine-cluster", "present_match": true}]},
+         "route": {"cluster_header": "x-coalmine-cluster", "prefix_rewrite": "/predict"}},
+        {"match": {"prefix": "/predict/heart"},
+         "route": {"cluster": "heart-v1", "prefix_rewrite": "/predict"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "heart-v1"},
+         "typed_per_filter_config": {"coalmine": {
+             "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true}}}
+    ]))?;
+    let envoy = Envoy::start(config).await?;
+    let inside = send(envoy.url("/predict/heart"), 200, 4, |_| vec![]).await?;
+    let roles: HashMap<String, usize> = inside.iter().fold(HashMap::new(), |mut m, r| {
+        *m.entry(r.role.clone().unwrap_or_default()).or_default() += 1;
+        m
+    });
+    ensure!(
+        inside
+            .iter()
+            .all(|r| r.status == 200 && r.served_by == served_by(r.role.as_deref().unwrap_or("")))
+            && roles.len() == 2
+            && !roles.contains_key(""),
+        "{roles:?}"
+    );
+    let outside = send(envoy.url("/other/path"), 50, 2, |_| vec![]).await?;
+    ensure!(
+        outside
+            .iter()
+            .all(|r| r.served_by == "heart-v1" && r.role.is_none() && r.version.is_none()),
+        "{:?}",
+        outside.first()
+    );
+    // Counted: the deployment's requests, not the others.
+    poll(
+        "Envoy's coalmine counters to count 200",
+        Duration::from_secs(10),
+        || async {
+            let text = envoy.prometheus().await?;
+            let count: f64 = ["baseline", "canary"]
+                .iter()
+                .map(|role| {
+                    prometheus_value(
+                        &text,
+                        "coalmine_requests",
+                        &[
+                            ("deployment", "heart-prod"),
+                            ("role", role),
+                            ("class", "2xx"),
+                        ],
+                    )
+                })
+                .sum();
+            Ok((count == 200.0).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}

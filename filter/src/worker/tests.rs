@@ -248,6 +248,46 @@ fn behind_a_header_strip_only_requests_off_the_default_route_are_tagged() {
     );
 }
 
+/// A first deployment matching every path and host takes every request
+/// the filter sees without reading its path: the proxy's routes choose
+/// which requests reach the filter.
+#[test]
+fn a_deployment_of_every_request_reads_no_path() {
+    let json = r#"{"deployments":[
+      {"name":"heart","match":{"path_prefix":"/"},
+       "static":{"baseline":{"version":"v1","cluster":"heart-v1"}}},
+      {"name":"fraud","match":{"path_prefix":"/fraud"},
+       "static":{"baseline":{"version":"f1","cluster":"fraud-v1"}}}]}"#;
+    let mut w = Worker::new(
+        PluginConfig::parse(json.as_bytes()).unwrap(),
+        Recorded::default(),
+    )
+    .unwrap();
+    let (decision, read) = route(&mut w, &[(":path", "/fraud")]);
+    assert!(read.is_empty(), "{read:?}");
+    assert_eq!(decision.routed.unwrap().deployment, 0);
+    // On a host, or after a narrower first deployment, the path is read.
+    for first in [
+        r#"{"path_prefix":"/","host":"models"}"#,
+        r#"{"path_prefix":"/fraud"}"#,
+    ] {
+        let json = format!(
+            r#"{{"deployments":[{{"name":"a","match":{first},
+                 "static":{{"baseline":{{"version":"v1","cluster":"c1"}}}}}},
+               {{"name":"b","match":{{"path_prefix":"/"}},
+                 "static":{{"baseline":{{"version":"v1","cluster":"c2"}}}}}}]}}"#
+        );
+        let mut w = Worker::new(
+            PluginConfig::parse(json.as_bytes()).unwrap(),
+            Recorded::default(),
+        )
+        .unwrap();
+        let (decision, read) = route(&mut w, &[(":path", "/x"), (":authority", "other")]);
+        assert_eq!(read[0], ":path", "{first}");
+        assert_eq!(decision.routed.unwrap().deployment, 1, "{first}");
+    }
+}
+
 #[test]
 fn the_share_decides_between_baseline_and_canary() {
     let mut none = worker(0.0, false);
