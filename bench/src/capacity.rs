@@ -104,6 +104,7 @@ async fn step(
                 seq: (i / rate as usize) as u64 + 1,
                 epoch: 0,
                 reports: pool.get(i % pool.len()).cloned().unwrap_or_default(),
+                shadow: Vec::new(),
             };
             serde_json::to_vec(&request).unwrap_or_default()
         })
@@ -197,6 +198,7 @@ pub async fn run(b: &Bench) -> Result<Capacity> {
                 seq: 1,
                 epoch: 0,
                 reports: r.clone(),
+                shadow: Vec::new(),
             })
             .map_or(0, |v| v.len())
         })

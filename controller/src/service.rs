@@ -533,6 +533,7 @@ mod tests {
             seq: 1,
             epoch: 0,
             reports: vec![report(Role::Baseline, "v1", 30, 2)],
+            shadow: Vec::new(),
         };
         let resp = c.sync(&req).unwrap();
         assert_eq!(resp.table.epoch, 1);
@@ -563,6 +564,7 @@ mod tests {
             seq: 1,
             epoch: 0,
             reports: vec![report(Role::Baseline, "v1", 10, 0), bad],
+            shadow: Vec::new(),
         };
         assert!(matches!(c.sync(&req), Err(ServiceError::BadReport(_))));
         assert_eq!(c.health("heart-prod").await.unwrap().baseline.requests, 0);
@@ -596,6 +598,7 @@ mod tests {
                 report(Role::Canary, "v9", 5, 0),
                 made_up,
             ],
+            shadow: Vec::new(),
         };
         c.sync(&req).unwrap();
         let h = c.health("heart-prod").await.unwrap();
@@ -663,6 +666,7 @@ mod tests {
             seq: 1,
             epoch,
             reports: vec![report(Role::Baseline, "v1", 3, 0)],
+            shadow: Vec::new(),
         }
     }
 
@@ -770,6 +774,7 @@ mod tests {
                 report(Role::Baseline, "v1", v1.0, v1.1),
                 report(Role::Canary, "v2", v2.0, v2.1),
             ],
+            shadow: Vec::new(),
         }
     }
 

@@ -181,6 +181,7 @@ mod tests {
                     cluster: "b2".into(),
                 }),
                 canary_bps: Bps::new(bps).unwrap(),
+                shadow: None,
             }],
         }
     }

@@ -44,6 +44,30 @@ pub struct PluginConfig {
     pub controller: Option<ControllerConfig>,
     pub headers: HeaderNames,
     pub deployments: Vec<Deployment>,
+    /// How copies to a shadow version are bounded.
+    pub shadow: ShadowLimits,
+}
+
+/// The bounds on a worker's copies to shadow versions (the `shadow` block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowLimits {
+    /// Copies under way at once per worker; further ones are skipped and
+    /// counted (`busy`).
+    pub max_in_flight: usize,
+    /// A copy's answer is awaited this long, then counted as a `reset`.
+    pub timeout: Duration,
+    /// Requests with a larger body are not copied (counted `too_large`).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ShadowLimits {
+    fn default() -> ShadowLimits {
+        ShadowLimits {
+            max_in_flight: 32,
+            timeout: Duration::from_millis(5_000),
+            max_body_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// How the filter reaches the controller.
@@ -443,7 +467,8 @@ mod tests {
             FieldKind::Score(ScoreBins {
                 min: 0.0,
                 max: 1.0,
-                bins: 10
+                bins: 10,
+                tolerance: 0.05,
             })
         );
         let minimal = json!({"fields": [{"name": "p", "pointer": "/p", "kind": "score", "min": -1, "max": 1}]});

@@ -45,6 +45,7 @@ pub mod outcome;
 pub mod outputs;
 pub mod routing;
 pub mod secret;
+pub mod shadow;
 pub mod shared;
 pub mod split;
 pub mod stats;

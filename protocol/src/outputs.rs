@@ -72,6 +72,8 @@ pub struct ScoreBins {
     pub min: f64,
     pub max: f64,
     pub bins: u16,
+    /// A shadow's score agrees with the user's when at most this far apart.
+    pub tolerance: f64,
 }
 
 impl ScoreBins {
@@ -154,23 +156,49 @@ pub enum BadOutput {
     WrongKind(usize),
 }
 
+/// What one field of one answer said, before binning (a shadow's answer is
+/// compared with the user's on these).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Said {
+    Label(String),
+    Score(f64),
+}
+
 /// Reads every configured field of an answer: all of them, or why not.
 pub fn read(body: &[u8], fields: &[OutputField]) -> Result<Vec<FieldValue>, BadOutput> {
+    Ok(binned(read_said(body, fields)?, fields))
+}
+
+/// Reads every configured field of an answer as it was said.
+pub fn read_said(body: &[u8], fields: &[OutputField]) -> Result<Vec<Said>, BadOutput> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| BadOutput::NotJson)?;
     fields
         .iter()
         .enumerate()
         .map(|(i, f)| {
             let v = doc.pointer(&f.pointer).ok_or(BadOutput::Missing(i))?;
-            value_of(v, f.kind).ok_or(BadOutput::WrongKind(i))
+            said_of(v, f.kind).ok_or(BadOutput::WrongKind(i))
         })
         .collect()
 }
 
-fn value_of(v: &Value, kind: FieldKind) -> Option<FieldValue> {
+/// The values of an answer as they are counted: labels as they are,
+/// scores by their slot.
+pub fn binned(said: Vec<Said>, fields: &[OutputField]) -> Vec<FieldValue> {
+    said.into_iter()
+        .zip(fields)
+        .map(|(s, f)| match (s, f.kind) {
+            (Said::Score(x), FieldKind::Score(bins)) => FieldValue::Slot(bins.slot(x)),
+            (Said::Score(x), FieldKind::Class) => FieldValue::Label(x.to_string()),
+            (Said::Label(l), _) => FieldValue::Label(l),
+        })
+        .collect()
+}
+
+fn said_of(v: &Value, kind: FieldKind) -> Option<Said> {
     match kind {
-        FieldKind::Class => label_of(v).map(FieldValue::Label),
-        FieldKind::Score(bins) => v.as_f64().map(|x| FieldValue::Slot(bins.slot(x))),
+        FieldKind::Class => label_of(v).map(Said::Label),
+        FieldKind::Score(_) => v.as_f64().map(Said::Score),
     }
 }
 

@@ -90,6 +90,7 @@ mod tests {
                 },
                 canary: None,
                 canary_bps: Bps::ZERO,
+                shadow: None,
             }],
         }
     }

@@ -4,6 +4,7 @@
 //! The controller owns the table; the filter routes by it. Shares are integer
 //! basis points so both sides agree exactly, on every platform.
 
+use crate::shadow::ShadowSplit;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -159,6 +160,10 @@ pub struct DeploymentSplit {
     pub canary: Option<Target>,
     #[serde(default)]
     pub canary_bps: Bps,
+    /// A version that gets copies of the baseline's requests and never
+    /// answers a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSplit>,
 }
 
 impl DeploymentSplit {
@@ -227,6 +232,12 @@ impl SplitTable {
             if let Some(canary) = &d.canary {
                 canary.check().map_err(|m| invalid(format!("canary {m}")))?;
             }
+            if let Some(shadow) = &d.shadow {
+                shadow
+                    .target
+                    .check()
+                    .map_err(|m| invalid(format!("shadow {m}")))?;
+            }
         }
         Ok(())
     }
@@ -268,6 +279,7 @@ mod tests {
                     cluster: "outbound|8080|v2|heart.default.svc.cluster.local".into(),
                 }),
                 canary_bps: Bps(2000),
+                shadow: None,
             }],
         };
         assert_eq!(SplitTable::decode(&table.encode()).unwrap(), table);
@@ -290,6 +302,7 @@ mod tests {
             },
             canary: None,
             canary_bps: Bps(5000),
+            shadow: None,
         };
         assert_eq!(d.effective_bps(), Bps::ZERO);
         assert!(d.target(Role::Canary).is_none());

@@ -17,6 +17,7 @@
 
 use crate::outcome::Outcome;
 use crate::outputs::{FieldReport, MAX_FIELDS, Skips, check_field_name};
+use crate::shadow::ShadowReport;
 use crate::split::{Role, SplitTable};
 use crate::stats::{HistogramError, RoleStats, decode_histogram, encode_histogram};
 use hdrhistogram::Histogram;
@@ -58,6 +59,25 @@ pub struct SyncRequest {
     pub epoch: u64,
     #[serde(default)]
     pub reports: Vec<RoleReport>,
+    /// What each deployment's shadow answered (none without a shadow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowReport>,
+}
+
+/// Everything a worker recorded since its last acknowledged report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reports {
+    pub roles: Vec<RoleReport>,
+    pub shadow: Vec<ShadowReport>,
+}
+
+impl From<Vec<RoleReport>> for Reports {
+    fn from(roles: Vec<RoleReport>) -> Reports {
+        Reports {
+            roles,
+            shadow: Vec::new(),
+        }
+    }
 }
 
 /// One deployment role's delta since the last acknowledged report.
@@ -263,8 +283,9 @@ impl SyncRequest {
                 return Err(ReportError::BadId(what));
             }
         }
-        if self.reports.len() > MAX_REPORTS {
-            return Err(ReportError::TooManyReports(self.reports.len()));
+        let count = self.reports.len().saturating_add(self.shadow.len());
+        if count > MAX_REPORTS {
+            return Err(ReportError::TooManyReports(count));
         }
         for r in &self.reports {
             if r.deployment.is_empty() || r.deployment.len() > MAX_ID_LEN {
@@ -327,6 +348,7 @@ mod tests {
             seq: 3,
             epoch: 1,
             reports: vec![r],
+            shadow: Vec::new(),
         };
         let json = serde_json::to_string(&req).unwrap();
         assert!(
@@ -440,6 +462,7 @@ mod tests {
             seq: 1,
             epoch: 0,
             reports: vec![],
+            shadow: Vec::new(),
         };
         assert_eq!(req.check(), Err(ReportError::BadId("proxy")));
         req.proxy = "p".into();

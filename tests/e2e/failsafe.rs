@@ -181,6 +181,7 @@ async fn made_up_reports_huge_bodies_and_slow_clients_stay_bounded() -> Result<(
                     seq: u64::MAX,
                     epoch: 0,
                     reports: template.clone(),
+                    shadow: Vec::new(),
                 };
                 let req = http.post(&url).bearer_auth(SYNC_TOKEN).json(&body);
                 tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })

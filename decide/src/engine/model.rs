@@ -260,6 +260,7 @@ impl Deployment {
             baseline: self.baseline.clone(),
             canary: self.canary.as_ref().map(|c| c.target.clone()),
             canary_bps: self.canary.as_ref().map_or(Bps::ZERO, |c| c.bps),
+            shadow: None,
         }
     }
 

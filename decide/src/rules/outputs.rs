@@ -109,6 +109,7 @@ impl Compared {
                     min: *min,
                     max: *max,
                     bins: u16::try_from(c.len() - 2).ok()?,
+                    tolerance: 0.05,
                 };
                 c.iter()
                     .zip(b)

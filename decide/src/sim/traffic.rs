@@ -38,6 +38,7 @@ pub const PROBABILITY: ScoreBins = ScoreBins {
     min: 0.0,
     max: 1.0,
     bins: 10,
+    tolerance: 0.05,
 };
 
 /// What one role reported for a second.

@@ -236,6 +236,7 @@ fn behind_a_header_strip_only_requests_off_the_default_route_are_tagged() {
             },
             canary: None,
             canary_bps: Bps::ZERO,
+            shadow: None,
         }],
     });
     let (decision, _) = route(&mut w, &[(":path", "/predict/heart")]);

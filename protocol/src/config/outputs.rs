@@ -6,6 +6,7 @@ use crate::outputs::{
     FieldKind, MAX_BINS, MAX_BODY_BYTES, MAX_FIELDS, OutputField, Outputs, ScoreBins,
     check_field_name, check_pointer,
 };
+use crate::shadow::DEFAULT_TOLERANCE;
 use crate::split::Bps;
 use serde::Deserialize;
 
@@ -39,6 +40,8 @@ struct RawField {
     max: Option<f64>,
     #[serde(default)]
     bins: Option<u16>,
+    #[serde(default)]
+    tolerance: Option<f64>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -100,6 +103,7 @@ impl RawField {
                     ("min", self.min.is_some()),
                     ("max", self.max.is_some()),
                     ("bins", self.bins.is_some()),
+                    ("tolerance", self.tolerance.is_some()),
                 ] {
                     if given {
                         return Err(err(at, "applies only to a score field".into()));
@@ -135,6 +139,18 @@ impl RawField {
                 format!("must be between 1 and {MAX_BINS}, got {bins}"),
             ));
         }
-        Ok(ScoreBins { min, max, bins })
+        let tolerance = self.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+        if !(tolerance.is_finite() && tolerance >= 0.0) {
+            return Err(err(
+                "tolerance",
+                format!("must be a finite number of at least 0, got {tolerance}"),
+            ));
+        }
+        Ok(ScoreBins {
+            min,
+            max,
+            bins,
+            tolerance,
+        })
     }
 }

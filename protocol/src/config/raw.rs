@@ -5,8 +5,9 @@
 use super::outputs::RawOutputs;
 use super::{
     ConfigError, ControllerConfig, Deployment, HeaderNames, MIN_INTERVAL_MS, MIN_TESTER_SECRET_LEN,
-    PluginConfig, TesterOverride, check_deployment_name,
+    PluginConfig, ShadowLimits, TesterOverride, check_deployment_name,
 };
+use crate::outputs::MAX_BODY_BYTES;
 use crate::routing::{RequestMatch, sticky_seed};
 use crate::secret::Secret;
 use crate::split::{Bps, DeploymentSplit, Target, check_token};
@@ -23,6 +24,53 @@ pub(super) struct RawConfig {
     #[serde(default)]
     headers: RawHeaders,
     deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    shadow: RawShadow,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawShadow {
+    max_in_flight: u64,
+    timeout_ms: u64,
+    max_body_bytes: u64,
+}
+
+impl Default for RawShadow {
+    fn default() -> RawShadow {
+        let d = ShadowLimits::default();
+        RawShadow {
+            max_in_flight: d.max_in_flight as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            max_body_bytes: d.max_body_bytes as u64,
+        }
+    }
+}
+
+impl RawShadow {
+    fn validate(self) -> Result<ShadowLimits, ConfigError> {
+        let within = |name: &str, value: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::new(
+                    format!("shadow.{name}"),
+                    format!("must be between {lo} and {hi}, got {value}"),
+                ))
+            }
+        };
+        // Each bound fits a usize on wasm32 too.
+        Ok(ShadowLimits {
+            max_in_flight: within("max_in_flight", self.max_in_flight, 1, 1024)? as usize,
+            timeout: Duration::from_millis(within("timeout_ms", self.timeout_ms, 10, 60_000)?),
+            max_body_bytes: within(
+                "max_body_bytes",
+                self.max_body_bytes,
+                0,
+                MAX_BODY_BYTES as u64,
+            )? as usize,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -130,6 +178,7 @@ impl RawConfig {
     pub(super) fn validate(self) -> Result<PluginConfig, ConfigError> {
         let headers = self.headers.validate()?;
         let controller = self.controller.map(RawController::validate).transpose()?;
+        let shadow = self.shadow.validate()?;
         if self.deployments.is_empty() {
             return Err(ConfigError::new(
                 "deployments",
@@ -155,6 +204,7 @@ impl RawConfig {
             controller,
             headers,
             deployments,
+            shadow,
         })
     }
 }
@@ -368,6 +418,7 @@ impl RawStatic {
             baseline: self.baseline,
             canary: self.canary,
             canary_bps,
+            shadow: None,
         })
     }
 }

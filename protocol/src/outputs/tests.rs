@@ -16,7 +16,12 @@ fn score(name: &str, pointer: &str, min: f64, max: f64, bins: u16) -> OutputFiel
     OutputField {
         name: name.into(),
         pointer: pointer.into(),
-        kind: FieldKind::Score(ScoreBins { min, max, bins }),
+        kind: FieldKind::Score(ScoreBins {
+            min,
+            max,
+            bins,
+            tolerance: 0.05,
+        }),
     }
 }
 
@@ -122,6 +127,7 @@ fn scores_fall_in_equal_bins_with_one_below_and_one_above() {
         min: 0.0,
         max: 1.0,
         bins: 10,
+        tolerance: 0.05,
     };
     let slots: Vec<usize> = [-0.1, 0.0, 0.05, 0.1, 0.5, 0.99, 1.0, 1.01, 1e300]
         .iter()
@@ -319,7 +325,7 @@ proptest! {
         min in -1e6f64..1e6, span in 1e-3f64..1e6, bins in 1u16..=100,
         x in -1e7f64..1e7, y in -1e7f64..1e7,
     ) {
-        let b = ScoreBins { min, max: min + span, bins };
+        let b = ScoreBins { min, max: min + span, bins , tolerance: 0.05, };
         let (sx, sy) = (b.slot(x), b.slot(y));
         prop_assert!(sx < b.slots() && sy < b.slots());
         if x <= y {

@@ -5,7 +5,7 @@
 //! count it exactly once; new requests accumulate in the live statistics
 //! meanwhile.
 
-use super::{RoleReport, SyncRequest};
+use super::{Reports, SyncRequest};
 
 /// A worker's outgoing reports: one in flight or waiting to be resent, until
 /// the controller acknowledges it. Memory is bounded: one encoded report plus
@@ -30,7 +30,7 @@ impl Outbox {
 
     /// The body to send now: the unacknowledged report again, or a new one
     /// (next sequence number) from `reports()`, which drains the live stats.
-    pub fn body(&mut self, epoch: u64, reports: impl FnOnce() -> Vec<RoleReport>) -> &[u8] {
+    pub fn body<R: Into<Reports>>(&mut self, epoch: u64, reports: impl FnOnce() -> R) -> &[u8] {
         let Outbox {
             proxy,
             instance,
@@ -39,12 +39,14 @@ impl Outbox {
         } = self;
         pending.get_or_insert_with(|| {
             *seq += 1;
+            let Reports { roles, shadow } = reports().into();
             serde_json::to_vec(&SyncRequest {
                 proxy: proxy.clone(),
                 instance: instance.clone(),
                 seq: *seq,
                 epoch,
-                reports: reports(),
+                reports: roles,
+                shadow,
             })
             .unwrap_or_default()
         })
@@ -70,6 +72,7 @@ mod tests {
     use crate::Outcome;
     use crate::split::Role;
     use crate::stats::RoleStats;
+    use crate::sync::RoleReport;
 
     fn report() -> RoleReport {
         let mut s = RoleStats::try_new().unwrap();

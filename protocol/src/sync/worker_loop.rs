@@ -20,7 +20,7 @@
 //! (dispatch the call, write shared data, count, log). No clock, no I/O.
 
 use super::lease::{Lease, LeaseChange};
-use super::{MAX_WAIT_MS, Outbox, RoleReport, SyncResponse, sync_path};
+use super::{MAX_WAIT_MS, Outbox, Reports, SyncResponse, sync_path};
 use crate::config::ControllerConfig;
 use crate::split::SplitTable;
 use std::time::Duration;
@@ -206,11 +206,11 @@ impl SyncLoop {
     /// Makes a call: the pending report again, or a new one from `reports`
     /// (which drains the live statistics; `epoch` is the table in force),
     /// handed to `dispatch`, which answers with the host's token for it.
-    pub fn send(
+    pub fn send<R: Into<Reports>>(
         &mut self,
         call: Call,
         epoch: u64,
-        reports: impl FnOnce() -> Vec<RoleReport>,
+        reports: impl FnOnce() -> R,
         dispatch: impl FnOnce(&Request<'_>) -> Result<u32, String>,
     ) -> Result<(), Failure> {
         let dispatched = dispatch(&Request {

@@ -111,6 +111,7 @@ async fn the_feedback_token_opens_nothing_else() {
         seq: 1,
         epoch: 0,
         reports: vec![],
+        shadow: Vec::new(),
     };
     let body = serde_json::to_value(report).unwrap();
     let got = call(&app, "POST", "/v1/sync", Some(FEEDBACK), Some(body)).await;
