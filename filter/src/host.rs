@@ -25,6 +25,18 @@ pub(crate) fn request_header(name: &str) -> Option<Bytes> {
         .flatten()
 }
 
+/// Every request header, pseudo-headers included (one host call).
+pub(crate) fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// The request body chunk Envoy holds now (`size` bytes).
+pub(crate) fn request_body(size: usize) -> Option<Bytes> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+        .ok()
+        .flatten()
+}
+
 pub(crate) fn set_request_header(name: &str, value: &str) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
 }

@@ -46,6 +46,7 @@ mod metrics;
 mod random;
 mod request;
 mod root;
+mod shadow;
 mod sync;
 mod worker;
 

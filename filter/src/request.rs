@@ -29,6 +29,37 @@ pub(crate) struct RequestContext {
     /// The response arrived whole (its end seen in the headers, body or
     /// trailers): then a status below 500 says all about the outcome.
     complete: bool,
+    /// The copy of the request for the deployment's shadow, while it is
+    /// taken (only for a request in the shadow's share).
+    copy: Option<RequestCopy>,
+}
+
+/// A user's request as it passes, for its copy to the shadow.
+#[derive(Debug)]
+struct RequestCopy {
+    headers: Vec<(String, String)>,
+    /// `None` once the body grew past the limit (the copy is skipped).
+    body: Option<Vec<u8>>,
+    limit: usize,
+    /// The request's end was seen: only a whole request is copied.
+    whole: bool,
+}
+
+impl RequestCopy {
+    /// Appends a chunk of the body as it goes upstream (copied, never held).
+    fn push(&mut self, size: usize, end_of_stream: bool) {
+        self.whole = end_of_stream;
+        let Some(body) = self.body.as_mut() else {
+            return;
+        };
+        if body.len().saturating_add(size) > self.limit {
+            self.body = None;
+            return;
+        }
+        if size > 0 {
+            body.extend(host::request_body(size).unwrap_or_default());
+        }
+    }
 }
 
 impl RequestContext {
@@ -41,6 +72,7 @@ impl RequestContext {
             started_ns: 0,
             status: 0,
             complete: false,
+            copy: None,
         }
     }
 }
@@ -76,7 +108,7 @@ impl RequestContext {
 impl Context for RequestContext {}
 
 impl HttpContext for RequestContext {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(Ok(mut worker)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
             let decision = worker.route(host::request_header);
             for edit in worker.request_edits(&decision) {
@@ -86,9 +118,32 @@ impl HttpContext for RequestContext {
                 }
             }
             self.routed = decision.into_routed();
-            if self.routed.is_some() {
+            if let Some(routed) = self.routed.as_ref() {
                 self.started_ns = host::now_ns();
+                if worker.copies(routed) {
+                    self.copy = Some(RequestCopy {
+                        headers: host::request_headers(),
+                        body: Some(Vec::new()),
+                        limit: worker.max_copy_bytes(),
+                        whole: end_of_stream,
+                    });
+                }
             }
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(copy) = self.copy.as_mut() {
+            copy.push(body_size, end_of_stream);
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the request (the copy goes without them).
+        if let Some(copy) = self.copy.as_mut() {
+            copy.whole = true;
         }
         Action::Continue
     }
@@ -144,7 +199,11 @@ impl HttpContext for RequestContext {
         ) {
             let (status, complete, started_ns) = (self.status, self.complete, self.started_ns);
             let answer = std::mem::take(&mut self.answer);
-            worker.record(routed, || finished(status, complete, started_ns), answer);
+            let user = worker.record(routed, || finished(status, complete, started_ns), answer);
+            // A request the user gave up on before its end is not copied.
+            if let Some(copy) = self.copy.take().filter(|c| c.whole) {
+                worker.copy(routed, copy.headers, copy.body, user);
+            }
         }
     }
 }

@@ -12,12 +12,17 @@
 
 use crate::metrics::{EnvoyMetrics, Metrics};
 use crate::random::RandomPool;
+use crate::shadow::{Copy, ShadowAnswer, Shadows};
 use coalmine_protocol::active::{ActiveSplits, Observed};
-use coalmine_protocol::outputs::{FieldValue, OutputField, Outputs, Seen, Skip, read};
+use coalmine_protocol::config::Deployment;
+use coalmine_protocol::outputs::{
+    FieldValue, OutputField, Outputs, Said, Seen, Skip, binned, read_said,
+};
 use coalmine_protocol::routing::{find_match, point_from_draw, role_at, sticky_point, tester_role};
+use coalmine_protocol::shadow::{ShadowSkip, copy_headers};
 use coalmine_protocol::shared::encode_split_table;
 use coalmine_protocol::stats::{FinishedRequest, PendingReports, RoleStats};
-use coalmine_protocol::sync::RoleReport;
+use coalmine_protocol::sync::Reports;
 use coalmine_protocol::{Bps, DeploymentSplit, Outcome, PluginConfig, Role, SplitTable, Target};
 use std::rc::Rc;
 
@@ -34,6 +39,8 @@ pub(crate) struct Worker<M = EnvoyMetrics> {
     match_on_host: bool,
     /// The first deployment takes every request (else `:path` is read).
     first_takes_all: bool,
+    /// Copies to shadow versions.
+    shadows: Shadows,
 }
 
 /// How a request that belongs to a deployment is served.
@@ -46,9 +53,12 @@ pub(crate) struct Routed {
     split: Rc<DeploymentSplit>,
     /// A tester chose the role (with the override secret).
     forced: bool,
-    /// The answer's outputs are read (the deployment reads outputs and
+    /// The answer's outputs are counted (the deployment reads outputs and
     /// this request is in the sampled share).
     read_outputs: bool,
+    /// The request is copied to the deployment's shadow (a baseline
+    /// request in the shadow's share): its answer is read to compare.
+    copy: bool,
 }
 
 impl Routed {
@@ -123,6 +133,7 @@ impl<M: Metrics> Worker<M> {
             random: RandomPool::default(),
             match_on_host,
             first_takes_all,
+            shadows: Shadows::default(),
         };
         worker.publish_split_metrics();
         Ok(worker)
@@ -181,11 +192,17 @@ impl<M: Metrics> Worker<M> {
         // A tester's request is not part of the comparison: never read.
         let sample = deployment.outputs.as_ref().map(|o| o.sample);
         let read_outputs = forced.is_none() && sample.is_some_and(|s| self.sampled(s));
+        // Copies are of the baseline's requests: the shadow is compared
+        // with production.
+        let shadow = split.shadow.as_ref().map(|s| s.bps);
+        let copy =
+            forced.is_none() && role == Role::Baseline && shadow.is_some_and(|s| self.sampled(s));
         Some(Routed {
             deployment: index,
             role,
             forced: forced.is_some(),
             read_outputs,
+            copy,
             split,
         })
     }
@@ -203,10 +220,22 @@ impl<M: Metrics> Worker<M> {
     }
 
     /// The outputs a request's answer is read for: its deployment's, when
-    /// it is in the sampled share.
+    /// it is in the sampled share or copied to the shadow.
     pub(crate) fn outputs_to_read(&self, routed: &Routed) -> Option<&Outputs> {
         let d = self.config.deployments.get(routed.deployment)?;
-        d.outputs.as_ref().filter(|_| routed.read_outputs)
+        d.outputs
+            .as_ref()
+            .filter(|_| routed.read_outputs || routed.copy)
+    }
+
+    /// Whether the request is copied to its deployment's shadow.
+    pub(crate) fn copies(&self, routed: &Routed) -> bool {
+        routed.copy
+    }
+
+    /// The largest request body copied to a shadow.
+    pub(crate) fn max_copy_bytes(&self) -> usize {
+        self.config.shadow.max_body_bytes
     }
 
     /// The request header edits of a decision: the role and cluster headers
@@ -276,19 +305,20 @@ impl<M: Metrics> Worker<M> {
     /// request is counted apart and kept out of the comparison. An answer
     /// read whole gives a value per output field, or makes the request a
     /// `bad_output`.
+    ///
+    /// What the answer said, when it was read whole, for the comparison
+    /// with the shadow.
     pub(crate) fn record(
         &mut self,
         routed: &Routed,
         finished: impl FnOnce() -> Finished,
         answer: Answer,
-    ) {
+    ) -> Option<Vec<Said>> {
         if routed.forced {
             self.metrics.tester_override(routed.deployment);
-            return;
+            return None;
         }
-        let Some(target) = routed.target() else {
-            return;
-        };
+        let target = routed.target()?;
         let finished = finished();
         let served = Outcome::classify(finished.code, &finished.details);
         let latency_us = finished.duration_ns / 1000;
@@ -299,7 +329,14 @@ impl<M: Metrics> Worker<M> {
             .get(d)
             .and_then(|dep| dep.outputs.as_ref())
             .map_or(&[][..], |o| &o.fields);
-        let (outcome, seen) = judge(served, answer, fields);
+        let (outcome, seen, said) = judge(served, answer, fields);
+        // An answer read only for the shadow's comparison is not counted:
+        // the roles' output counts stay in proportion to their traffic.
+        let (outcome, seen) = if routed.read_outputs {
+            (outcome, seen)
+        } else {
+            (served, Judged::NotRead)
+        };
         let outputs = match &seen {
             Judged::Read(values) => Seen::Read(values),
             Judged::Skipped(skip) => Seen::Skipped(*skip),
@@ -322,14 +359,118 @@ impl<M: Metrics> Worker<M> {
             Judged::Skipped(skip) => self.metrics.output_skipped(d, role, skip),
             Judged::NotRead => {}
         }
+        said
+    }
+
+    /// Takes the copy of a finished request for its deployment's shadow
+    /// (`too_large`: its body was over `shadow.max_body_bytes`, it is
+    /// counted, not copied). `user` is what the user's answer said.
+    pub(crate) fn copy(
+        &mut self,
+        routed: &Routed,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        user: Option<Vec<Said>>,
+    ) {
+        let Some(shadow) = routed.split.shadow.as_ref().filter(|_| routed.copy) else {
+            return;
+        };
+        let d = routed.deployment;
+        let fields = fields_of(&self.config.deployments, d);
+        let version = &shadow.target.version;
+        let Some(body) = body else {
+            self.shadows
+                .skipped(d, version, fields, ShadowSkip::TooLarge);
+            return;
+        };
+        let names = &self.config.headers;
+        let mut drop = vec![names.role.as_str(), names.cluster.as_str()];
+        drop.extend(names.tester_override.as_ref().map(|t| t.header.as_str()));
+        let copy = Copy {
+            deployment: d,
+            version: version.clone(),
+            cluster: shadow.target.cluster.clone(),
+            headers: copy_headers(headers, &drop),
+            body,
+            user,
+        };
+        let max = self.config.shadow.max_in_flight;
+        self.shadows.enqueue(copy, max, fields);
+    }
+
+    /// The next copy to send to a shadow, and how long to wait for its
+    /// answer.
+    pub(crate) fn next_copy(&mut self) -> Option<(Copy, std::time::Duration)> {
+        let copy = self.shadows.next_to_send()?;
+        Some((copy, self.config.shadow.timeout))
+    }
+
+    /// Envoy took a copy (`Some(token)`) or refused it.
+    pub(crate) fn copy_sent(&mut self, copy: Copy, token: Option<u32>, now_ns: u64) {
+        match token {
+            Some(token) => self.shadows.sending(token, copy, now_ns),
+            None => {
+                let fields = fields_of(&self.config.deployments, copy.deployment);
+                self.shadows
+                    .skipped(copy.deployment, &copy.version, fields, ShadowSkip::Refused);
+            }
+        }
+    }
+
+    /// Whether `token` is the answer to a copy; if so, the largest body of
+    /// it to read (the deployment's `outputs.max_body_bytes`, 0 without
+    /// outputs).
+    pub(crate) fn copy_answer_limit(&self, token: u32) -> Option<usize> {
+        if !self.shadows.is_copy(token) {
+            return None;
+        }
+        let d = self.shadows.deployment_of(token)?;
+        let limit = self
+            .config
+            .deployments
+            .get(d)
+            .and_then(|d| d.outputs.as_ref())
+            .map_or(0, |o| o.max_body_bytes);
+        Some(limit)
+    }
+
+    /// A copy's answer arrived.
+    pub(crate) fn copy_answered(&mut self, token: u32, answer: ShadowAnswer) {
+        let Some(d) = self.shadows.deployment_of(token) else {
+            return;
+        };
+        let fields = fields_of(&self.config.deployments, d);
+        self.shadows.answered(token, answer, fields);
+    }
+
+    /// Whether some deployment's split in force has a shadow.
+    pub(crate) fn shadow_in_force(&self) -> bool {
+        (0..self.config.deployments.len()).any(|i| {
+            self.splits
+                .get(i)
+                .is_some_and(|s| s.shadow.as_ref().is_some_and(|s| s.bps.get() > 0))
+        })
     }
 
     /// The reports of everything recorded since the last call, which starts
     /// afresh. Entries of versions no longer in play are dropped once empty.
-    pub(crate) fn drain_reports(&mut self) -> Vec<RoleReport> {
+    pub(crate) fn drain_reports(&mut self) -> Reports {
         let deployments = &self.config.deployments;
         let splits = &self.splits;
-        self.pending.drain(
+        let shadow = self.shadows.drain(
+            |i| {
+                let d = deployments.get(i)?;
+                let fields = d.outputs.as_ref().map_or(&[][..], |o| &o.fields);
+                Some((d.name.as_str(), fields))
+            },
+            |i, version| {
+                splits
+                    .get(i)
+                    .and_then(|s| s.shadow.as_ref())
+                    .is_some_and(|s| s.target.version == version)
+            },
+        );
+        let roles = self.pending.drain(
             |i| {
                 let d = deployments.get(i)?;
                 let fields = d.outputs.as_ref().map_or(&[][..], |o| &o.fields);
@@ -341,7 +482,8 @@ impl<M: Metrics> Worker<M> {
                     .and_then(|s| s.target(role))
                     .is_some_and(|t| t.version == version)
             },
-        )
+        );
+        Reports { roles, shadow }
     }
 
     /// The epoch of the controller's table in force (0: none yet).
@@ -416,6 +558,14 @@ impl<M: Metrics> Worker<M> {
     }
 }
 
+/// A deployment's output fields (none without `outputs`).
+fn fields_of(deployments: &[Deployment], deployment: usize) -> &[OutputField] {
+    deployments
+        .get(deployment)
+        .and_then(|d| d.outputs.as_ref())
+        .map_or(&[][..], |o| &o.fields)
+}
+
 /// What a served request's answer turned out to be.
 #[derive(Debug)]
 enum Judged {
@@ -427,16 +577,26 @@ enum Judged {
 /// A served request's outcome once its answer is judged: a 2xx answer read
 /// whole gives a value per field, or is a `bad_output`; a skipped one is
 /// counted as such. Any other answer stays what Envoy said.
-fn judge(served: Outcome, answer: Answer, fields: &[OutputField]) -> (Outcome, Judged) {
+///
+/// Also what the answer said, when it was read whole.
+fn judge(
+    served: Outcome,
+    answer: Answer,
+    fields: &[OutputField],
+) -> (Outcome, Judged, Option<Vec<Said>>) {
     if served != Outcome::Success {
-        return (served, Judged::NotRead);
+        return (served, Judged::NotRead, None);
     }
     match answer {
-        Answer::NotRead => (served, Judged::NotRead),
-        Answer::Skipped(skip) => (served, Judged::Skipped(skip)),
-        Answer::Body(body) => match read(&body, fields) {
-            Ok(values) => (served, Judged::Read(values)),
-            Err(_) => (Outcome::BadOutput, Judged::NotRead),
+        Answer::NotRead => (served, Judged::NotRead, None),
+        Answer::Skipped(skip) => (served, Judged::Skipped(skip), None),
+        Answer::Body(body) => match read_said(&body, fields) {
+            Ok(said) => (
+                served,
+                Judged::Read(binned(said.clone(), fields)),
+                Some(said),
+            ),
+            Err(_) => (Outcome::BadOutput, Judged::NotRead, None),
         },
     }
 }

@@ -9,6 +9,7 @@ use coalmine_protocol::routing::sticky_seed;
 use std::cell::RefCell;
 
 mod outputs;
+mod shadow;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Event {
@@ -442,7 +443,7 @@ fn a_finished_request_is_recorded_in_the_report_and_the_metrics() {
             Event::Request(0, Role::Canary, Outcome::Reset, 0)
         ]
     );
-    let reports = w.drain_reports();
+    let reports = w.drain_reports().roles;
     assert_eq!(reports.len(), 1);
     let r = &reports[0];
     assert_eq!(
@@ -450,7 +451,7 @@ fn a_finished_request_is_recorded_in_the_report_and_the_metrics() {
         ("heart", Role::Canary, "v2")
     );
     assert_eq!((r.counts.server_error, r.counts.reset), (1, 1));
-    assert!(w.drain_reports().is_empty(), "drained once");
+    assert!(w.drain_reports().roles.is_empty(), "drained once");
 }
 
 #[test]
@@ -462,7 +463,7 @@ fn a_testers_request_is_counted_apart_and_its_outcome_never_read() {
     let never = || panic!("a tester's request is not classed");
     w.record(&routed, never, Answer::NotRead);
     assert_eq!(events(&w), [Event::TesterOverride(0)]);
-    assert!(w.drain_reports().is_empty());
+    assert!(w.drain_reports().roles.is_empty());
 }
 
 #[test]

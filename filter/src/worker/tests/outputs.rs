@@ -56,7 +56,7 @@ fn an_answer_read_counts_its_outputs_or_is_a_bad_output() {
             Event::Request(0, canary, Outcome::ServerError, 3000),
         ]
     );
-    let reports = w.drain_reports();
+    let reports = w.drain_reports().roles;
     let c = &reports[0];
     assert_eq!(
         (c.counts.success, c.counts.bad_output, c.counts.server_error),
