@@ -6,7 +6,10 @@
 //!   finally promote on HEALTHY;
 //! - [`command`]: an operator's calls through the same machine, which
 //!   refuses illegal transitions with a sentence;
-//! - `moves`: rollback, promotion and revert, which both of them make.
+//! - `moves`: rollback, promotion and revert, which both of them make;
+//! - [`shadow`]: the shadow's start, change and stop, its end when its
+//!   version becomes the canary or the baseline, and [`shadow_step`],
+//!   which reports a field that disagrees with the users' answers once.
 //!
 //! No clock, I/O or database here: the service around it persists each
 //! transition and its events in one transaction, and tests drive it with
@@ -15,13 +18,15 @@
 pub mod command;
 pub mod model;
 mod moves;
+pub mod shadow;
 pub mod step;
 
 pub use command::{Command, command, create};
 pub use model::{
-    Canary, Deployment, ENGINE, Event, EventKind, HealthMark, Millis, OPERATOR, Refusal, Step,
-    Transition, Version, VersionState,
+    Canary, Deployment, ENGINE, Event, EventKind, HealthMark, Millis, OPERATOR, Refusal, Shadow,
+    Step, Transition, Version, VersionState,
 };
+pub use shadow::{DEFAULT_SHADOW_PERCENT, ShadowStep, shadow_step};
 pub use step::step;
 
 #[cfg(test)]

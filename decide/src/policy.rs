@@ -187,6 +187,49 @@ pub fn check_metric_name(name: &str) -> Result<(), String> {
     coalmine_protocol::config::check_label_name("metric", name)
 }
 
+/// The shadow rule: a field of the shadow's answers "disagrees" when its
+/// agreement rate with the answers users got is below `min_agreement` over
+/// at least `min_samples` compared answers (with the significance guard:
+/// when its anytime-valid upper bound is). It never changes the canary's
+/// verdict; it is the shadow's own finding.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowRule {
+    /// The least share of compared answers that must agree, in (0, 1].
+    pub min_agreement: f64,
+    /// Compared answers a field needs before it is judged.
+    pub min_samples: u64,
+}
+
+impl Default for ShadowRule {
+    fn default() -> Self {
+        ShadowRule {
+            min_agreement: 0.9,
+            min_samples: 50,
+        }
+    }
+}
+
+impl ShadowRule {
+    fn validate(&self) -> Result<(), PolicyError> {
+        let a = self.min_agreement;
+        if !(a.is_finite() && a > 0.0 && a <= 1.0) {
+            return Err(bad(
+                "shadow.min_agreement",
+                format!("must be a fraction in (0, 1], got {a}"),
+            ));
+        }
+        if !(1..=1_000_000_000).contains(&self.min_samples) {
+            return Err(bad(
+                "shadow.min_samples",
+                format!("must be between 1 and 1000000000, got {}", self.min_samples),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Absolute service levels; a breach counts as CRITICAL.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -295,6 +338,8 @@ pub struct Policy {
     /// is better; judged only once observations arrive).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub feedback: BTreeMap<String, FeedbackMetric>,
+    /// How a shadow's agreement with the answers users got is judged.
+    pub shadow: ShadowRule,
     /// Canary percentages to step through; the last is 100.
     pub steps: Vec<f64>,
     pub bake_seconds: u64,
@@ -324,6 +369,7 @@ impl Default for Policy {
             slo: Slo::default(),
             outputs: OutputsRule::default(),
             feedback: BTreeMap::from([("accuracy".to_string(), FeedbackMetric::default())]),
+            shadow: ShadowRule::default(),
             steps: vec![20.0, 50.0, 100.0],
             bake_seconds: 60,
             cooldown_seconds: 120,
@@ -425,6 +471,7 @@ impl Policy {
         for (name, metric) in &self.feedback {
             metric.validate(name)?;
         }
+        self.shadow.validate()?;
         schedule("steps", &self.steps)?;
         check_seconds("bake_seconds", self.bake_seconds)?;
         check_seconds("cooldown_seconds", self.cooldown_seconds)?;
@@ -530,6 +577,36 @@ mod tests {
         let round: Policy =
             serde_json::from_str(&serde_json::to_string(&Policy::default()).unwrap()).unwrap();
         assert_eq!(round, Policy::default());
+    }
+
+    #[test]
+    fn the_shadow_rule_has_defaults_and_is_checked() {
+        let p: Policy = serde_json::from_value(json!({"shadow": {"min_agreement": 0.95}})).unwrap();
+        assert!(p.validate().is_ok());
+        assert_eq!((p.shadow.min_agreement, p.shadow.min_samples), (0.95, 50));
+        assert_eq!(Policy::default().shadow, ShadowRule::default());
+        assert_eq!(ShadowRule::default().min_agreement, 0.9);
+        let field = |v: Value| {
+            serde_json::from_value::<Policy>(json!({ "shadow": v }))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        };
+        for bad in [0.0, -0.1, 1.01] {
+            let e = field(json!({ "min_agreement": bad }));
+            assert_eq!(e.field, "shadow.min_agreement");
+            assert!(e.message.contains("(0, 1]"), "{e}");
+        }
+        assert!(
+            serde_json::from_value::<Policy>(json!({"shadow": {"min_agreement": 1.0}}))
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
+        assert_eq!(field(json!({"min_samples": 0})).field, "shadow.min_samples");
+        assert!(
+            serde_json::from_value::<Policy>(json!({"shadow": {"min_agrement": 0.9}})).is_err()
+        );
     }
 
     #[test]

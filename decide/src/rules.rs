@@ -13,9 +13,14 @@
 //! 7. [`error_rate_degraded`], [`latency_degraded`]: the same at the
 //!    DEGRADED thresholds;
 //! 8. [`promotion`]: whether a healthy canary may advance.
+//!
+//! Apart from the canary's verdict, [`shadow::judge`] judges a shadow's
+//! agreement with the answers users got (`rules/shadow.rs`); it never
+//! changes the canary's verdict.
 
 mod feedback;
 mod outputs;
+pub mod shadow;
 
 pub use feedback::{FeedbackFindings, feedback};
 pub use outputs::{FieldComparison, OutputFindings, Share, compare, outputs};

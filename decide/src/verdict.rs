@@ -2,6 +2,7 @@
 //! carry a [`ReasonCode`] (for the engine and for programs), a sentence (for
 //! people) and the numbers behind it (for the event log).
 
+use crate::rules::shadow::ShadowHealth;
 use crate::window::RoleWindowStats;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -276,6 +277,9 @@ pub struct Health {
     pub window_seconds: u64,
     pub baseline: RoleWindowStats,
     pub canary: RoleWindowStats,
+    /// The deployment's shadow over the same window (null without one).
+    #[serde(default)]
+    pub shadow: Option<ShadowHealth>,
 }
 
 impl Health {
@@ -293,7 +297,13 @@ impl Health {
             window_seconds,
             baseline,
             canary,
+            shadow: None,
         }
+    }
+
+    /// With the deployment's shadow beside both roles.
+    pub fn with_shadow(self, shadow: Option<ShadowHealth>) -> Health {
+        Health { shadow, ..self }
     }
 }
 

@@ -7,10 +7,14 @@
 //! one HdrHistogram, so percentiles are exact to the histogram's precision,
 //! never averages of per-proxy percentiles. For deployments that read
 //! outputs, a bucket also holds each field's counts by label or score slot.
+//! A deployment's shadow has its own series (`window/shadow.rs`): its
+//! answers, latencies and per-field agreement with the answers users got.
 
 mod feedback;
+mod shadow;
 
 pub use feedback::{FeedbackSeries, FeedbackStats, MAX_BUCKETS, Tally, tally};
+pub use shadow::{Agreement, ShadowReported, ShadowSeries, ShadowWindowStats};
 
 use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};
 use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
@@ -162,12 +166,40 @@ pub fn bucket_seconds(window_seconds: u64) -> u64 {
     (window_seconds / MAX_WINDOW_BUCKETS).max(1)
 }
 
+/// The bucket of `second` in `buckets` (kept in time order), made by
+/// `new` when missing. Reports arrive in time order; the search only
+/// matters after a clock step.
+pub(crate) fn bucket_of<B>(
+    buckets: &mut VecDeque<B>,
+    second: u64,
+    second_of: impl Fn(&B) -> u64,
+    new: impl FnOnce(u64) -> B,
+) -> Option<&mut B> {
+    let at = match buckets.back().map(&second_of) {
+        Some(s) if s == second => buckets.len() - 1,
+        Some(s) if s > second => match buckets.binary_search_by_key(&second, &second_of) {
+            Ok(i) => i,
+            Err(i) => {
+                buckets.insert(i, new(second));
+                i
+            }
+        },
+        _ => {
+            buckets.push_back(new(second));
+            buckets.len() - 1
+        }
+    };
+    buckets.get_mut(at)
+}
+
 /// Every series' buckets.
 #[derive(Debug, Default)]
 pub struct Windows {
     series: HashMap<SeriesKey, VecDeque<Bucket>>,
     /// Feedback (delayed labels, business outcomes) by arrival.
     pub feedback: FeedbackSeries,
+    /// What each deployment's shadow answered.
+    pub shadow: ShadowSeries,
 }
 
 impl Windows {
@@ -187,39 +219,15 @@ impl Windows {
             version: version.to_string(),
         };
         let buckets = self.series.entry(key).or_default();
-        // Reports arrive in time order; the search only matters after a
-        // clock step.
-        let at = match buckets.back() {
-            Some(b) if b.second == second => buckets.len() - 1,
-            Some(b) if b.second < second => {
-                buckets.push_back(Bucket {
-                    second,
-                    ..Bucket::default()
-                });
-                buckets.len() - 1
-            }
-            None => {
-                buckets.push_back(Bucket {
-                    second,
-                    ..Bucket::default()
-                });
-                0
-            }
-            Some(_) => match buckets.binary_search_by_key(&second, |b| b.second) {
-                Ok(i) => i,
-                Err(i) => {
-                    buckets.insert(
-                        i,
-                        Bucket {
-                            second,
-                            ..Bucket::default()
-                        },
-                    );
-                    i
-                }
+        if let Some(b) = bucket_of(
+            buckets,
+            second,
+            |b| b.second,
+            |second| Bucket {
+                second,
+                ..Bucket::default()
             },
-        };
-        if let Some(b) = buckets.get_mut(at) {
+        ) {
             b.add(reported);
         }
     }
@@ -321,6 +329,7 @@ impl Windows {
     /// Forgets buckets older than `keep_seconds` before `now_second`, and
     /// series left empty.
     pub fn prune(&mut self, now_second: u64, keep_seconds: u64) {
+        self.shadow.prune(now_second, keep_seconds);
         let oldest = now_second.saturating_sub(keep_seconds);
         self.series.retain(|_, buckets| {
             while buckets.front().is_some_and(|b| b.second < oldest) {
@@ -332,6 +341,7 @@ impl Windows {
 
     /// Drops every series of a deployment.
     pub fn forget(&mut self, deployment: &str) {
+        self.shadow.forget(deployment);
         self.series.retain(|k, _| k.deployment != deployment);
     }
 }

@@ -6,6 +6,7 @@ use super::model::{
     Canary, Deployment, Event, EventKind, HealthMark, Millis, Refusal, Transition, Version,
     VersionState, event,
 };
+use super::shadow::{ShadowEnd, start_shadow, stop_shadow};
 use crate::policy::{Policy, check_seconds, schedule};
 use coalmine_protocol::config::check_deployment_name;
 use coalmine_protocol::{Bps, Target};
@@ -43,6 +44,13 @@ pub enum Command {
     SetPolicy {
         policy: Policy,
     },
+    /// Start a shadow, or change its version or share (percent: 100 when
+    /// left out).
+    StartShadow {
+        version: String,
+        percent: Option<f64>,
+    },
+    StopShadow,
 }
 
 fn check_target_names(version: &str, cluster: &str) -> Result<(), Refusal> {
@@ -70,6 +78,7 @@ pub fn create(
         policy,
         baseline: baseline.clone(),
         canary: None,
+        shadow: None,
         pinned: Some(baseline.clone()),
         cooldown_until: None,
         health: HealthMark::Ok,
@@ -128,12 +137,15 @@ pub fn command(
             bake_seconds,
         } => {
             let start = CanaryStart {
-                version,
+                version: version.clone(),
                 percent,
                 steps,
                 bake_seconds,
             };
-            vec![start_canary(&mut next, start, actor, now)?]
+            let started = start_canary(&mut next, start, actor, now)?;
+            let mut events = vec![started];
+            events.extend(next.end_shadow_of(&version, ShadowEnd::BecameCanary, actor));
+            events
         }
         Command::SetTraffic { percent } => vec![set_traffic(&mut next, percent, actor, now)?],
         Command::Pause { reason } => vec![pause(&mut next, reason, actor)?],
@@ -141,7 +153,16 @@ pub fn command(
         Command::Promote { reason } => vec![promote(&mut next, reason, actor)?],
         Command::Rollback { reason } => vec![rollback(&mut next, reason, actor, now)?],
         Command::SetPolicy { policy } => vec![set_policy(&mut next, policy, actor)?],
+        Command::StartShadow { version, percent } => {
+            start_shadow(&mut next, &version, percent, actor, now)?
+        }
+        Command::StopShadow => vec![stop_shadow(&mut next, actor)?],
     };
+    let mut events = events;
+    // A shadow whose version now serves every user (a revert to the
+    // pinned version it was) has nothing left to show.
+    let baseline = next.baseline.version.clone();
+    events.extend(next.end_shadow_of(&baseline, ShadowEnd::BecameBaseline, actor));
     Ok(Transition {
         deployment: next,
         events,

@@ -3,9 +3,11 @@
 
 use crate::policy::{Policy, PolicyError};
 use crate::verdict::Verdict;
+use coalmine_protocol::shadow::ShadowSplit;
 use coalmine_protocol::{Bps, DeploymentSplit, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeSet;
 
 pub type Millis = u64;
 
@@ -116,6 +118,19 @@ impl Canary {
     }
 }
 
+/// A shadow: a version that gets a copy of a share of the baseline's
+/// requests and never answers a user (DESIGN.md, "Shadow").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Shadow {
+    pub target: Target,
+    /// The share of the baseline's requests copied to it.
+    pub bps: Bps,
+    pub started_at: Millis,
+    /// Fields whose disagreement was reported in this run (each once).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub disagreed: BTreeSet<String>,
+}
+
 /// A deployment's whole state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
@@ -123,6 +138,9 @@ pub struct Deployment {
     pub policy: Policy,
     pub baseline: Target,
     pub canary: Option<Canary>,
+    /// A version shadowing the baseline, if any (it coexists with a canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
     /// Last known good, for a rollback after a promotion.
     pub pinned: Option<Target>,
     /// No new canary and no automatic step before this time.
@@ -154,6 +172,9 @@ pub enum EventKind {
     RevertedToPinned,
     PolicyChanged,
     SampleRatioMismatch,
+    ShadowStarted,
+    ShadowStopped,
+    ShadowDisagrees,
 }
 
 impl EventKind {
@@ -175,6 +196,9 @@ impl EventKind {
             EventKind::RevertedToPinned => "reverted_to_pinned",
             EventKind::PolicyChanged => "policy_changed",
             EventKind::SampleRatioMismatch => "sample_ratio_mismatch",
+            EventKind::ShadowStarted => "shadow_started",
+            EventKind::ShadowStopped => "shadow_stopped",
+            EventKind::ShadowDisagrees => "shadow_disagrees",
         }
     }
 }
@@ -260,7 +284,10 @@ impl Deployment {
             baseline: self.baseline.clone(),
             canary: self.canary.as_ref().map(|c| c.target.clone()),
             canary_bps: self.canary.as_ref().map_or(Bps::ZERO, |c| c.bps),
-            shadow: None,
+            shadow: self.shadow.as_ref().map(|s| ShadowSplit {
+                target: s.target.clone(),
+                bps: s.bps,
+            }),
         }
     }
 

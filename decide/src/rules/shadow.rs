@@ -1,0 +1,416 @@
+//! The shadow rule: does the shadow answer what users were answered?
+//!
+//! For each output field, the share of compared answers on which the
+//! shadow agreed with the baseline's answer (class labels equal, scores
+//! within the filter's tolerance). A field *disagrees* when, over at least
+//! `shadow.min_samples` compared answers, its agreement is below
+//! `shadow.min_agreement`:
+//!
+//! - with the significance guard, when the anytime-valid upper confidence
+//!   bound of its agreement rate is below the minimum, at α/2 with
+//!   Robbins' beta-binomial mixture (as the feedback rule's absolute
+//!   `min`; Robbins 1970; Howard, Ramdas, McAuliffe, Sekhon, Annals of
+//!   Statistics 2021). The lower and upper bounds shown, each at α/2, form
+//!   a two-sided 1 − α confidence sequence, valid however often the window
+//!   is looked at;
+//! - with `"significance": "none"`, when the plain rate is below it.
+//!
+//! A rate below the minimum that the bound does not establish yet is
+//! *unproven*: the shadow's verdict waits (INSUFFICIENT_DATA) rather than
+//! say it agrees. The shadow never changes the canary's verdict; this is
+//! its own finding, which the engine reports once per field and run.
+
+use crate::policy::{Policy, ShadowRule};
+use crate::significance::{lower_bound, upper_bound};
+use crate::verdict::pct;
+use crate::window::{Agreement, ShadowWindowStats};
+use coalmine_protocol::shadow::ShadowSkips;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// What the shadow's answers come to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ShadowVerdict {
+    /// Every field judged and none below the minimum.
+    Agrees,
+    /// At least one field's agreement is (established) below the minimum.
+    Disagrees,
+    /// A field has too few compared answers, or a rate below the minimum
+    /// not established yet, or the deployment reads no outputs.
+    InsufficientData,
+}
+
+impl ShadowVerdict {
+    pub const ALL: [ShadowVerdict; 3] = [
+        ShadowVerdict::Agrees,
+        ShadowVerdict::Disagrees,
+        ShadowVerdict::InsufficientData,
+    ];
+
+    /// The verdict as JSON and metrics write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowVerdict::Agrees => "AGREES",
+            ShadowVerdict::Disagrees => "DISAGREES",
+            ShadowVerdict::InsufficientData => "INSUFFICIENT_DATA",
+        }
+    }
+}
+
+/// Where a field stands against the minimum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Fewer than `min_samples` compared answers.
+    Collecting,
+    /// At or above the minimum.
+    Agrees,
+    /// Below the minimum, not established yet (with the guard).
+    Unproven,
+    /// Below the minimum (established, with the guard).
+    Below,
+}
+
+/// One output field's agreement, as health shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShadowField {
+    pub field: String,
+    /// Answers compared: the user's and the shadow's both read whole.
+    pub compared: u64,
+    /// Of those, how many agreed.
+    pub agreed: u64,
+    /// agreed / compared (none before anything was compared).
+    pub agreement: Option<f64>,
+    /// The anytime-valid bounds of the agreement rate, each at α/2 (none
+    /// without the significance guard or before anything was compared).
+    pub lower: Option<f64>,
+    pub upper: Option<f64>,
+    pub min_agreement: f64,
+}
+
+/// A deployment's shadow in health: its numbers over the window beside the
+/// baseline's, and each field's agreement with the answers users got.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShadowHealth {
+    pub version: String,
+    /// The share of the baseline's requests copied to the shadow.
+    pub percent: f64,
+    /// The shadow's answers over the window.
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Answers that could not be compared (one side not read whole).
+    pub uncompared: u64,
+    /// Copies not made, by why.
+    pub skipped: ShadowSkips,
+    pub fields: Vec<ShadowField>,
+    pub verdict: ShadowVerdict,
+}
+
+/// A field established below the minimum: what the `shadow_disagrees`
+/// event says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShadowFinding {
+    pub field: String,
+    pub agreed: u64,
+    pub compared: u64,
+    pub rate: f64,
+    /// The upper bound that established it (none without the guard).
+    pub bound: Option<f64>,
+    pub min_agreement: f64,
+    /// The level of the bound (none without the guard).
+    pub alpha: Option<f64>,
+}
+
+impl ShadowFinding {
+    /// The sentence, naming the shadow's `version`.
+    pub fn message(&self, version: &str) -> String {
+        let mut m = format!(
+            "shadow {version} disagrees on {}: {} of {} compared answers agreed with what users got ({}), below the minimum of {}",
+            self.field,
+            self.agreed,
+            self.compared,
+            pct(self.rate),
+            pct(self.min_agreement)
+        );
+        if let (Some(bound), Some(a)) = (self.bound, self.alpha) {
+            m.push_str(&format!(
+                " (its upper bound {}, established at α = {a})",
+                pct(bound)
+            ));
+        }
+        m
+    }
+
+    /// The numbers behind it, for the event log.
+    pub fn numbers(&self, version: &str) -> Map<String, Value> {
+        let v = json!({
+            "version": version, "field": self.field, "agreed": self.agreed,
+            "compared": self.compared, "rate": self.rate, "bound": self.bound,
+            "min_agreement": self.min_agreement, "alpha": self.alpha,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
+/// The shadow's fields judged, and its verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShadowJudgement {
+    pub fields: Vec<ShadowField>,
+    /// Each field's standing, in the order of `fields`.
+    pub standings: Vec<Standing>,
+    /// The fields below the minimum.
+    pub findings: Vec<ShadowFinding>,
+    pub verdict: ShadowVerdict,
+}
+
+/// One field against the rule; `guard` is the significance level, if on.
+pub fn judge_field(
+    rule: &ShadowRule,
+    guard: Option<f64>,
+    field: &str,
+    a: Agreement,
+) -> (ShadowField, Standing, Option<ShadowFinding>) {
+    let (agreed, compared) = (a.agreed.min(a.compared), a.compared);
+    let rate = a.rate();
+    let bounds = guard.filter(|_| compared > 0).map(|alpha| {
+        (
+            lower_bound(agreed, compared, alpha / 2.0),
+            upper_bound(agreed, compared, alpha / 2.0),
+        )
+    });
+    let min = rule.min_agreement;
+    let observed_below = rate.is_some_and(|r| r < min);
+    let standing = if compared < rule.min_samples {
+        Standing::Collecting
+    } else {
+        match bounds {
+            Some((_, upper)) if upper < min => Standing::Below,
+            Some(_) if observed_below => Standing::Unproven,
+            None if observed_below => Standing::Below,
+            _ => Standing::Agrees,
+        }
+    };
+    let shown = ShadowField {
+        field: field.to_string(),
+        compared,
+        agreed,
+        agreement: rate,
+        lower: bounds.map(|b| b.0),
+        upper: bounds.map(|b| b.1),
+        min_agreement: min,
+    };
+    let finding = (standing == Standing::Below).then(|| ShadowFinding {
+        field: field.to_string(),
+        agreed,
+        compared,
+        rate: rate.unwrap_or(0.0),
+        bound: bounds.map(|b| b.1),
+        min_agreement: min,
+        alpha: guard.map(|a| a / 2.0),
+    });
+    (shown, standing, finding)
+}
+
+/// Every field of the shadow's window against the policy's shadow rule.
+pub fn judge(policy: &Policy, stats: &ShadowWindowStats) -> ShadowJudgement {
+    let guard = policy.significance.alpha();
+    let mut j = ShadowJudgement {
+        fields: Vec::with_capacity(stats.fields.len()),
+        standings: Vec::with_capacity(stats.fields.len()),
+        findings: Vec::new(),
+        verdict: ShadowVerdict::InsufficientData,
+    };
+    for (field, a) in &stats.fields {
+        let (shown, standing, finding) = judge_field(&policy.shadow, guard, field, *a);
+        j.fields.push(shown);
+        j.standings.push(standing);
+        j.findings.extend(finding);
+    }
+    j.verdict = if !j.findings.is_empty() {
+        ShadowVerdict::Disagrees
+    } else if !j.standings.is_empty() && j.standings.iter().all(|s| *s == Standing::Agrees) {
+        ShadowVerdict::Agrees
+    } else {
+        ShadowVerdict::InsufficientData
+    };
+    j
+}
+
+impl ShadowHealth {
+    /// The shadow `version` copying `percent` of the baseline's requests:
+    /// its window and its judgement.
+    pub fn new(
+        version: &str,
+        percent: f64,
+        stats: &ShadowWindowStats,
+        judgement: ShadowJudgement,
+    ) -> ShadowHealth {
+        ShadowHealth {
+            version: version.to_string(),
+            percent,
+            requests: stats.requests,
+            errors: stats.errors,
+            error_rate: stats.error_rate,
+            p50_ms: stats.p50_ms,
+            p95_ms: stats.p95_ms,
+            p99_ms: stats.p99_ms,
+            uncompared: stats.uncompared,
+            skipped: stats.skipped,
+            fields: judgement.fields,
+            verdict: judgement.verdict,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Significance;
+    use std::collections::BTreeMap;
+
+    fn window(fields: &[(&str, u64, u64)]) -> ShadowWindowStats {
+        ShadowWindowStats {
+            requests: 1000,
+            fields: fields
+                .iter()
+                .map(|&(f, compared, agreed)| (f.to_string(), Agreement { compared, agreed }))
+                .collect::<BTreeMap<_, _>>(),
+            ..ShadowWindowStats::default()
+        }
+    }
+
+    fn seed() -> Policy {
+        Policy {
+            significance: Significance::None,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn an_established_disagreement_is_a_finding_with_its_numbers() {
+        // 350 of 500 (70 %): far below 90 %, its upper bound too.
+        let j = judge(&Policy::default(), &window(&[("prediction", 500, 350)]));
+        assert_eq!(j.verdict, ShadowVerdict::Disagrees);
+        assert_eq!(j.standings, [Standing::Below]);
+        let f = &j.findings[0];
+        assert_eq!((f.agreed, f.compared, f.rate), (350, 500, 0.7));
+        let bound = f.bound.unwrap();
+        assert!(bound > 0.7 && bound < 0.9, "{bound}");
+        assert_eq!(f.alpha, Some(0.005));
+        let shown = &j.fields[0];
+        assert_eq!(shown.upper, Some(bound));
+        assert!(shown.lower.unwrap() < 0.7);
+        assert_eq!(shown.min_agreement, 0.9);
+        let m = f.message("v3");
+        assert!(
+            m.starts_with("shadow v3 disagrees on prediction: 350 of 500 compared answers agreed with what users got (70.0 %), below the minimum of 90.0 %"),
+            "{m}"
+        );
+        assert!(m.contains("established at α = 0.005"), "{m}");
+        let n = f.numbers("v3");
+        for key in [
+            "version",
+            "field",
+            "agreed",
+            "compared",
+            "rate",
+            "bound",
+            "min_agreement",
+            "alpha",
+        ] {
+            assert!(n.contains_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn few_samples_are_insufficient_data() {
+        // 10 of 40 agree: terrible, but under min_samples (50).
+        let j = judge(&Policy::default(), &window(&[("prediction", 40, 10)]));
+        assert_eq!(
+            (j.verdict, j.standings.as_slice()),
+            (ShadowVerdict::InsufficientData, &[Standing::Collecting][..])
+        );
+        assert!(j.findings.is_empty());
+        // No fields at all (no outputs read): nothing to judge.
+        let j = judge(&Policy::default(), &window(&[]));
+        assert_eq!(j.verdict, ShadowVerdict::InsufficientData);
+        // Nothing compared: no rate, no bounds.
+        let j = judge(&Policy::default(), &window(&[("prediction", 0, 0)]));
+        let f = &j.fields[0];
+        assert_eq!((f.agreement, f.lower, f.upper), (None, None, None));
+    }
+
+    #[test]
+    fn a_rate_below_the_minimum_waits_for_its_bound_under_the_guard() {
+        // 52 of 60 (86.7 %): below 90 %, but its upper bound is not.
+        let w = window(&[("prediction", 60, 52)]);
+        let j = judge(&Policy::default(), &w);
+        assert_eq!(j.standings, [Standing::Unproven]);
+        assert_eq!(j.verdict, ShadowVerdict::InsufficientData);
+        assert!(j.fields[0].upper.unwrap() >= 0.9);
+        // Without the guard the plain rate decides: below, no bound.
+        let j = judge(&seed(), &w);
+        assert_eq!(j.verdict, ShadowVerdict::Disagrees);
+        let f = &j.findings[0];
+        assert_eq!((f.bound, f.alpha), (None, None));
+        assert_eq!((j.fields[0].lower, j.fields[0].upper), (None, None));
+        assert!(!f.message("v3").contains("bound"));
+    }
+
+    #[test]
+    fn agreeing_fields_agree_and_one_bad_field_is_enough() {
+        let w = window(&[("prediction", 1000, 990), ("probability", 1000, 960)]);
+        assert_eq!(judge(&Policy::default(), &w).verdict, ShadowVerdict::Agrees);
+        assert_eq!(judge(&seed(), &w).verdict, ShadowVerdict::Agrees);
+        // Exactly at the minimum is not below it.
+        let j = judge(&seed(), &window(&[("prediction", 100, 90)]));
+        assert_eq!(j.verdict, ShadowVerdict::Agrees);
+        let w = window(&[("prediction", 1000, 990), ("probability", 1000, 500)]);
+        let j = judge(&Policy::default(), &w);
+        assert_eq!(j.verdict, ShadowVerdict::Disagrees);
+        assert_eq!(j.findings.len(), 1);
+        assert_eq!(j.findings[0].field, "probability");
+        // One field still collecting: no verdict of agreement yet.
+        let w = window(&[("prediction", 1000, 990), ("probability", 10, 10)]);
+        assert_eq!(
+            judge(&Policy::default(), &w).verdict,
+            ShadowVerdict::InsufficientData
+        );
+    }
+
+    #[test]
+    fn health_carries_the_window_and_the_judgement() {
+        let mut w = window(&[("prediction", 500, 350)]);
+        w.errors = 5;
+        w.error_rate = 0.005;
+        w.p50_ms = Some(12.0);
+        w.uncompared = 7;
+        w.skipped.busy = 2;
+        let h = ShadowHealth::new("v3", 50.0, &w, judge(&Policy::default(), &w));
+        let v = serde_json::to_value(&h).unwrap();
+        assert_eq!(v["version"], "v3");
+        assert_eq!(v["percent"], 50.0);
+        assert_eq!(v["requests"], 1000);
+        assert_eq!(v["p50_ms"], 12.0);
+        assert_eq!(v["p95_ms"], Value::Null);
+        assert_eq!(
+            v["skipped"],
+            json!({"busy": 2, "too_large": 0, "refused": 0})
+        );
+        assert_eq!(v["verdict"], "DISAGREES");
+        assert_eq!(v["fields"][0]["field"], "prediction");
+        assert_eq!(v["fields"][0]["agreement"], 0.7);
+        let back: ShadowHealth = serde_json::from_value(v).unwrap();
+        assert_eq!(back, h);
+    }
+}
