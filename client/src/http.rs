@@ -4,7 +4,7 @@ use crate::paths;
 use crate::roots::{CaFileError, error_chain, read_ca_file};
 use crate::types::{
     CreateDeployment, DeploymentView, ErrorBody, FeedbackAccepted, FeedbackBatch, ReasonBody,
-    RegisterVersion, Sample, SetTraffic, StartCanary, StoredEvent,
+    RegisterVersion, Sample, SetTraffic, StartCanary, StartShadow, StoredEvent,
 };
 use coalmine_decide::engine::Version;
 use coalmine_decide::policy::Policy;
@@ -260,6 +260,29 @@ impl Client {
         body: &StartCanary,
     ) -> Result<DeploymentView, ClientError> {
         self.change(Method::POST, &paths::of(name, "canary"), body)
+            .await
+    }
+
+    /// Starts a shadow of `version` copying `percent` of the baseline's
+    /// requests (none: 100), or changes the running one's version or share.
+    pub async fn start_shadow(
+        &self,
+        name: &str,
+        version: &str,
+        percent: Option<f64>,
+    ) -> Result<DeploymentView, ClientError> {
+        let body = StartShadow {
+            version: version.to_string(),
+            percent,
+        };
+        self.change(Method::POST, &paths::of(name, "shadow"), &body)
+            .await
+    }
+
+    /// Stops the running shadow.
+    pub async fn stop_shadow(&self, name: &str) -> Result<DeploymentView, ClientError> {
+        let path = paths::of(name, "shadow");
+        self.call::<(), _>(Method::DELETE, &path, None, Auth::Operator)
             .await
     }
 

@@ -19,8 +19,8 @@ pub fn deployment(name: &str) -> String {
     format!("{DEPLOYMENTS}/{name}")
 }
 
-/// A deployment's sub-resource: `versions`, `canary`, `traffic`, `pause`,
-/// `resume`, `promote`, `rollback`, `health`, `policy`, `feedback`.
+/// A deployment's sub-resource: `versions`, `canary`, `shadow`, `traffic`,
+/// `pause`, `resume`, `promote`, `rollback`, `health`, `policy`, `feedback`.
 pub fn of(name: &str, what: &str) -> String {
     format!("{DEPLOYMENTS}/{name}/{what}")
 }

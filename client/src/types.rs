@@ -67,6 +67,19 @@ pub struct StartCanary {
     pub bake_seconds: Option<u64>,
 }
 
+/// `POST /v1/deployments/{name}/shadow`: start a shadow, or change its
+/// version or share.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StartShadow {
+    pub version: String,
+    /// The share of the baseline's requests copied to it (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 100))]
+    pub percent: Option<f64>,
+}
+
 /// `PUT /v1/deployments/{name}/traffic`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -100,6 +113,18 @@ pub struct CanaryView {
     pub paused: bool,
 }
 
+/// A shadow, as the API shows it: a version that gets a copy of a share of
+/// the baseline's requests and never answers a user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShadowView {
+    pub version: String,
+    pub cluster: String,
+    /// The share of the baseline's requests copied to it.
+    pub percent: f64,
+    pub started_at: Millis,
+}
+
 /// Where a deployment is in its rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -131,6 +156,9 @@ pub struct DeploymentView {
     pub baseline: Target,
     pub canary: Option<CanaryView>,
     pub canary_percent: f64,
+    /// The shadow, if one runs (it coexists with a canary).
+    #[serde(default)]
+    pub shadow: Option<ShadowView>,
     pub pinned: Option<Target>,
     pub cooldown_until: Option<Millis>,
     pub versions_in_play: Vec<String>,

@@ -8,6 +8,7 @@
 //! so the typed client and this server share them.
 //!
 //! - `deployments`: deployments, versions, the rollout and the policy;
+//! - `shadow`: start, change and stop a deployment's shadow;
 //! - `reads`: health, events, history, `/metrics`, the dashboard;
 //! - `sync`: the proxies' call;
 //! - `feedback`: labels and outcomes from data pipelines;
@@ -20,6 +21,7 @@ mod extract;
 mod feedback;
 mod reads;
 mod schemas;
+mod shadow;
 mod sync;
 
 pub use error::ApiError;
@@ -102,6 +104,7 @@ fn routes(
         .routes(routes!(get_deployment))
         .routes(routes!(list_versions, register_version))
         .routes(routes!(start_canary))
+        .routes(routes!(shadow::start_shadow, shadow::stop_shadow))
         .routes(routes!(set_traffic))
         .routes(routes!(pause))
         .routes(routes!(resume))
@@ -191,9 +194,14 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
         if !path.starts_with("/v1/") {
             continue;
         }
-        for op in [&mut item.get, &mut item.put, &mut item.post]
-            .into_iter()
-            .flatten()
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
         {
             let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
             // Neither the proxies' call nor feedback depends on the

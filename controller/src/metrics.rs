@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 
 mod runtime;
+mod shadow;
 pub use runtime::Dropped;
 use runtime::ReasonLabel;
 
@@ -92,6 +93,7 @@ pub struct Metrics {
     dropped_reports: Family<ReasonLabel, Counter>,
     database_bytes: Gauge,
     webhook_backlog: Family<ReceiverLabel, Gauge>,
+    shadow: shadow::ShadowMetrics,
 }
 
 /// How a sync report was taken.
@@ -140,6 +142,7 @@ impl Default for Metrics {
             dropped_reports: Family::default(),
             database_bytes: Gauge::default(),
             webhook_backlog: Family::default(),
+            shadow: shadow::ShadowMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -207,6 +210,7 @@ impl Default for Metrics {
             "Seconds since each role's newest feedback observation arrived (absent before the first)",
             m.feedback_age.clone(),
         );
+        m.shadow.register(&mut registry);
         m.register_runtime(&mut registry);
         registry.register(
             "webhook_backlog",

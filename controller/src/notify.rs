@@ -21,12 +21,16 @@ pub use none::NoNotifier;
 pub use receiver::{Receiver, ReceiverError, receivers};
 pub use webhook::{WebhookError, WebhookSettings, Webhooks};
 
-/// The events that are sent out.
-pub const NOTIFIED: [EventKind; 4] = [
+/// The events that are sent out: a canary's trouble and its end, and a
+/// shadow's start, stop and disagreement.
+pub const NOTIFIED: [EventKind; 7] = [
     EventKind::HealthDegraded,
     EventKind::AutoRollbackTriggered,
     EventKind::RolledBack,
     EventKind::Promoted,
+    EventKind::ShadowStarted,
+    EventKind::ShadowStopped,
+    EventKind::ShadowDisagrees,
 ];
 
 pub trait Notifier: Send + Sync + std::fmt::Debug {

@@ -35,6 +35,7 @@ use coalmine_decide::observe::Observations;
 use coalmine_decide::policy::Policy;
 use coalmine_decide::rules::evaluate;
 use coalmine_decide::verdict::{Health, Verdict, VerdictKind};
+use coalmine_protocol::shadow::ShadowReportError;
 use coalmine_protocol::sync::ReportError;
 use coalmine_protocol::{SplitTable, Target};
 use history::History;
@@ -77,6 +78,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("report refused: {0}")]
     BadReport(#[from] ReportError),
+    #[error("shadow report refused: {0}")]
+    BadShadowReport(#[from] ShadowReportError),
     /// Something in memory cannot be used; nothing was changed.
     #[error("{0}")]
     Unavailable(String),
@@ -366,12 +369,17 @@ impl Controller {
 
     /// [`Controller::health`] of a deployment at hand.
     pub fn health_of(&self, d: &Deployment) -> Health {
-        let obs = self.observations(d);
+        let now = self.now();
+        let obs = self.ingest.observe(d, now);
         let verdict = match &d.canary {
             Some(_) => evaluate(&d.policy, &obs),
             None => Verdict::no_canary(&d.baseline.version),
         };
-        Health::new(verdict, d.policy.window_seconds, obs.baseline, obs.canary)
+        let shadow = self
+            .ingest
+            .shadow_stats(d, now)
+            .and_then(|stats| d.shadow_health(&stats));
+        Health::new(verdict, d.policy.window_seconds, obs.baseline, obs.canary).with_shadow(shadow)
     }
 
     /// Evaluates every deployment whose check interval has come.
@@ -382,7 +390,7 @@ impl Controller {
         let due: Vec<Deployment> = state
             .deployments
             .values()
-            .filter(|d| d.canary.is_some())
+            .filter(|d| d.canary.is_some() || d.shadow.is_some())
             .filter(|d| {
                 state
                     .next_evaluation
@@ -404,12 +412,19 @@ impl Controller {
             let started = std::time::Instant::now();
             let s = engine::step(&d, &self.ingest.observe(&d, now), now);
             let verdict = s.verdict.as_ref().map(|v| v.verdict);
-            if s.transition.deployment == d && s.transition.events.is_empty() {
+            // The shadow is judged on the state the canary's step left.
+            let mut t = s.transition;
+            if let Some(stats) = self.ingest.shadow_stats(&t.deployment, now) {
+                let shadowed = engine::shadow_step(&t.deployment, &stats).transition;
+                t.deployment = shadowed.deployment;
+                t.events.extend(shadowed.events);
+            }
+            if t.deployment == d && t.events.is_empty() {
                 if let Some(v) = verdict {
                     state.verdicts.insert(d.name.clone(), v);
                 }
                 self.metrics.observe_deployment(&d, verdict);
-            } else if let Err(e) = self.apply(&mut state, s.transition, verdict, now).await {
+            } else if let Err(e) = self.apply(&mut state, t, verdict, now).await {
                 tracing::warn!(deployment = %d.name, "evaluation not applied: {e}");
             }
             self.metrics.evaluation(started.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! Deployments, their versions, the rollout (canary, traffic, pause,
-//! resume, promote, rollback) and the policy.
+//! resume, promote, rollback) and the policy. Each change answers the
+//! deployment as `view` shows it (the shadow's calls too, `shadow.rs`).
 
 use super::extract::{JsonBody, Operator, OptionalJsonBody};
 use super::{ApiError, ApiResult, AppState, DeploymentName};
@@ -8,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use coalmine_client::types::{
     CanaryView, CreateDeployment, DeploymentView, Phase, ReasonBody, RegisterVersion, SetTraffic,
-    StartCanary,
+    ShadowView, StartCanary,
 };
-use coalmine_decide::engine::{Canary, Command, Deployment, Version};
+use coalmine_decide::engine::{Canary, Command, Deployment, Shadow, Version};
 use coalmine_decide::policy::Policy;
 use coalmine_protocol::Bps;
 use serde_json::json;
@@ -29,6 +30,15 @@ fn canary_view(c: &Canary) -> CanaryView {
     }
 }
 
+fn shadow_view(s: &Shadow) -> ShadowView {
+    ShadowView {
+        version: s.target.version.clone(),
+        cluster: s.target.cluster.clone(),
+        percent: s.bps.as_percent(),
+        started_at: s.started_at,
+    }
+}
+
 async fn view(state: &AppState, d: &Deployment) -> DeploymentView {
     let now = state.controller.now();
     let phase = match &d.canary {
@@ -39,12 +49,14 @@ async fn view(state: &AppState, d: &Deployment) -> DeploymentView {
     };
     let mut in_play = vec![d.baseline.version.clone()];
     in_play.extend(d.canary.as_ref().map(|c| c.target.version.clone()));
+    in_play.extend(d.shadow.as_ref().map(|s| s.target.version.clone()));
     DeploymentView {
         name: d.name.clone(),
         state: phase,
         baseline: d.baseline.clone(),
         canary: d.canary.as_ref().map(canary_view),
         canary_percent: d.canary.as_ref().map_or(0.0, |c| c.bps.as_percent()),
+        shadow: d.shadow.as_ref().map(shadow_view),
         pinned: d.pinned.clone(),
         cooldown_until: d.cooldown_until.filter(|&t| t > now),
         versions_in_play: in_play,
@@ -147,7 +159,7 @@ pub(super) async fn register_version(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-async fn run(
+pub(super) async fn run(
     s: &AppState,
     name: &str,
     cmd: Command,

@@ -19,6 +19,7 @@ mod events;
 mod feedback;
 mod lifecycle;
 mod openapi;
+mod shadow;
 mod sync;
 
 const OP: &str = "op-token";

@@ -17,6 +17,9 @@ pub enum Dropped {
     UnknownDeployment,
     /// A version the deployment has not registered.
     UnknownVersion,
+    /// A shadow report of a version that is not the deployment's shadow
+    /// (stopped or replaced since the proxy made the copies).
+    NotShadow,
     /// The instance table was full; the oldest instance was forgotten.
     InstanceEvicted,
 }
@@ -106,6 +109,7 @@ impl Metrics {
         let reason = match why {
             Dropped::UnknownDeployment => "unknown_deployment",
             Dropped::UnknownVersion => "unknown_version",
+            Dropped::NotShadow => "not_shadow",
             Dropped::InstanceEvicted => "instance_evicted",
         };
         self.dropped_reports

@@ -62,6 +62,8 @@ impl super::Controller {
                 self.metrics
                     .observe_outputs(&d.name, &obs.baseline, &obs.canary);
                 self.metrics.observe_feedback(d, &obs.baseline, &obs.canary);
+                let shadow = self.ingest.shadow_stats(d, now);
+                self.metrics.observe_shadow(d, shadow.as_ref());
                 // The charts draw requests, errors and latency; a second's
                 // output mix and feedback are in health and /metrics, not
                 // in history.

@@ -1,15 +1,19 @@
 //! Sync ingest: every proxy worker's report checked, counted exactly once
 //! (deduplicated by proxy, instance and sequence number) and merged into
-//! the rolling windows the policy reads.
+//! the rolling windows the policy reads. A report's shadow part (what each
+//! deployment's shadow answered) is checked and deduplicated with it, and
+//! counted only for the version that is the deployment's shadow now.
 
 use super::{Controller, ServiceError};
 use crate::clock::Millis;
 use crate::metrics::{Dropped, Metrics, SyncResult};
 use coalmine_decide::engine::Deployment;
 use coalmine_decide::observe::{Observations, observe};
-use coalmine_decide::window::{Reported, Tally, Windows, bucket_seconds};
+use coalmine_decide::window::{
+    Reported, ShadowReported, ShadowWindowStats, Tally, Windows, bucket_seconds,
+};
 use coalmine_protocol::SplitTable;
-use coalmine_protocol::sync::{ReportError, SyncRequest, SyncResponse};
+use coalmine_protocol::sync::{SyncRequest, SyncResponse};
 use lru::LruCache;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
@@ -31,6 +35,8 @@ pub(super) const MAX_INSTANCES: usize = 65_536;
 struct Known {
     versions: HashSet<String>,
     bucket_seconds: u64,
+    /// The shadow's version: the only one whose shadow reports count.
+    shadow: Option<String>,
 }
 
 #[derive(Debug)]
@@ -76,6 +82,7 @@ impl Ingest {
                     Known {
                         versions,
                         bucket_seconds: bucket,
+                        shadow: d.shadow.as_ref().map(|s| s.target.version.clone()),
                     },
                 )
             })
@@ -92,15 +99,22 @@ impl Ingest {
         req: &SyncRequest,
         now: Millis,
         metrics: &Metrics,
-    ) -> Result<(), ReportError> {
-        let checked = req.check().and_then(|()| {
-            // Decode everything before touching any state: a bad report changes nothing.
-            req.reports
+    ) -> Result<(), ServiceError> {
+        // Decode everything before touching any state: a bad report changes nothing.
+        let checked = req.check().map_err(ServiceError::from).and_then(|()| {
+            let roles = req
+                .reports
                 .iter()
                 .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            let shadow = req
+                .shadow
+                .iter()
+                .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((roles, shadow))
         });
-        let decoded = match checked {
+        let (decoded, shadow) = match checked {
             Ok(d) => d,
             Err(e) => {
                 metrics.sync_report(SyncResult::Rejected);
@@ -151,7 +165,44 @@ impl Ingest {
             let bucket = second - second % k.bucket_seconds;
             windows.add(&r.deployment, r.role, &r.version, bucket, &reported);
         }
+        for (r, counts, h) in &shadow {
+            let Some(k) = known.get(&r.deployment) else {
+                metrics.dropped(Dropped::UnknownDeployment, 1);
+                continue;
+            };
+            if k.shadow.as_deref() != Some(r.version.as_str()) {
+                // Stopped or replaced since the proxy copied it.
+                metrics.dropped(Dropped::NotShadow, 1);
+                continue;
+            }
+            let reported = ShadowReported {
+                counts,
+                latency: h,
+                agreement: &r.agreement,
+                uncompared: r.uncompared,
+                skipped: r.skipped,
+            };
+            let bucket = second - second % k.bucket_seconds;
+            windows
+                .shadow
+                .add(&r.deployment, &r.version, bucket, &reported);
+            metrics.shadow_report(&r.deployment, &r.version, counts, &r.skipped);
+        }
         Ok(())
+    }
+
+    /// `d`'s shadow over the policy's window ending at `now` (none without
+    /// a shadow): its current version's reports only.
+    pub(crate) fn shadow_stats(&self, d: &Deployment, now: Millis) -> Option<ShadowWindowStats> {
+        let s = d.shadow.as_ref()?;
+        let w = self.windows.lock().ok()?;
+        Some(w.shadow.stats(
+            &d.name,
+            &s.target.version,
+            now / 1000,
+            d.policy.window_seconds,
+            &d.policy.error_classes,
+        ))
     }
 
     /// What the policy looks at for `d` at `now`.

@@ -28,6 +28,8 @@ async fn the_openapi_document_covers_every_route() {
         "GET /v1/deployments/{name}/versions",
         "POST /v1/deployments/{name}/versions",
         "POST /v1/deployments/{name}/canary",
+        "POST /v1/deployments/{name}/shadow",
+        "DELETE /v1/deployments/{name}/shadow",
         "PUT /v1/deployments/{name}/traffic",
         "POST /v1/deployments/{name}/pause",
         "POST /v1/deployments/{name}/resume",
@@ -59,6 +61,38 @@ async fn the_openapi_document_covers_every_route() {
         op("post", "/v1/deployments/{name}/feedback")["security"],
         json!([{"feedback_token": []}, {"operator_token": []}])
     );
+    for method in ["post", "delete"] {
+        let shadow = op(method, "/v1/deployments/{name}/shadow");
+        assert_eq!(
+            shadow["security"],
+            json!([{"operator_token": []}]),
+            "{method}"
+        );
+        assert!(shadow["responses"]["409"].is_object(), "{method}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    let start_shadow = &schemas["StartShadow"]["properties"]["percent"];
+    assert_eq!(
+        (&start_shadow["exclusiveMinimum"], &start_shadow["maximum"]),
+        (&json!(0), &json!(100))
+    );
+    assert_eq!(schemas["StartShadow"]["required"], json!(["version"]));
+    // Health shows the shadow beside the roles; the policy has its rule.
+    assert!(schemas["Health"]["properties"]["shadow"].is_object());
+    for field in [
+        "version", "percent", "fields", "verdict", "skipped", "p99_ms",
+    ] {
+        assert!(
+            schemas["ShadowHealth"]["properties"][field].is_object(),
+            "{field}"
+        );
+    }
+    assert!(schemas["ShadowField"]["properties"]["upper"].is_object());
+    assert!(schemas["ShadowVerdict"].is_object());
+    assert!(schemas["Policy"]["properties"]["shadow"].is_object());
+    assert!(schemas["ShadowRule"]["properties"]["min_agreement"].is_object());
+    assert!(schemas["DeploymentView"]["properties"]["shadow"].is_object());
+    assert!(schemas["SyncRequest"]["properties"]["shadow"].is_object());
     let feedback = &doc["components"]["schemas"]["FeedbackBatch"]["properties"];
     assert_eq!(feedback["observations"]["maxItems"], json!(10_000));
     // Every /v1 operation documents its errors as {error, message}.
@@ -90,6 +124,7 @@ async fn the_openapi_document_covers_every_route() {
         CreateDeployment::name(),
         RegisterVersion::name(),
         StartCanary::name(),
+        coalmine_client::types::StartShadow::name(),
         SetTraffic::name(),
         ReasonBody::name(),
         Policy::name(),
