@@ -48,6 +48,10 @@ pub enum Cmd {
     /// Start a canary.
     #[command(subcommand)]
     Canary(CanaryCmd),
+    /// Copy a share of the baseline's requests to a version that never
+    /// answers users, and compare its answers with theirs.
+    #[command(subcommand)]
+    Shadow(ShadowCmd),
     /// Set the canary's share by hand.
     #[command(subcommand)]
     Traffic(TrafficCmd),
@@ -147,6 +151,20 @@ pub enum CanaryCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ShadowCmd {
+    /// Start a shadow, or change the running one's version or share.
+    Start {
+        deployment: String,
+        version: String,
+        /// The share of the baseline's requests copied (0 < N ≤ 100; default 100).
+        #[arg(long)]
+        percent: Option<f64>,
+    },
+    /// Stop the shadow.
+    Stop { deployment: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TrafficCmd {
     Set {
         deployment: String,
@@ -159,4 +177,44 @@ pub struct Reasoned {
     pub deployment: String,
     #[arg(long)]
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_start_and_stop_parse() {
+        let cli = Cli::try_parse_from([
+            "coalmine",
+            "shadow",
+            "start",
+            "heart-prod",
+            "v3",
+            "--percent",
+            "50",
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::Shadow(ShadowCmd::Start {
+                deployment,
+                version,
+                percent,
+            }) => assert_eq!(
+                (deployment.as_str(), version.as_str(), percent),
+                ("heart-prod", "v3", Some(50.0))
+            ),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["coalmine", "shadow", "start", "heart-prod", "v3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Shadow(ShadowCmd::Start { percent: None, .. })
+        ));
+        let cli = Cli::try_parse_from(["coalmine", "shadow", "stop", "heart-prod"]).unwrap();
+        assert!(
+            matches!(cli.command, Cmd::Shadow(ShadowCmd::Stop { deployment }) if deployment == "heart-prod")
+        );
+        assert!(Cli::try_parse_from(["coalmine", "shadow", "start", "heart-prod"]).is_err());
+    }
 }

@@ -3,6 +3,7 @@
 use coalmine_client::types::{DeploymentView, StoredEvent};
 use coalmine_decide::engine::Version;
 use coalmine_decide::rules::compare;
+use coalmine_decide::rules::shadow::ShadowHealth;
 use coalmine_decide::window::RoleWindowStats;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use std::collections::BTreeSet;
@@ -34,6 +35,12 @@ fn canary_cell(d: &DeploymentView) -> String {
     }
 }
 
+fn shadow_cell(d: &DeploymentView) -> String {
+    d.shadow
+        .as_ref()
+        .map_or("-".into(), |s| format!("{} @ {} %", s.version, s.percent))
+}
+
 /// `deployments list`.
 pub fn deployments(list: &[DeploymentView]) -> String {
     let mut t = table(&[
@@ -41,6 +48,7 @@ pub fn deployments(list: &[DeploymentView]) -> String {
         "state",
         "baseline",
         "canary",
+        "shadow",
         "verdict",
         "epoch",
     ]);
@@ -50,6 +58,7 @@ pub fn deployments(list: &[DeploymentView]) -> String {
             d.state.as_str().to_string(),
             d.baseline.version.clone(),
             canary_cell(d),
+            shadow_cell(d),
             d.health.verdict.as_str().to_string(),
             d.epoch.to_string(),
         ]);
@@ -73,14 +82,23 @@ fn role_row(role: &str, r: &RoleWindowStats) -> Vec<String> {
 pub fn status(d: &DeploymentView) -> String {
     let h = &d.health;
     let mut out = format!(
-        "deployment {}  ({})\nbaseline   {} ({})\ncanary     {}\npinned     {}\n\n",
+        "deployment {}  ({})\nbaseline   {} ({})\ncanary     {}\n",
         d.name,
         d.state.as_str(),
         d.baseline.version,
         d.baseline.cluster,
         canary_cell(d),
-        d.pinned.as_ref().map_or("-", |p| p.version.as_str()),
     );
+    if d.shadow.is_some() {
+        out.push_str(&format!(
+            "shadow     {} of the baseline's requests, never answering\n",
+            shadow_cell(d)
+        ));
+    }
+    out.push_str(&format!(
+        "pinned     {}\n\n",
+        d.pinned.as_ref().map_or("-", |p| p.version.as_str())
+    ));
     let mut t = table(&[
         "role",
         "requests",
@@ -92,7 +110,21 @@ pub fn status(d: &DeploymentView) -> String {
     ]);
     t.add_row(role_row("baseline", &h.baseline));
     t.add_row(role_row("canary", &h.canary));
+    if let Some(s) = &h.shadow {
+        t.add_row(vec![
+            format!("shadow {}", s.version),
+            s.requests.to_string(),
+            s.errors.to_string(),
+            pct(s.error_rate),
+            ms(s.p50_ms),
+            ms(s.p95_ms),
+            ms(s.p99_ms),
+        ]);
+    }
     out.push_str(&t.to_string());
+    if let Some(s) = &h.shadow {
+        out.push_str(&shadow(s));
+    }
     out.push_str(&outputs(&h.baseline, &h.canary));
     out.push_str(&feedback(&h.baseline, &h.canary));
     out.push_str(&format!(
@@ -104,6 +136,48 @@ pub fn status(d: &DeploymentView) -> String {
     for r in &h.reasons {
         out.push_str(&format!("  - {}\n", r.message));
     }
+    out
+}
+
+/// The shadow's agreement with the answers users got, field by field:
+/// the rate, its anytime-valid bounds, the minimum; then its verdict and
+/// the copies not compared or not made.
+fn shadow(s: &ShadowHealth) -> String {
+    let mut out = String::from("\n\n");
+    if !s.fields.is_empty() {
+        let mut t = table(&[
+            "shadow field",
+            "compared",
+            "agreed",
+            "agreement",
+            "bounds",
+            "minimum",
+        ]);
+        for f in &s.fields {
+            let bounds = match (f.lower, f.upper) {
+                (Some(l), Some(u)) => format!("{} – {}", pct(l), pct(u)),
+                _ => "-".into(),
+            };
+            t.add_row(vec![
+                f.field.clone(),
+                f.compared.to_string(),
+                f.agreed.to_string(),
+                f.agreement.map_or("-".into(), pct),
+                bounds,
+                pct(f.min_agreement),
+            ]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    out.push_str(&format!(
+        "shadow {} {}: {} answers not compared; copies skipped: {} busy, {} too large, {} refused",
+        s.version,
+        s.verdict.as_str(),
+        s.uncompared,
+        s.skipped.busy,
+        s.skipped.too_large,
+        s.skipped.refused
+    ));
     out
 }
 
@@ -254,5 +328,41 @@ mod tests {
         ] {
             assert!(out.contains(want), "{want:?} missing in\n{out}");
         }
+        assert!(
+            !out.contains("shadow"),
+            "no shadow, no shadow lines:\n{out}"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_shadow_next_to_the_baseline() {
+        let d: DeploymentView = serde_json::from_value(json!({
+            "name": "heart-prod", "state": "stable", "baseline": {"version": "v1", "cluster": "heart-v1"},
+            "canary": null, "canary_percent": 0.0,
+            "shadow": {"version": "v3", "cluster": "heart-v3", "percent": 50.0, "started_at": 0},
+            "pinned": {"version": "v1", "cluster": "heart-v1"}, "cooldown_until": null,
+            "versions_in_play": ["v1", "v3"], "epoch": 4, "policy": {},
+            "health": {"verdict": "INSUFFICIENT_DATA", "recommendation": "CONTINUE", "window_seconds": 300,
+                "reasons": [{"code": "no_canary", "numbers": {}, "message": "no canary in progress; v1 serves all traffic"}],
+                "baseline": {"requests": 1000, "errors": 1, "error_rate": 0.001, "p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 30.0},
+                "canary": {"requests": 0, "errors": 0, "error_rate": 0.0, "p50_ms": null, "p95_ms": null, "p99_ms": null},
+                "shadow": {"version": "v3", "percent": 50.0, "requests": 500, "errors": 4, "error_rate": 0.008,
+                    "p50_ms": 12.5, "p95_ms": 40.0, "p99_ms": 61.0, "uncompared": 4,
+                    "skipped": {"busy": 3, "too_large": 1, "refused": 0},
+                    "fields": [{"field": "prediction", "compared": 496, "agreed": 350, "agreement": 0.7056,
+                        "lower": 0.63, "upper": 0.77, "min_agreement": 0.9}],
+                    "verdict": "DISAGREES"}}
+        }))
+        .unwrap();
+        let out = status(&d);
+        for want in [
+            "shadow     v3 @ 50 % of the baseline's requests, never answering",
+            "│ shadow v3 ┆ 500      ┆ 4      ┆ 0.80 %     ┆ 12.5 ms ┆ 40.0 ms ┆ 61.0 ms │",
+            "│ prediction   ┆ 496      ┆ 350    ┆ 70.56 %   ┆ 63.00 % – 77.00 % ┆ 90.00 % │",
+            "shadow v3 DISAGREES: 4 answers not compared; copies skipped: 3 busy, 1 too large, 0 refused",
+        ] {
+            assert!(out.contains(want), "{want:?} missing in\n{out}");
+        }
+        assert!(deployments(&[d]).contains("v3 @ 50 %"));
     }
 }

@@ -1,7 +1,9 @@
 //! Runs a parsed command through the typed client and returns what to
 //! print: a table for people, or the API's JSON with `-o json`.
 
-use crate::args::{CanaryCmd, Cli, Cmd, DeploymentsCmd, Output, Reasoned, TrafficCmd, VersionsCmd};
+use crate::args::{
+    CanaryCmd, Cli, Cmd, DeploymentsCmd, Output, Reasoned, ShadowCmd, TrafficCmd, VersionsCmd,
+};
 use crate::error::CliError;
 use crate::{feedback, render};
 use clap::CommandFactory;
@@ -85,6 +87,18 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 bake_seconds,
             };
             let d = client.start_canary(&deployment, &body).await?;
+            Ok(shown(&d, json, render::status))
+        }
+        Cmd::Shadow(ShadowCmd::Start {
+            deployment,
+            version,
+            percent,
+        }) => {
+            let d = client.start_shadow(&deployment, &version, percent).await?;
+            Ok(shown(&d, json, render::status))
+        }
+        Cmd::Shadow(ShadowCmd::Stop { deployment }) => {
+            let d = client.stop_shadow(&deployment).await?;
             Ok(shown(&d, json, render::status))
         }
         Cmd::Traffic(TrafficCmd::Set {
