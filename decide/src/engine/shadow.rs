@@ -147,23 +147,27 @@ pub(super) fn start_shadow(
             ));
             return Ok(events);
         }
-        Some(_) => {
-            if let Some(old) = d.shadow.take() {
-                let reason = format!("shadow {} replaced by {version}", old.target.version);
-                events.push(stopped(&old, actor, reason, "replaced"));
-            }
-        }
-        None => {}
+        _ => {}
     }
+    // Another version replaces the running one: one event, naming it; its
+    // run (and what it reported) ends here.
+    let replaced = d.shadow.take().map(|old| old.target.version);
     let percent = bps.as_percent();
+    let instead = replaced
+        .as_ref()
+        .map_or(String::new(), |old| format!(" in place of {old}"));
+    let mut numbers = json!({"version": version, "cluster": target.cluster, "percent": percent, "baseline": baseline});
+    if let (Some(old), Value::Object(m)) = (&replaced, &mut numbers) {
+        m.insert("replaced".into(), json!(old));
+    }
     events.push(event(
         EventKind::ShadowStarted,
         actor,
         format!(
-            "shadow {version} started: {percent} % of the requests {baseline} serves are copied to it (cluster {}); its answers are compared with the users', never returned",
+            "shadow {version} started{instead}: {percent} % of the requests {baseline} serves are copied to it (cluster {}); its answers are compared with the users', never returned",
             target.cluster
         ),
-        json!({"version": version, "cluster": target.cluster, "percent": percent, "baseline": baseline}),
+        numbers,
     ));
     d.shadow = Some(Shadow {
         target,
@@ -288,11 +292,19 @@ mod tests {
         let d = t.deployment;
         assert_eq!(d.shadow.as_ref().unwrap().bps, Bps::new(2500).unwrap());
         assert_eq!(d.shadow.as_ref().unwrap().started_at, T0 + 1, "same run");
-        // Another version replaces it.
+        // Another version replaces it: one event, naming the one replaced.
         let t = command(&d, start("v2", Some(10.0)), OPERATOR, T0 + 4).unwrap();
-        assert_eq!(kinds(&t), ["shadow_stopped", "shadow_started"]);
-        assert_eq!(t.events[0].numbers["cause"], "replaced");
+        assert_eq!(kinds(&t), ["shadow_started"]);
+        assert_eq!(t.events[0].numbers["replaced"], "v3");
+        assert!(
+            t.events[0]
+                .reason
+                .starts_with("shadow v2 started in place of v3: 10 %"),
+            "{}",
+            t.events[0].reason
+        );
         let d = t.deployment;
+        assert_eq!(d.shadow.as_ref().unwrap().started_at, T0 + 4, "a new run");
         let t = command(&d, Command::StopShadow, "bob", T0 + 5).unwrap();
         assert_eq!(kinds(&t), ["shadow_stopped"]);
         assert_eq!(
