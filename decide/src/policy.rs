@@ -192,7 +192,7 @@ pub fn check_metric_name(name: &str) -> Result<(), String> {
 /// at least `min_samples` compared answers (with the significance guard:
 /// when its anytime-valid upper bound is). It never changes the canary's
 /// verdict; it is the shadow's own finding.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ShadowRule {
@@ -200,6 +200,20 @@ pub struct ShadowRule {
     pub min_agreement: f64,
     /// Compared answers a field needs before it is judged.
     pub min_samples: u64,
+    /// Per output field, a minimum of its own in [0, 1] instead of
+    /// `min_agreement` (0: shown, never judged). A retrained model's
+    /// scores rarely stay within a tight tolerance while its classes
+    /// agree; this lets the classes decide.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, FieldMinimum>,
+}
+
+/// One field's own minimum agreement.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FieldMinimum {
+    pub min_agreement: f64,
 }
 
 impl Default for ShadowRule {
@@ -207,11 +221,19 @@ impl Default for ShadowRule {
         ShadowRule {
             min_agreement: 0.9,
             min_samples: 50,
+            fields: BTreeMap::new(),
         }
     }
 }
 
 impl ShadowRule {
+    /// The minimum agreement of `field`.
+    pub fn min_agreement_of(&self, field: &str) -> f64 {
+        self.fields
+            .get(field)
+            .map_or(self.min_agreement, |f| f.min_agreement)
+    }
+
     fn validate(&self) -> Result<(), PolicyError> {
         let a = self.min_agreement;
         if !(a.is_finite() && a > 0.0 && a <= 1.0) {
@@ -219,6 +241,17 @@ impl ShadowRule {
                 "shadow.min_agreement",
                 format!("must be a fraction in (0, 1], got {a}"),
             ));
+        }
+        for (name, f) in &self.fields {
+            let at = format!("shadow.fields.{name}");
+            coalmine_protocol::outputs::check_field_name(name).map_err(|m| bad(&at, m))?;
+            let a = f.min_agreement;
+            if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
+                return Err(bad(
+                    &format!("{at}.min_agreement"),
+                    format!("must be a fraction in [0, 1], got {a}"),
+                ));
+            }
         }
         if !(1..=1_000_000_000).contains(&self.min_samples) {
             return Err(bad(

@@ -34,10 +34,9 @@ pub(crate) struct RequestContext {
     copy: Option<RequestCopy>,
 }
 
-/// A user's request as it passes, for its copy to the shadow.
+/// A user's request body as it passes, for its copy to the shadow.
 #[derive(Debug)]
 struct RequestCopy {
-    headers: Vec<(String, String)>,
     /// `None` once the body grew past the limit (the copy is skipped).
     body: Option<Vec<u8>>,
     limit: usize,
@@ -122,7 +121,6 @@ impl HttpContext for RequestContext {
                 self.started_ns = host::now_ns();
                 if worker.copies(routed) {
                     self.copy = Some(RequestCopy {
-                        headers: host::request_headers(),
                         body: Some(Vec::new()),
                         limit: worker.max_copy_bytes(),
                         whole: end_of_stream,
@@ -201,8 +199,11 @@ impl HttpContext for RequestContext {
             let answer = std::mem::take(&mut self.answer);
             let user = worker.record(routed, || finished(status, complete, started_ns), answer);
             // A request the user gave up on before its end is not copied.
+            // Its headers are read now, as the route changed them on their
+            // way to the baseline (a `prefix_rewrite`, a `host_rewrite`),
+            // so the shadow gets the request the baseline got.
             if let Some(copy) = self.copy.take().filter(|c| c.whole) {
-                worker.copy(routed, copy.headers, copy.body, user);
+                worker.copy(routed, host::request_headers(), copy.body, user);
             }
         }
     }

@@ -134,6 +134,29 @@ impl ModelServer {
     /// A model trained `how` into `dir` as `version`, served on a free
     /// loopback port.
     pub async fn trained(dir: &Path, version: &str, how: Training) -> Result<ModelServer> {
+        ModelServer::trained_with(dir, version, how, &[]).await
+    }
+
+    /// [`ModelServer::trained`] with its fault switch on (see
+    /// [`ModelServer::set_faults`]).
+    pub async fn trained_with_faults(
+        dir: &Path,
+        version: &str,
+        how: Training,
+    ) -> Result<ModelServer> {
+        let token = [(
+            "COALMINE_MODELS_ADMIN_TOKEN".to_string(),
+            format!("{version}-faults-token"),
+        )];
+        ModelServer::trained_with(dir, version, how, &token).await
+    }
+
+    async fn trained_with(
+        dir: &Path,
+        version: &str,
+        how: Training,
+        env: &[(String, String)],
+    ) -> Result<ModelServer> {
         let bin = crate::package_bin("coalmine-models-server")?;
         let model = train(&bin, dir, version, how)?;
         let args: Vec<String> = ["serve", "--model", &model.display().to_string()]
@@ -141,15 +164,24 @@ impl ModelServer {
             .chain(&["--listen", "127.0.0.1:0"])
             .map(|a| a.to_string())
             .collect();
-        ModelServer::serve(&bin, None, &args, &[], dir, version).await
+        ModelServer::serve(&bin, None, &args, env, dir, version).await
     }
 
     /// Sets the share of predictions answered with a 500 (the fault switch).
     pub async fn set_error_rate(&self, client: &reqwest::Client, rate: f64) -> Result<()> {
+        self.set_faults(client, json!({"error_rate": rate})).await
+    }
+
+    /// Sets faults: `error_rate`, `extra_latency_ms`, `crash_on_malformed`.
+    pub async fn set_faults(
+        &self,
+        client: &reqwest::Client,
+        faults: serde_json::Value,
+    ) -> Result<()> {
         client
             .post(format!("http://{}/admin/faults", self.addr))
             .bearer_auth(&self.admin_token)
-            .json(&json!({"error_rate": rate}))
+            .json(&faults)
             .send()
             .await?
             .error_for_status()?;

@@ -188,7 +188,7 @@ pub fn judge_field(
             upper_bound(agreed, compared, alpha / 2.0),
         )
     });
-    let min = rule.min_agreement;
+    let min = rule.min_agreement_of(field);
     let observed_below = rate.is_some_and(|r| r < min);
     let standing = if compared < rule.min_samples {
         Standing::Collecting
@@ -293,6 +293,50 @@ mod tests {
         Policy {
             significance: Significance::None,
             ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_field_judged_by_its_own_minimum() {
+        // A retrained model: classes agree, scores often beyond the
+        // tolerance.
+        let w = window(&[("prediction", 1000, 983), ("probability", 1000, 763)]);
+        let mut policy = Policy::default();
+        assert_eq!(judge(&policy, &w).verdict, ShadowVerdict::Disagrees);
+        let own: crate::policy::ShadowRule = serde_json::from_value(serde_json::json!({
+            "fields": {"probability": {"min_agreement": 0.5}}
+        }))
+        .unwrap();
+        policy.shadow = own;
+        let j = judge(&policy, &w);
+        assert_eq!(j.verdict, ShadowVerdict::Agrees);
+        assert!(j.findings.is_empty());
+        assert_eq!(j.fields[1].min_agreement, 0.5, "shown with its own minimum");
+        assert_eq!(j.fields[0].min_agreement, 0.9);
+        // 0: shown, never judged.
+        policy.shadow.fields.insert(
+            "prediction".into(),
+            crate::policy::FieldMinimum { min_agreement: 0.0 },
+        );
+        let bad = window(&[("prediction", 1000, 10), ("probability", 1000, 763)]);
+        assert_eq!(judge(&policy, &bad).verdict, ShadowVerdict::Agrees);
+        // Bad minima and names are refused.
+        for (fields, at) in [
+            (
+                serde_json::json!({"probability": {"min_agreement": 1.5}}),
+                "shadow.fields.probability.min_agreement",
+            ),
+            (
+                serde_json::json!({"Bad Name": {"min_agreement": 0.5}}),
+                "shadow.fields.Bad Name",
+            ),
+        ] {
+            let e =
+                serde_json::from_value::<Policy>(serde_json::json!({"shadow": {"fields": fields}}))
+                    .map(|p| p.validate())
+                    .unwrap()
+                    .unwrap_err();
+            assert_eq!(e.field, at);
         }
     }
 
