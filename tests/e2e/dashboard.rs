@@ -1,10 +1,11 @@
 //! The dashboard in a real headless Chromium: both roles' live numbers, the
-//! charts, the output mix and feedback, a rollback on click (confirmed, with
-//! the operator token; refused without it), and every series the shipped
-//! Grafana dashboard queries.
+//! charts, the output mix and feedback, a shadow started and stopped from its
+//! panel (its version, share, agreement and requests shown meanwhile), a
+//! rollback on click (confirmed, with the operator token; refused without
+//! it), and every series the shipped Grafana dashboard queries.
 
 use anyhow::{Context, Result, ensure};
-use coalmine_client::types::{FeedbackBatch, FeedbackObservation, FeedbackValue};
+use coalmine_client::types::{FeedbackBatch, FeedbackObservation, FeedbackValue, RegisterVersion};
 use coalmine_e2e::{
     Browser, ControllerProc, Envoy, EnvoyConfig, Load, OPERATOR_TOKEN, SYNC_TOKEN, Upstream, poll,
     workspace_root,
@@ -25,12 +26,25 @@ async fn click(b: &fantoccini::Client, id: &str) -> Result<()> {
     .await
 }
 
+/// The text of the element with `id`; none while it is missing or the
+/// page redraws it (a stale element).
+async fn text(b: &fantoccini::Client, id: &str) -> Option<String> {
+    b.find(Locator::Id(id)).await.ok()?.text().await.ok()
+}
+
+/// heart-prod's health, as the controller's JSON.
+async fn health(c: &ControllerProc) -> Result<Value> {
+    let resp = reqwest::get(c.url("/v1/deployments/heart-prod/health")).await?;
+    Ok(resp.error_for_status()?.json().await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> {
     let c = ControllerProc::start(30_000).await?;
-    let (v1, v2) = (
+    let (v1, v2, v3) = (
         Upstream::start("heart-v1").await?,
         Upstream::start("heart-v2").await?,
+        Upstream::start("heart-v3").await?,
     );
     let mut plugin = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
     plugin["controller"]["token"] = json!(SYNC_TOKEN);
@@ -38,6 +52,7 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         EnvoyConfig::shipped("envoy.yaml")?
             .upstream("heart-v1", v1.addr)?
             .upstream("heart-v2", v2.addr)?
+            .upstream("heart-v3", v3.addr)?
             .upstream("coalmine_controller", c.addr)?
             .plugin_config(&plugin)?,
     )
@@ -45,6 +60,13 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
     c.heart_prod(json!({"check_interval_seconds": 1, "min_requests": 10}))
         .await?;
     c.start_canary(Some(30.0)).await?;
+    // v3, which the shadow panel offers (neither baseline nor canary).
+    let register = RegisterVersion {
+        version: "v3".into(),
+        cluster: "heart-v3".into(),
+        metadata: None,
+    };
+    c.client().register_version("heart-prod", &register).await?;
     let _load = Load::start(envoy.url("/predict/heart"), 80);
 
     let artifacts = workspace_root().join("target/e2e-artifacts");
@@ -151,6 +173,160 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
     );
     let before = artifacts.join("dashboard-canary.png");
     browser.screenshot(&before).await?;
+
+    // A shadow of v3 on half of the baseline's requests, started from the
+    // panel's controls after a confirmation. The page redraws every second
+    // (not while an input has the focus): a redraw between typing and
+    // clicking would start another share, so the question is read first.
+    let question = poll(
+        "the shadow's start to ask for confirmation",
+        Duration::from_secs(20),
+        || async {
+            let Ok(percent) = b.find(Locator::Id("shadow-percent")).await else {
+                return Ok(None);
+            };
+            if percent.clear().await.is_err() || percent.send_keys("50").await.is_err() {
+                return Ok(None);
+            }
+            let Ok(start) = b.find(Locator::Id("shadow-start")).await else {
+                return Ok(None);
+            };
+            if start.click().await.is_err() {
+                return Ok(None);
+            }
+            // A disabled button (v3 not offered yet) asks nothing.
+            let Ok(question) = b.get_alert_text().await else {
+                return Ok(None);
+            };
+            if question.contains("Copy 50 % of heart-prod's baseline requests to v3") {
+                b.accept_alert().await?;
+                Ok(Some(question))
+            } else {
+                b.dismiss_alert().await?;
+                Ok(None)
+            }
+        },
+    )
+    .await?;
+    println!("dashboard asked: {question}");
+    // The panel: the shadow's version and share, every field agreeing
+    // (each upstream answers alike), its requests and its verdict.
+    let requests = poll(
+        "the shadow panel's numbers",
+        Duration::from_secs(60),
+        || async {
+            let (
+                Some(section),
+                Some(share),
+                Some(requests),
+                Some(prediction),
+                Some(probability),
+                Some(verdict),
+            ) = (
+                text(b, "shadow").await,
+                text(b, "shadow-percent-now").await,
+                text(b, "shadow-requests").await,
+                text(b, "shadow-agreement-prediction").await,
+                text(b, "shadow-agreement-probability").await,
+                text(b, "shadow-verdict").await,
+            )
+            else {
+                return Ok(None);
+            };
+            let requests = requests.trim().parse::<u64>().unwrap_or(0);
+            let shown = section.contains("shadow v3 (heart-v3)")
+                && share.trim() == "50 %"
+                && requests > 0
+                && prediction.trim() == "100.00 %"
+                && probability.trim() == "100.00 %"
+                && verdict.trim() == "AGREES";
+            Ok(shown.then_some(requests))
+        },
+    )
+    .await?;
+    println!(
+        "dashboard shadow: v3 at 50 %, {} requests, agreement 100 %",
+        requests
+    );
+    let h = health(&c).await?;
+    let s = &h["shadow"];
+    ensure!(
+        s["version"] == "v3" && s["percent"] == 50.0 && s["errors"] == 0,
+        "health's shadow: {s}"
+    );
+    ensure!(
+        s["requests"].as_u64().unwrap_or(0) >= requests,
+        "health counts fewer shadow requests than the page showed: {s}"
+    );
+    let fields = s["fields"].as_array().context("the shadow's fields")?;
+    for name in ["prediction", "probability"] {
+        let f = fields
+            .iter()
+            .find(|f| f["field"] == name)
+            .with_context(|| format!("no {name} in {s}"))?;
+        ensure!(
+            f["agreement"] == 1.0
+                && f["compared"].as_u64().unwrap_or(0) > 0
+                && f["agreed"] == f["compared"],
+            "{name}: {f}"
+        );
+    }
+    b.execute("document.getElementById('shadow').scrollIntoView()", vec![])
+        .await?;
+    let shadowed = artifacts.join("dashboard-shadow.png");
+    browser.screenshot(&shadowed).await?;
+    println!("screenshot: {}", shadowed.display());
+    b.execute("window.scrollTo(0, 0)", vec![]).await?;
+
+    // Stopping it from the panel asks first, then the shadow is gone.
+    click(b, "shadow-stop").await?;
+    let question = b.get_alert_text().await?;
+    ensure!(
+        question.contains("Stop the shadow v3 of heart-prod"),
+        "confirmation asked {question:?}"
+    );
+    b.accept_alert().await?;
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#events tr[data-kind='shadow_stopped']"))
+        .await?;
+    poll(
+        "the panel without a shadow",
+        Duration::from_secs(10),
+        || async {
+            let Some(section) = text(b, "shadow").await else {
+                return Ok(None);
+            };
+            Ok(section.contains("No shadow").then_some(()))
+        },
+    )
+    .await?;
+    let h = health(&c).await?;
+    ensure!(
+        h["shadow"].is_null(),
+        "a shadow after the stop: {}",
+        h["shadow"]
+    );
+    let events = c.client().events("heart-prod", None, None).await?;
+    let of = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e.event.kind.as_str() == kind)
+            .map(|e| e.event.clone())
+            .with_context(|| format!("no {kind} event"))
+    };
+    let (started, stopped) = (of("shadow_started")?, of("shadow_stopped")?);
+    ensure!(
+        started.actor == "operator"
+            && started.numbers.get("percent").and_then(Value::as_f64) == Some(50.0),
+        "{started:?}"
+    );
+    ensure!(
+        stopped.actor == "operator"
+            && stopped.numbers.get("version") == Some(&json!("v3"))
+            && stopped.numbers.get("cause") == Some(&json!("operator")),
+        "{stopped:?}"
+    );
 
     click(b, "rollback").await?;
     let question = b.get_alert_text().await?;
