@@ -25,9 +25,29 @@ pub(crate) fn request_header(name: &str) -> Option<Bytes> {
         .flatten()
 }
 
-/// Every request header, pseudo-headers included (one host call).
-pub(crate) fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+/// Every request header, pseudo-headers included (one host call); `None`
+/// when a value is not UTF-8 (Envoy lets bytes 0x80-0xff through; the
+/// call that would carry them takes text).
+pub(crate) fn request_headers() -> Option<Vec<(String, String)>> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .ok()?
+        .into_iter()
+        .map(|(name, value)| String::from_utf8(value).ok().map(|v| (name, v)))
+        .collect()
+}
+
+/// A header of the answer to an HTTP call the filter made.
+pub(crate) fn call_response_header(name: &str) -> Option<Bytes> {
+    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The body of the answer to an HTTP call the filter made.
+pub(crate) fn call_response_body(size: usize) -> Option<Bytes> {
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
 }
 
 /// The request body chunk Envoy holds now (`size` bytes).

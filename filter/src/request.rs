@@ -5,7 +5,7 @@
 //! `on_log`.
 
 use crate::host;
-use crate::worker::{Answer, Finished, HeaderEdit, Routed, Worker};
+use crate::worker::{Answer, Finished, HeaderEdit, Routed, Taken, Worker};
 use coalmine_protocol::Outcome;
 use coalmine_protocol::outputs::{BodyCollector, Collected};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -37,6 +37,8 @@ pub(crate) struct RequestContext {
 /// A user's request body as it passes, for its copy to the shadow.
 #[derive(Debug)]
 struct RequestCopy {
+    /// A chunk could not be read: the copy would not be the request.
+    failed: bool,
     /// `None` once the body grew past the limit (the copy is skipped).
     body: Option<Vec<u8>>,
     limit: usize,
@@ -56,7 +58,32 @@ impl RequestCopy {
             return;
         }
         if size > 0 {
-            body.extend(host::request_body(size).unwrap_or_default());
+            match host::request_body(size) {
+                Some(chunk) => body.extend(chunk),
+                None => self.failed = true,
+            }
+        }
+    }
+
+    /// What there is to copy now that the request is done.
+    fn taken(self) -> Taken {
+        match self.body {
+            _ if !self.whole || self.failed => Taken::Incomplete,
+            Some(body) => Taken::Whole(body),
+            None => Taken::TooLarge,
+        }
+    }
+}
+
+impl Drop for RequestContext {
+    /// A request that goes away before `on_log` gives its copy slot back.
+    fn drop(&mut self) {
+        if let (Some(_), Some(routed), Some(Ok(mut worker))) = (
+            self.copy.as_ref(),
+            self.routed.as_ref(),
+            self.worker.as_ref().map(|w| w.try_borrow_mut()),
+        ) {
+            worker.drop_copy(routed);
         }
     }
 }
@@ -121,6 +148,7 @@ impl HttpContext for RequestContext {
                 self.started_ns = host::now_ns();
                 if worker.copies(routed) {
                     self.copy = Some(RequestCopy {
+                        failed: false,
                         body: Some(Vec::new()),
                         limit: worker.max_copy_bytes(),
                         whole: end_of_stream,
@@ -198,12 +226,12 @@ impl HttpContext for RequestContext {
             let (status, complete, started_ns) = (self.status, self.complete, self.started_ns);
             let answer = std::mem::take(&mut self.answer);
             let user = worker.record(routed, || finished(status, complete, started_ns), answer);
-            // A request the user gave up on before its end is not copied.
-            // Its headers are read now, as the route changed them on their
+            // A request the user gave up on before its end is not copied
+            // (counted). Its headers are read now, as the route changed them on their
             // way to the baseline (a `prefix_rewrite`, a `host_rewrite`),
             // so the shadow gets the request the baseline got.
-            if let Some(copy) = self.copy.take().filter(|c| c.whole) {
-                worker.copy(routed, host::request_headers(), copy.body, user);
+            if let Some(copy) = self.copy.take() {
+                worker.copy(routed, copy.taken(), host::request_headers, user);
             }
         }
     }

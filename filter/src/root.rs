@@ -11,9 +11,10 @@ use crate::shadow::{Cadence, SHADOW_TICK, ShadowAnswer};
 use crate::sync::Syncer;
 use crate::worker::Worker;
 use coalmine_protocol::PluginConfig;
+use coalmine_protocol::outputs::BodyCollector;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use proxy_wasm::types::{BufferType, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -139,6 +140,7 @@ impl RootContext for CoalmineRoot {
                 vm.publish_memory();
             }
             worker.flush_metrics();
+            worker.expire_copies(host::now_ns());
             if let Some(syncer) = self.syncer.as_mut() {
                 syncer.on_tick(&mut worker);
             }
@@ -174,30 +176,29 @@ fn send_copies(worker: &mut Worker) {
 }
 
 /// What came back for a copy: its status (0 without an answer) and, for a
-/// 2xx answer not compressed and at most `limit` bytes, its body.
+/// 2xx answer the outputs reader would read (not compressed, at most
+/// `limit` bytes), its body.
 fn read_copy_answer(num_headers: usize, body_size: usize, limit: usize) -> ShadowAnswer {
-    let header = |name: &str| {
-        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
-            .ok()
-            .flatten()
-    };
-    let status = if num_headers == 0 {
-        0
-    } else {
-        header(":status").and_then(|s| s.parse().ok()).unwrap_or(0)
-    };
-    let readable = (200..300).contains(&status)
+    let status = (num_headers > 0)
+        .then(|| host::call_response_header(":status"))
+        .flatten();
+    let code = status
+        .as_deref()
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let readable = limit > 0
         && body_size <= limit
-        && limit > 0
-        && header("content-encoding").is_none_or(|e| e.eq_ignore_ascii_case("identity"));
-    let body = readable.then(|| {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    });
+        && BodyCollector::for_response(
+            status.as_deref(),
+            host::call_response_header("content-encoding").as_deref(),
+            host::call_response_header("content-length").as_deref(),
+            limit,
+        )
+        .is_ok();
+    let body = readable.then(|| host::call_response_body(body_size).unwrap_or_default());
     ShadowAnswer {
-        status,
+        status: code,
         body,
         now_ns: host::now_ns(),
     }

@@ -2,17 +2,21 @@
 //! values: which copies wait to be sent, which are under way, and what the
 //! shadows answered, until the next report.
 //!
-//! A request context hands its copy over when the user's request is done
-//! ([`Shadows::enqueue`]): the user's answer is known by then, so the
+//! A request in the shadow's share takes a slot when it is routed
+//! ([`Shadows::reserve`]), so the copies being taken, waiting and under way
+//! never pass the cap, and hands its copy over when the user's request is
+//! done ([`Shadows::enqueue`]): the user's answer is known by then, so the
 //! shadow's answer can be compared the moment it arrives. The root context
 //! sends waiting copies ([`Shadows::next_to_send`]): a call Envoy makes for
 //! a request context is cancelled when that request ends, while the root
 //! context lives as long as the worker, so copies are sent from there, on
 //! its tick (every [`SHADOW_TICK`] while a shadow is in force) and
-//! whenever a copy's answer arrives. Copies waiting or under way are capped
-//! per worker (`shadow.max_in_flight`); further ones are skipped and
-//! counted, so a slow or absent shadow costs a bounded amount of memory
-//! and never a user's time.
+//! whenever a copy's answer arrives. Copies being taken, waiting or under
+//! way are capped per worker (`shadow.max_in_flight`); further ones are
+//! skipped and counted, so a slow or absent shadow costs a bounded amount
+//! of memory and never a user's time. A copy Envoy never answers is given
+//! up a second after its timeout ([`Shadows::expire`]), so a lost answer
+//! cannot hold a slot for good.
 
 use coalmine_protocol::Outcome;
 use coalmine_protocol::outputs::{OutputField, Said, read_said};
@@ -46,14 +50,21 @@ impl Cadence {
         if now_ms.saturating_add(self.period_ms / 4) < self.next_ms {
             return false;
         }
-        self.next_ms = now_ms.saturating_add(self.period_ms);
+        // Anchored to the schedule, not to the tick that ran it: on a fast
+        // tick the work still comes once per period, not every ¾ of one.
+        let next = self.next_ms.saturating_add(self.period_ms);
+        self.next_ms = if now_ms >= next {
+            now_ms.saturating_add(self.period_ms)
+        } else {
+            next
+        };
         true
     }
 }
 
 /// One copy of a user's request, ready to go.
 #[derive(Debug)]
-pub(crate) struct Copy {
+pub(crate) struct ShadowCopy {
     pub(crate) deployment: usize,
     pub(crate) version: String,
     pub(crate) cluster: String,
@@ -76,8 +87,8 @@ struct Sent {
 /// What came back for a copy.
 #[derive(Debug)]
 pub(crate) struct ShadowAnswer {
-    /// The `:status` (0: no answer: a reset, a refused connection, a
-    /// timeout).
+    /// The `:status` (0: no answer, a reset stream; Envoy answers a
+    /// timeout with a 504 and a refused connection with a 503).
     pub(crate) status: u64,
     /// The body, when it was read (a 2xx within the size limit, not
     /// compressed).
@@ -87,25 +98,40 @@ pub(crate) struct ShadowAnswer {
 
 #[derive(Debug, Default)]
 pub(crate) struct Shadows {
-    waiting: VecDeque<Copy>,
+    /// Slots of copies being taken (their requests still under way).
+    reserved: usize,
+    waiting: VecDeque<ShadowCopy>,
     sent: HashMap<u32, Sent>,
     /// Per deployment and shadow version, since the last report.
     tallies: Vec<(usize, String, ShadowTally)>,
 }
 
 impl Shadows {
-    /// Copies waiting or under way.
+    /// Copies being taken, waiting or under way.
     pub(crate) fn in_flight(&self) -> usize {
-        self.waiting.len().saturating_add(self.sent.len())
+        self.reserved
+            .saturating_add(self.waiting.len())
+            .saturating_add(self.sent.len())
     }
 
-    /// Takes a copy to send, or counts it skipped when `max_in_flight`
-    /// copies are already waiting or under way.
-    pub(crate) fn enqueue(&mut self, copy: Copy, max_in_flight: usize, fields: &[OutputField]) {
+    /// A slot for a copy about to be taken; `false` (nothing taken) when
+    /// `max_in_flight` copies are already being taken, waiting or under way.
+    pub(crate) fn reserve(&mut self, max_in_flight: usize) -> bool {
         if self.in_flight() >= max_in_flight {
-            self.skipped(copy.deployment, &copy.version, fields, ShadowSkip::Busy);
-            return;
+            return false;
         }
+        self.reserved += 1;
+        true
+    }
+
+    /// A reserved slot given back: its copy was not made.
+    pub(crate) fn release(&mut self) {
+        self.reserved = self.reserved.saturating_sub(1);
+    }
+
+    /// Takes a copy to send, in the slot reserved for it.
+    pub(crate) fn enqueue(&mut self, copy: ShadowCopy) {
+        self.release();
         self.waiting.push_back(copy);
     }
 
@@ -123,12 +149,12 @@ impl Shadows {
     }
 
     /// The next copy to send.
-    pub(crate) fn next_to_send(&mut self) -> Option<Copy> {
+    pub(crate) fn next_to_send(&mut self) -> Option<ShadowCopy> {
         self.waiting.pop_front()
     }
 
     /// Envoy took the copy (`token` names its answer).
-    pub(crate) fn sending(&mut self, token: u32, copy: Copy, now_ns: u64) {
+    pub(crate) fn sending(&mut self, token: u32, copy: ShadowCopy, now_ns: u64) {
         self.sent.insert(
             token,
             Sent {
@@ -140,12 +166,8 @@ impl Shadows {
         );
     }
 
-    /// Whether `token` is a copy's answer.
-    pub(crate) fn is_copy(&self, token: u32) -> bool {
-        self.sent.contains_key(&token)
-    }
-
-    /// The deployment a copy under way belongs to.
+    /// The deployment a copy under way belongs to (`None`: `token` is not
+    /// a copy's).
     pub(crate) fn deployment_of(&self, token: u32) -> Option<usize> {
         self.sent.get(&token).map(|s| s.deployment)
     }
@@ -167,6 +189,38 @@ impl Shadows {
         };
         if let Some(t) = self.tally(sent.deployment, &sent.version, fields) {
             t.record(outcome, latency_us, compared_ref);
+        }
+    }
+
+    /// Gives up copies sent more than `timeout` and a second ago (Envoy
+    /// answers every call by its timeout, so only a lost answer gets
+    /// here): each is counted as a `reset`. `fields` gives a deployment's
+    /// output fields.
+    pub(crate) fn expire<'a>(
+        &mut self,
+        now_ns: u64,
+        timeout: Duration,
+        fields: impl Fn(usize) -> &'a [OutputField],
+    ) {
+        let grace = u64::try_from(timeout.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1_000_000_000);
+        let lost: Vec<u32> = self
+            .sent
+            .iter()
+            .filter(|(_, s)| now_ns.saturating_sub(s.sent_ns) > grace)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in lost {
+            let Some(d) = self.deployment_of(token) else {
+                continue;
+            };
+            let answer = ShadowAnswer {
+                status: 0,
+                body: None,
+                now_ns,
+            };
+            self.answered(token, answer, fields(d));
         }
     }
 

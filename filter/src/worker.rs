@@ -12,7 +12,7 @@
 
 use crate::metrics::{EnvoyMetrics, Metrics};
 use crate::random::RandomPool;
-use crate::shadow::{Copy, ShadowAnswer, Shadows};
+use crate::shadow::{ShadowAnswer, ShadowCopy, Shadows};
 use coalmine_protocol::active::{ActiveSplits, Observed};
 use coalmine_protocol::config::Deployment;
 use coalmine_protocol::outputs::{
@@ -194,9 +194,16 @@ impl<M: Metrics> Worker<M> {
         let read_outputs = forced.is_none() && sample.is_some_and(|s| self.sampled(s));
         // Copies are of the baseline's requests: the shadow is compared
         // with production.
-        let shadow = split.shadow.as_ref().map(|s| s.bps);
-        let copy =
-            forced.is_none() && role == Role::Baseline && shadow.is_some_and(|s| self.sampled(s));
+        let shadow = split.shadow.as_ref().filter(|_| forced.is_none());
+        let in_share = role == Role::Baseline && shadow.is_some_and(|s| self.sampled(s.bps));
+        // A slot is taken now, so copies being taken count against the cap
+        // and a request beyond it costs nothing more.
+        let copy = in_share && self.shadows.reserve(self.config.shadow.max_in_flight);
+        if let Some(s) = shadow.filter(|_| in_share && !copy) {
+            let fields = fields_of(&self.config.deployments, index);
+            self.shadows
+                .skipped(index, &s.target.version, fields, ShadowSkip::Busy);
+        }
         Some(Routed {
             deployment: index,
             role,
@@ -362,14 +369,18 @@ impl<M: Metrics> Worker<M> {
         said
     }
 
-    /// Takes the copy of a finished request for its deployment's shadow
-    /// (`too_large`: its body was over `shadow.max_body_bytes`, it is
-    /// counted, not copied). `user` is what the user's answer said.
+    /// Takes the copy of a finished request for its deployment's shadow,
+    /// in the slot the request reserved when it was routed: a whole
+    /// request is copied with its headers as `headers` reads them (only
+    /// then), without coalmine's routing headers and marked as a copy; a
+    /// request not seen whole, too large, or with a header the call cannot
+    /// carry (`headers` gives `None`) is counted instead. `user` is what
+    /// the user's answer said.
     pub(crate) fn copy(
         &mut self,
         routed: &Routed,
-        headers: Vec<(String, String)>,
-        body: Option<Vec<u8>>,
+        taken: Taken,
+        headers: impl FnOnce() -> Option<Vec<(String, String)>>,
         user: Option<Vec<Said>>,
     ) {
         let Some(shadow) = routed.split.shadow.as_ref().filter(|_| routed.copy) else {
@@ -378,35 +389,48 @@ impl<M: Metrics> Worker<M> {
         let d = routed.deployment;
         let fields = fields_of(&self.config.deployments, d);
         let version = &shadow.target.version;
-        let Some(body) = body else {
-            self.shadows
-                .skipped(d, version, fields, ShadowSkip::TooLarge);
-            return;
+        let skip = |shadows: &mut Shadows, why| {
+            shadows.release();
+            shadows.skipped(d, version, fields, why);
+        };
+        let body = match taken {
+            Taken::Whole(body) => body,
+            Taken::TooLarge => return skip(&mut self.shadows, ShadowSkip::TooLarge),
+            Taken::Incomplete => return skip(&mut self.shadows, ShadowSkip::Incomplete),
+        };
+        let Some(headers) = headers() else {
+            return skip(&mut self.shadows, ShadowSkip::Refused);
         };
         let names = &self.config.headers;
         let mut drop = vec![names.role.as_str(), names.cluster.as_str()];
         drop.extend(names.tester_override.as_ref().map(|t| t.header.as_str()));
-        let copy = Copy {
+        self.shadows.enqueue(ShadowCopy {
             deployment: d,
             version: version.clone(),
             cluster: shadow.target.cluster.clone(),
             headers: copy_headers(headers, &drop),
             body,
             user,
-        };
-        let max = self.config.shadow.max_in_flight;
-        self.shadows.enqueue(copy, max, fields);
+        });
+    }
+
+    /// A routed request's copy slot given back without a copy (its
+    /// request context went away before the request was done).
+    pub(crate) fn drop_copy(&mut self, routed: &Routed) {
+        if routed.copy {
+            self.shadows.release();
+        }
     }
 
     /// The next copy to send to a shadow, and how long to wait for its
     /// answer.
-    pub(crate) fn next_copy(&mut self) -> Option<(Copy, std::time::Duration)> {
+    pub(crate) fn next_copy(&mut self) -> Option<(ShadowCopy, std::time::Duration)> {
         let copy = self.shadows.next_to_send()?;
         Some((copy, self.config.shadow.timeout))
     }
 
     /// Envoy took a copy (`Some(token)`) or refused it.
-    pub(crate) fn copy_sent(&mut self, copy: Copy, token: Option<u32>, now_ns: u64) {
+    pub(crate) fn copy_sent(&mut self, copy: ShadowCopy, token: Option<u32>, now_ns: u64) {
         match token {
             Some(token) => self.shadows.sending(token, copy, now_ns),
             None => {
@@ -421,9 +445,6 @@ impl<M: Metrics> Worker<M> {
     /// it to read (the deployment's `outputs.max_body_bytes`, 0 without
     /// outputs).
     pub(crate) fn copy_answer_limit(&self, token: u32) -> Option<usize> {
-        if !self.shadows.is_copy(token) {
-            return None;
-        }
         let d = self.shadows.deployment_of(token)?;
         let limit = self
             .config
@@ -432,6 +453,15 @@ impl<M: Metrics> Worker<M> {
             .and_then(|d| d.outputs.as_ref())
             .map_or(0, |o| o.max_body_bytes);
         Some(limit)
+    }
+
+    /// Gives up copies whose answer never came (see [`Shadows::expire`]).
+    pub(crate) fn expire_copies(&mut self, now_ns: u64) {
+        let deployments = &self.config.deployments;
+        self.shadows
+            .expire(now_ns, self.config.shadow.timeout, |d| {
+                fields_of(deployments, d)
+            });
     }
 
     /// A copy's answer arrived.
@@ -564,6 +594,17 @@ fn fields_of(deployments: &[Deployment], deployment: usize) -> &[OutputField] {
         .get(deployment)
         .and_then(|d| d.outputs.as_ref())
         .map_or(&[][..], |o| &o.fields)
+}
+
+/// What a request in the shadow's share left to copy once it was done.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The whole body (empty without one).
+    Whole(Vec<u8>),
+    /// The body grew past `shadow.max_body_bytes`.
+    TooLarge,
+    /// The request's end was not seen, or its body could not be read.
+    Incomplete,
 }
 
 /// What a served request's answer turned out to be.

@@ -84,8 +84,11 @@ impl ActiveSplits {
             .iter()
             .map(|s| {
                 s.as_ref().map(|s| {
+                    // No copies either: a stop the controller could not
+                    // pass on must not leave a shadow running for good.
                     Rc::new(DeploymentSplit {
                         canary_bps: crate::split::Bps::ZERO,
+                        shadow: None,
                         ..DeploymentSplit::clone(s)
                     })
                 })

@@ -54,7 +54,8 @@ pub struct ShadowLimits {
     /// Copies under way at once per worker; further ones are skipped and
     /// counted (`busy`).
     pub max_in_flight: usize,
-    /// A copy's answer is awaited this long, then counted as a `reset`.
+    /// A copy's answer is awaited this long (Envoy then answers it with a
+    /// 504, counted as the shadow's `5xx`).
     pub timeout: Duration,
     /// Requests with a larger body are not copied (counted `too_large`).
     pub max_body_bytes: usize,

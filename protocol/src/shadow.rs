@@ -101,9 +101,15 @@ pub struct ShadowSkips {
     /// The request's body was larger than `shadow.max_body_bytes`.
     #[serde(default)]
     pub too_large: u64,
-    /// Envoy refused to start the call (e.g. the cluster does not exist).
+    /// The copy could not be sent: Envoy refused the call (e.g. the
+    /// cluster does not exist), or a header value is not UTF-8, which the
+    /// call cannot carry.
     #[serde(default)]
     pub refused: u64,
+    /// The user's request was not seen whole: the client gave up before
+    /// its end, or its body could not be read.
+    #[serde(default)]
+    pub incomplete: u64,
 }
 
 /// Why a copy was not made.
@@ -112,6 +118,7 @@ pub enum ShadowSkip {
     Busy,
     TooLarge,
     Refused,
+    Incomplete,
 }
 
 impl ShadowSkips {
@@ -123,6 +130,7 @@ impl ShadowSkips {
         self.busy
             .saturating_add(self.too_large)
             .saturating_add(self.refused)
+            .saturating_add(self.incomplete)
     }
 
     pub fn add(&mut self, skip: ShadowSkip, n: u64) {
@@ -130,6 +138,7 @@ impl ShadowSkips {
             ShadowSkip::Busy => &mut self.busy,
             ShadowSkip::TooLarge => &mut self.too_large,
             ShadowSkip::Refused => &mut self.refused,
+            ShadowSkip::Incomplete => &mut self.incomplete,
         };
         *c = c.saturating_add(n);
     }
@@ -138,6 +147,7 @@ impl ShadowSkips {
         self.add(ShadowSkip::Busy, other.busy);
         self.add(ShadowSkip::TooLarge, other.too_large);
         self.add(ShadowSkip::Refused, other.refused);
+        self.add(ShadowSkip::Incomplete, other.incomplete);
     }
 }
 

@@ -9,8 +9,8 @@ fn fields() -> Vec<OutputField> {
     config.deployments[0].outputs.clone().unwrap().fields
 }
 
-fn copy(version: &str, user: Option<&str>) -> Copy {
-    Copy {
+fn copy(version: &str, user: Option<&str>) -> ShadowCopy {
+    ShadowCopy {
         deployment: 0,
         version: version.into(),
         cluster: "c3".into(),
@@ -46,7 +46,8 @@ fn each_answer_is_judged_on_what_both_sides_said() {
         (Some("a"), answered(0, None)),
     ];
     for (token, (user, answer)) in (1u32..).zip(cases) {
-        s.enqueue(copy("v3", user), 16, &f);
+        assert!(s.reserve(16));
+        s.enqueue(copy("v3", user));
         let c = s.next_to_send().unwrap();
         s.sending(token, c, 1_000_000);
         s.answered(token, answer, &f);
@@ -73,7 +74,8 @@ fn each_answer_is_judged_on_what_both_sides_said() {
 #[test]
 fn without_outputs_only_outcome_and_latency_count() {
     let mut s = Shadows::default();
-    s.enqueue(copy("v3", None), 16, &[]);
+    assert!(s.reserve(16));
+    s.enqueue(copy("v3", None));
     let c = s.next_to_send().unwrap();
     s.sending(5, c, 0);
     s.answered(5, answered(200, Some("anything")), &[]);
@@ -102,7 +104,53 @@ fn regular_work_keeps_its_period_on_a_faster_tick() {
     assert!(c.due(10_000));
     // A timer firing a little early at the period itself still counts.
     assert!(c.due(10_990));
-    // On a 20 ms tick: once per period.
-    let due = (0..100u64).filter(|i| c.due(11_000 + i * 20)).count();
-    assert_eq!(due, 2, "over 2 s of 20 ms ticks");
+    // On a 20 ms tick: once per period, a period apart.
+    let ticks: Vec<u64> = (1..=500u64).map(|i| 10_990 + i * 20).collect();
+    let due: Vec<u64> = ticks.into_iter().filter(|&t| c.due(t)).collect();
+    assert_eq!(due.len(), 10, "over 10 s of 20 ms ticks: {due:?}");
+    assert!(
+        due.windows(2).all(|w| w[1] - w[0] >= 980),
+        "a period apart: {due:?}"
+    );
+    // After a long pause (a stalled worker) it does not catch up in a burst.
+    assert!(c.due(60_000));
+    assert!(!c.due(60_020));
+}
+
+#[test]
+fn the_cap_counts_copies_being_taken_waiting_and_under_way() {
+    let mut s = Shadows::default();
+    assert!(s.reserve(3));
+    assert!(s.reserve(3));
+    assert!(s.reserve(3));
+    assert!(!s.reserve(3), "three taken: the fourth is refused");
+    s.release();
+    assert!(s.reserve(3), "a slot given back");
+    s.enqueue(copy("v3", None));
+    let c = s.next_to_send().unwrap();
+    s.sending(1, c, 0);
+    assert_eq!(s.in_flight(), 3, "one under way, two being taken");
+    assert!(!s.reserve(3));
+    s.answered(1, answered(200, None), &[]);
+    assert!(s.reserve(3));
+}
+
+#[test]
+fn a_copy_whose_answer_never_comes_is_given_up_as_a_reset() {
+    let f = fields();
+    let mut s = Shadows::default();
+    for token in [1, 2] {
+        assert!(s.reserve(16));
+        s.enqueue(copy("v3", Some("a")));
+        let c = s.next_to_send().unwrap();
+        s.sending(token, c, if token == 1 { 0 } else { 5_000_000_000 });
+    }
+    let timeout = Duration::from_secs(5);
+    s.expire(5_900_000_000, timeout, |_| &f);
+    assert_eq!(s.in_flight(), 2, "within timeout and grace");
+    s.expire(6_100_000_000, timeout, |_| &f);
+    assert_eq!(s.in_flight(), 1, "the first given up");
+    assert_eq!(s.deployment_of(1), None);
+    let r = &report(&mut s, &f, "v3")[0];
+    assert_eq!((r.counts.reset, r.uncompared), (1, 1));
 }

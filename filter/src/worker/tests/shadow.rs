@@ -67,11 +67,16 @@ fn user_headers() -> Vec<(String, String)> {
 }
 
 /// The user's request answered `user`, copied; the copy Envoy would send.
-fn copied(w: &mut Worker<Recorded>, user: &str) -> crate::shadow::Copy {
+fn copied(w: &mut Worker<Recorded>, user: &str) -> crate::shadow::ShadowCopy {
     let r = request(w, &[]);
     assert!(w.copies(&r));
     let said = w.record(&r, || served(200, 3), body(user));
-    w.copy(&r, user_headers(), Some(b"{}".to_vec()), said);
+    w.copy(
+        &r,
+        Taken::Whole(b"{}".to_vec()),
+        || Some(user_headers()),
+        said,
+    );
     let (copy, timeout) = w.next_copy().unwrap();
     assert_eq!(timeout, std::time::Duration::from_millis(5_000));
     copy
@@ -184,26 +189,67 @@ fn answers_read_only_to_compare_are_not_counted_as_outputs() {
 }
 
 #[test]
-fn copies_beyond_the_bound_too_large_or_refused_are_skipped_and_counted() {
+fn copies_beyond_the_bound_are_not_even_taken() {
     let mut w = shadow_worker(0.0, 100.0, r#""max_in_flight":2"#);
-    for _ in 0..3 {
+    let routed: Vec<Routed> = (0..3).map(|_| request(&mut w, &[])).collect();
+    let copies: Vec<bool> = routed.iter().map(|r| w.copies(r)).collect();
+    assert_eq!(
+        copies,
+        [true, true, false],
+        "the third has no slot: no body kept"
+    );
+    // A request that went away before it was done gives its slot back.
+    w.drop_copy(&routed[0]);
+    let r = request(&mut w, &[]);
+    assert!(w.copies(&r));
+    // Copies waiting and under way hold their slots.
+    let whole = || Taken::Whole(Vec::new());
+    w.copy(&routed[1], whole(), || Some(user_headers()), None);
+    w.copy(&r, whole(), || Some(user_headers()), None);
+    let sent = w.next_copy().unwrap().0;
+    w.copy_sent(sent, Some(1), 0);
+    let next = request(&mut w, &[]);
+    assert!(!w.copies(&next), "one waiting and one under way: full");
+    let s = &w.drain_reports().shadow[0];
+    assert_eq!(s.skipped.busy, 2);
+    assert!(s.decode().is_ok());
+}
+
+#[test]
+fn copies_too_large_incomplete_or_unsendable_are_counted_and_free_their_slot() {
+    let mut w = shadow_worker(0.0, 100.0, r#""max_in_flight":1"#);
+    let whole = || Taken::Whole(Vec::new());
+    for (taken, headers) in [
+        (Taken::TooLarge, Some(user_headers())),
+        (Taken::Incomplete, Some(user_headers())),
+        // A header value that is not UTF-8 cannot be sent.
+        (whole(), None),
+    ] {
         let r = request(&mut w, &[]);
-        w.copy(&r, user_headers(), Some(Vec::new()), None);
+        assert!(w.copies(&r), "the slot was given back");
+        let mut read = false;
+        w.copy(
+            &r,
+            taken,
+            || {
+                read = true;
+                headers
+            },
+            None,
+        );
+        assert!(w.next_copy().is_none());
+        assert_eq!(
+            read,
+            w.drain_reports().shadow[0].skipped.refused == 1,
+            "headers are read only for a whole request"
+        );
     }
-    let first = w.next_copy().unwrap().0;
-    w.copy_sent(first, Some(1), 0);
+    let r = request(&mut w, &[]);
+    w.copy(&r, whole(), || Some(user_headers()), None);
     let refused = w.next_copy().unwrap().0;
     w.copy_sent(refused, None, 0);
-    assert!(w.next_copy().is_none());
+    let s = &w.drain_reports().shadow[0];
+    assert_eq!(s.skipped.refused, 1, "Envoy refused the call");
     let r = request(&mut w, &[]);
-    w.copy(&r, user_headers(), None, None);
-
-    let reports = w.drain_reports();
-    let s = &reports.shadow[0];
-    assert_eq!(
-        (s.skipped.busy, s.skipped.refused, s.skipped.too_large),
-        (1, 1, 1)
-    );
-    assert_eq!(s.counts.total(), 0, "the copy under way has not answered");
-    assert!(s.decode().is_ok());
+    assert!(w.copies(&r), "a refused call frees its slot");
 }
