@@ -14,7 +14,7 @@ mod feedback;
 mod shadow;
 
 pub use feedback::{FeedbackSeries, FeedbackStats, MAX_BUCKETS, Tally, tally};
-pub use shadow::{Agreement, ShadowReported, ShadowSeries, ShadowWindowStats};
+pub use shadow::{Agreement, ShadowReported, ShadowRun, ShadowSeries, ShadowWindowStats};
 
 use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};
 use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};

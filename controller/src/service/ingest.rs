@@ -1,8 +1,8 @@
 //! Sync ingest: every proxy worker's report checked, counted exactly once
 //! (deduplicated by proxy, instance and sequence number) and merged into
 //! the rolling windows the policy reads. A report's shadow part (what each
-//! deployment's shadow answered) is checked and deduplicated with it, and
-//! counted only for the version that is the deployment's shadow now.
+//! deployment's shadow answered) is deduplicated with it, and counted only
+//! for the deployment's current shadow run (its version, since it started).
 
 use super::{Controller, ServiceError};
 use crate::clock::Millis;
@@ -10,7 +10,7 @@ use crate::metrics::{Dropped, Metrics, SyncResult};
 use coalmine_decide::engine::Deployment;
 use coalmine_decide::observe::{Observations, observe};
 use coalmine_decide::window::{
-    Reported, ShadowReported, ShadowWindowStats, Tally, Windows, bucket_seconds,
+    Reported, ShadowReported, ShadowRun, ShadowWindowStats, Tally, Windows, bucket_seconds,
 };
 use coalmine_protocol::SplitTable;
 use coalmine_protocol::sync::{SyncRequest, SyncResponse};
@@ -35,8 +35,9 @@ pub(super) const MAX_INSTANCES: usize = 65_536;
 struct Known {
     versions: HashSet<String>,
     bucket_seconds: u64,
-    /// The shadow's version: the only one whose shadow reports count.
-    shadow: Option<String>,
+    /// The shadow's run (version, started at): the only one whose shadow
+    /// reports count, into its own series.
+    shadow: Option<(String, Millis)>,
 }
 
 #[derive(Debug)]
@@ -70,7 +71,10 @@ impl Default for Ingest {
 }
 
 impl Ingest {
-    /// Learns the deployments as they are now (after every change).
+    /// Learns the deployments as they are now (after every change). A
+    /// deployment whose shadow run changed (stopped, started again, another
+    /// version, another baseline) forgets its shadow's series: a run counts
+    /// only what arrives after it started.
     pub(crate) fn know<'a>(&self, deployments: impl IntoIterator<Item = &'a Deployment>) {
         let known = deployments
             .into_iter()
@@ -82,13 +86,34 @@ impl Ingest {
                     Known {
                         versions,
                         bucket_seconds: bucket,
-                        shadow: d.shadow.as_ref().map(|s| s.target.version.clone()),
+                        shadow: d
+                            .shadow
+                            .as_ref()
+                            .map(|s| (s.target.version.clone(), s.started_at)),
                     },
                 )
             })
+            .collect::<HashMap<String, Known>>();
+        let Ok(mut k) = self.known.write() else {
+            return;
+        };
+        let ended: Vec<String> = k
+            .iter()
+            .filter(|(name, old)| {
+                old.shadow.is_some() && known.get(*name).map(|new| &new.shadow) != Some(&old.shadow)
+            })
+            .map(|(name, _)| name.clone())
             .collect();
-        if let Ok(mut k) = self.known.write() {
-            *k = known;
+        *k = known;
+        // Reports are counted holding `known`; from here on they count for
+        // the new run, and what the ended run was sent is forgotten.
+        drop(k);
+        if !ended.is_empty()
+            && let Ok(mut w) = self.windows.lock()
+        {
+            for name in &ended {
+                w.shadow.forget(name);
+            }
         }
     }
 
@@ -170,11 +195,11 @@ impl Ingest {
                 metrics.dropped(Dropped::UnknownDeployment, 1);
                 continue;
             };
-            if k.shadow.as_deref() != Some(r.version.as_str()) {
+            let Some((_, started_at)) = k.shadow.as_ref().filter(|(v, _)| *v == r.version) else {
                 // Stopped or replaced since the proxy copied it.
                 metrics.dropped(Dropped::NotShadow, 1);
                 continue;
-            }
+            };
             let reported = ShadowReported {
                 counts,
                 latency: h,
@@ -183,22 +208,29 @@ impl Ingest {
                 skipped: r.skipped,
             };
             let bucket = second - second % k.bucket_seconds;
-            windows
-                .shadow
-                .add(&r.deployment, &r.version, bucket, &reported);
+            let run = ShadowRun {
+                deployment: &r.deployment,
+                version: &r.version,
+                started_at: *started_at,
+            };
+            windows.shadow.add(run, bucket, &reported);
             metrics.shadow_report(&r.deployment, &r.version, counts, &r.skipped);
         }
         Ok(())
     }
 
     /// `d`'s shadow over the policy's window ending at `now` (none without
-    /// a shadow): its current version's reports only.
+    /// a shadow): its current run's reports only.
     pub(crate) fn shadow_stats(&self, d: &Deployment, now: Millis) -> Option<ShadowWindowStats> {
         let s = d.shadow.as_ref()?;
         let w = self.windows.lock().ok()?;
+        let run = ShadowRun {
+            deployment: &d.name,
+            version: &s.target.version,
+            started_at: s.started_at,
+        };
         Some(w.shadow.stats(
-            &d.name,
-            &s.target.version,
+            run,
             now / 1000,
             d.policy.window_seconds,
             &d.policy.error_classes,

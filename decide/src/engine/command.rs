@@ -163,6 +163,8 @@ pub fn command(
     // pinned version it was) has nothing left to show.
     let baseline = next.baseline.version.clone();
     events.extend(next.end_shadow_of(&baseline, ShadowEnd::BecameBaseline, actor));
+    // Another baseline (a promotion, a revert): the shadow starts a new run.
+    next.shadow_follows_baseline(&d.baseline, now);
     Ok(Transition {
         deployment: next,
         events,

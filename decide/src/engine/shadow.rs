@@ -3,15 +3,20 @@
 //! it; and [`shadow_step`] reports each field that disagrees with the
 //! answers users got, once per field and run.
 //!
+//! A run begins when a version starts shadowing (again, or in place of
+//! another) and when the baseline it is compared with changes; its
+//! `started_at` names it, and its window holds only what was reported
+//! since.
+//!
 //! A shadow never answers a user, so nothing here touches the split the
 //! users are served by, and no fail-safe applies to it.
 
 use super::model::{
-    Deployment, ENGINE, Event, EventKind, Refusal, Shadow, Transition, VersionState, event,
+    Deployment, ENGINE, Event, EventKind, Millis, Refusal, Shadow, Transition, VersionState, event,
 };
 use crate::rules::shadow::{ShadowHealth, ShadowJudgement, judge};
 use crate::window::ShadowWindowStats;
-use coalmine_protocol::Bps;
+use coalmine_protocol::{Bps, Target};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
@@ -67,6 +72,24 @@ impl Deployment {
         let shadow = self.shadow.take_if(|s| s.target.version == version)?;
         let reason = end.sentence(version);
         Some(stopped(&shadow, actor, reason, end.cause()))
+    }
+
+    /// After a change of baseline (a promotion, a revert to the pinned
+    /// version) the running shadow starts a new run at `now`: its answers
+    /// were compared with the old baseline's until then, and one window
+    /// must not mix two baselines. Its window starts over (the run's
+    /// `started_at` moves, and the controller keeps a series per run) and
+    /// disagreements are reported again. No event: the promotion's or
+    /// revert's says what changed.
+    pub(super) fn shadow_follows_baseline(&mut self, before: &Target, now: Millis) {
+        if self.baseline == *before {
+            return;
+        }
+        if let Some(s) = self.shadow.as_mut() {
+            // Strictly later, so the run is a new one even within a millisecond.
+            s.started_at = now.max(s.started_at.saturating_add(1));
+            s.disagreed.clear();
+        }
     }
 
     /// The shadow in health: its window beside both roles, judged by the
@@ -508,5 +531,80 @@ mod tests {
         assert_eq!((h.version.as_str(), h.percent), ("v3", 20.0));
         assert_eq!(h.verdict, ShadowVerdict::Agrees);
         assert!(registered().shadow_health(&stats(&[])).is_none());
+    }
+
+    #[test]
+    fn a_change_of_baseline_starts_a_new_run() {
+        // v3 shadows v1 while canary v2 runs; its disagreement is reported.
+        let d = with_canary(Policy::default());
+        let reg = Command::RegisterVersion {
+            version: "v3".into(),
+            cluster: "heart-v3".into(),
+            metadata: json!({}),
+        };
+        let d = command(&d, reg, OPERATOR, T0).unwrap().deployment;
+        let d = command(&d, start("v3", None), OPERATOR, T0 + 1)
+            .unwrap()
+            .deployment;
+        let bad = stats(&[("prediction", 500, 350)]);
+        let d = shadow_step(&d, &bad).transition.deployment;
+        assert!(shadow_step(&d, &bad).transition.events.is_empty());
+        // v2 promoted: v3 is compared with v2's answers from now on, a new
+        // run with its own window, and the disagreement is news again.
+        let t = command(&d, Command::Promote { reason: None }, OPERATOR, T0 + 9).unwrap();
+        assert_eq!(kinds(&t), ["promoted"], "no event of its own");
+        let s = t.deployment.shadow.as_ref().unwrap();
+        assert_eq!((s.started_at, s.disagreed.len()), (T0 + 9, 0));
+        let d = t.deployment;
+        assert_eq!(
+            kinds(&shadow_step(&d, &bad).transition),
+            ["shadow_disagrees"]
+        );
+        let d = shadow_step(&d, &bad).transition.deployment;
+        // A revert to the pinned v1, in the same millisecond: a new run all the same.
+        let t = command(&d, Command::Rollback { reason: None }, OPERATOR, T0 + 9).unwrap();
+        assert_eq!(kinds(&t), ["reverted_to_pinned"]);
+        let s = t.deployment.shadow.as_ref().unwrap();
+        assert_eq!((s.started_at, s.disagreed.len()), (T0 + 10, 0));
+        // Anything else leaves the run as it is.
+        let d = t.deployment;
+        let d = shadow_step(&d, &bad).transition.deployment;
+        let t = command(&d, start("v3", Some(50.0)), OPERATOR, T0 + 20).unwrap();
+        let s = t.deployment.shadow.as_ref().unwrap();
+        assert_eq!((s.started_at, s.disagreed.len()), (T0 + 10, 1));
+    }
+
+    #[test]
+    fn the_engines_own_promotion_starts_a_new_run() {
+        let d = with_canary(Policy {
+            bake_seconds: 60,
+            ..Policy::default()
+        });
+        let reg = Command::RegisterVersion {
+            version: "v3".into(),
+            cluster: "heart-v3".into(),
+            metadata: json!({}),
+        };
+        let d = command(&d, reg, OPERATOR, T0).unwrap().deployment;
+        let d = command(&d, start("v3", None), OPERATOR, T0)
+            .unwrap()
+            .deployment;
+        let d = shadow_step(&d, &stats(&[("prediction", 500, 350)]))
+            .transition
+            .deployment;
+        let (b, c) = good();
+        let mut d = d;
+        let mut promoted = None;
+        for at in [5_000, 65_000, 125_000, 185_000] {
+            let s = super::super::testing::step(&d, &b, &c, T0 + at);
+            if kinds(&s.transition) == ["promoted"] {
+                promoted = Some(T0 + at);
+            }
+            d = s.transition.deployment;
+        }
+        assert_eq!(d.baseline.version, "v2");
+        let s = d.shadow.as_ref().unwrap();
+        assert_eq!(Some(s.started_at), promoted);
+        assert!(s.disagreed.is_empty());
     }
 }

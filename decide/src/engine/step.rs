@@ -51,6 +51,8 @@ pub fn step(d: &Deployment, obs: &Observations, now: Millis) -> Step {
         }
         VerdictKind::InsufficientData => restart_bake(&mut next),
     }
+    // A promotion: the shadow is compared with another baseline from now.
+    next.shadow_follows_baseline(&d.baseline, now);
     Step {
         transition: Transition {
             deployment: next,

@@ -1,5 +1,5 @@
-//! A shadow's answers over the window: per deployment and shadow version,
-//! per-second buckets of the shadow's outcome counts, its latencies (sparse
+//! A shadow's answers over the window: per deployment and shadow run (its
+//! version and when the run started), per-second buckets of the shadow's outcome counts, its latencies (sparse
 //! HdrHistogram buckets, as the roles' windows keep them), per output field
 //! how many answers were compared with the user's and how many agreed, the
 //! answers that could not be compared, and the copies not made, by why.
@@ -115,32 +115,50 @@ impl Bucket {
     }
 }
 
+/// One run of a deployment's shadow: its version and when the run started
+/// (ms). Starting the same version again, or a change of the baseline it is
+/// compared with, is a new run with a series of its own, so a run never
+/// counts what an earlier one was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowRun<'a> {
+    pub deployment: &'a str,
+    pub version: &'a str,
+    pub started_at: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     deployment: String,
     version: String,
+    started_at: u64,
 }
 
-/// Every deployment's and shadow version's buckets.
+impl Key {
+    fn of(run: ShadowRun<'_>) -> Key {
+        Key {
+            deployment: run.deployment.to_string(),
+            version: run.version.to_string(),
+            started_at: run.started_at,
+        }
+    }
+}
+
+/// Every deployment's shadow runs' buckets.
 #[derive(Debug, Default)]
 pub struct ShadowSeries {
     series: HashMap<Key, VecDeque<Bucket>>,
 }
 
 impl ShadowSeries {
-    /// Adds one report of `deployment`'s shadow `version` to the bucket of
-    /// `second`.
-    pub fn add(
-        &mut self,
-        deployment: &str,
-        version: &str,
-        second: u64,
-        reported: &ShadowReported<'_>,
-    ) {
-        let key = Key {
-            deployment: deployment.to_string(),
-            version: version.to_string(),
-        };
+    /// Adds one report of `run` to the bucket of `second`. The first report
+    /// of a run forgets the deployment's earlier runs: a deployment has one
+    /// shadow, and an ended run is never read again.
+    pub fn add(&mut self, run: ShadowRun<'_>, second: u64, reported: &ShadowReported<'_>) {
+        let key = Key::of(run);
+        if !self.series.contains_key(&key) {
+            self.series
+                .retain(|k, _| k.deployment != run.deployment || *k == key);
+        }
         let buckets = self.series.entry(key).or_default();
         let new = |second| Bucket {
             second,
@@ -151,20 +169,17 @@ impl ShadowSeries {
         }
     }
 
-    /// The shadow `version` of `deployment` over the `window_seconds`
-    /// ending at `now_second` (inclusive); `error_classes` are the errors.
+    /// The shadow `run` over the `window_seconds` ending at `now_second`
+    /// (inclusive): only what was added to this run; `error_classes` are
+    /// the errors.
     pub fn stats(
         &self,
-        deployment: &str,
-        version: &str,
+        run: ShadowRun<'_>,
         now_second: u64,
         window_seconds: u64,
         error_classes: &[Outcome],
     ) -> ShadowWindowStats {
-        let key = Key {
-            deployment: deployment.to_string(),
-            version: version.to_string(),
-        };
+        let key = Key::of(run);
         let Ok(mut merged) = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
         else {
             return ShadowWindowStats::default();
@@ -258,7 +273,34 @@ mod tests {
             uncompared: failed,
             skipped,
         };
-        s.add("heart-prod", version, second, &r);
+        s.add(run(version, 0), second, &r);
+    }
+
+    /// `compared` 2xx answers of `at`, `agreed` of them agreeing.
+    fn report(s: &mut ShadowSeries, at: ShadowRun<'_>, second: u64, compared: u64, agreed: u64) {
+        let counts = OutcomeCounts {
+            success: compared,
+            ..OutcomeCounts::default()
+        };
+        let h = hist(&vec![1000; usize::try_from(compared).unwrap()]);
+        let fields = [agreement("prediction", compared, agreed)];
+        let r = ShadowReported {
+            counts: &counts,
+            latency: &h,
+            agreement: &fields,
+            uncompared: 0,
+            skipped: ShadowSkips::default(),
+        };
+        s.add(at, second, &r);
+    }
+
+    /// heart-prod's shadow `version`, its run started at `started_at`.
+    fn run(version: &str, started_at: u64) -> ShadowRun<'_> {
+        ShadowRun {
+            deployment: "heart-prod",
+            version,
+            started_at,
+        }
     }
 
     const ERRORS: [Outcome; 2] = [Outcome::ServerError, Outcome::Reset];
@@ -305,7 +347,7 @@ mod tests {
             ],
             ShadowSkips::default(),
         );
-        let w = s.stats("heart-prod", "v3", 11, 300, &ERRORS);
+        let w = s.stats(run("v3", 0), 11, 300, &ERRORS);
         assert_eq!((w.requests, w.errors, w.uncompared), (110, 10, 10));
         assert!((w.error_rate - 10.0 / 110.0).abs() < 1e-12);
         assert_eq!(
@@ -321,20 +363,20 @@ mod tests {
             ShadowSkips {
                 busy: 3,
                 too_large: 2,
-                refused: 0
+                ..ShadowSkips::default()
             }
         );
         let p50 = w.p50_ms.unwrap();
         assert!((19.9..=20.1).contains(&p50), "{p50}");
         assert!((29.9..=30.1).contains(&w.p99_ms.unwrap()));
         // A 1 s window ending at 11 holds only that second.
-        let last = s.stats("heart-prod", "v3", 11, 1, &ERRORS);
+        let last = s.stats(run("v3", 0), 11, 1, &ERRORS);
         assert_eq!(
             (last.requests, last.fields["prediction"].compared),
             (10, 10)
         );
         // Versions are separate series; an unknown one is empty, never NaN.
-        let other = s.stats("heart-prod", "v4", 11, 300, &ERRORS);
+        let other = s.stats(run("v4", 0), 11, 300, &ERRORS);
         assert_eq!(other, ShadowWindowStats::default());
         assert_eq!(Agreement::default().rate(), None);
     }
@@ -349,17 +391,58 @@ mod tests {
             add(&mut s, "v3", 5, (1, 0), 1000, chunk, ShadowSkips::default());
         }
         assert_eq!(
-            s.stats("heart-prod", "v3", 5, 60, &ERRORS).fields.len(),
+            s.stats(run("v3", 0), 5, 60, &ERRORS).fields.len(),
             MAX_FIELDS
         );
         // A late report lands in its own second.
         add(&mut s, "v3", 3, (1, 0), 1000, &[], ShadowSkips::default());
-        assert_eq!(s.stats("heart-prod", "v3", 3, 1, &ERRORS).requests, 1);
+        assert_eq!(s.stats(run("v3", 0), 3, 1, &ERRORS).requests, 1);
         s.prune(100, 60);
-        assert_eq!(s.stats("heart-prod", "v3", 100, 1000, &ERRORS).requests, 0);
+        assert_eq!(s.stats(run("v3", 0), 100, 1000, &ERRORS).requests, 0);
         assert!(s.series.is_empty());
         add(&mut s, "v3", 100, (1, 0), 1000, &[], ShadowSkips::default());
         s.forget("heart-prod");
         assert!(s.series.is_empty());
+    }
+
+    #[test]
+    fn a_new_run_of_the_same_version_starts_empty() {
+        let mut s = ShadowSeries::default();
+        // v3's first run (started at 1 000 ms) disagrees badly in second 10.
+        let first = run("v3", 1_000);
+        report(&mut s, first, 10, 500, 350);
+        assert_eq!(s.stats(first, 10, 300, &ERRORS).requests, 500);
+        // Stopped and started again at 20 000 ms, well within the window:
+        // the new run sees none of it.
+        let second = run("v3", 20_000);
+        assert_eq!(
+            s.stats(second, 20, 300, &ERRORS),
+            ShadowWindowStats::default()
+        );
+        report(&mut s, second, 21, 100, 99);
+        let w = s.stats(second, 21, 300, &ERRORS);
+        assert_eq!(
+            (w.requests, w.fields["prediction"]),
+            (
+                100,
+                Agreement {
+                    compared: 100,
+                    agreed: 99
+                }
+            )
+        );
+        // Its first report forgot the earlier run of the deployment.
+        assert_eq!(s.series.len(), 1);
+        assert_eq!(s.stats(first, 21, 300, &ERRORS).requests, 0);
+        // Another deployment's shadow is not touched.
+        let other = ShadowRun {
+            deployment: "lungs-prod",
+            version: "v3",
+            started_at: 1_000,
+        };
+        report(&mut s, other, 21, 10, 10);
+        report(&mut s, run("v3", 30_000), 31, 10, 10);
+        assert_eq!(s.stats(other, 31, 300, &ERRORS).requests, 10);
+        assert_eq!(s.series.len(), 2);
     }
 }

@@ -107,7 +107,7 @@ fn shadow_report(
         skipped: ShadowSkips {
             busy: 1,
             too_large: 2,
-            refused: 0,
+            ..ShadowSkips::default()
         },
     }
 }
@@ -329,9 +329,10 @@ async fn sync_answers_carry_the_shadow_and_its_reports_count_once() {
     );
     assert_eq!(s["fields"][0]["compared"], 30);
     assert_eq!(s["fields"][0]["agreed"], 24);
+    let skipped = &s["skipped"];
     assert_eq!(
-        s["skipped"],
-        json!({"busy": 1, "too_large": 2, "refused": 0})
+        (&skipped["busy"], &skipped["too_large"], &skipped["refused"]),
+        (&json!(1), &json!(2), &json!(0))
     );
     assert_eq!(h["baseline"]["requests"], 40);
 
@@ -546,4 +547,99 @@ async fn an_established_disagreement_is_an_event_once_and_the_shadow_survives_a_
         .filter(|k| *k == "shadow_disagrees")
         .count();
     assert_eq!(count, 1);
+}
+
+/// How many `shadow_disagrees` the timeline holds.
+async fn disagreements(app: &Router) -> usize {
+    kinds(app)
+        .await
+        .iter()
+        .filter(|k| *k == "shadow_disagrees")
+        .count()
+}
+
+#[tokio::test]
+async fn a_shadow_started_again_or_under_another_baseline_starts_from_nothing() {
+    let (app, c, clock, _) = shadowed().await;
+    let mut seq = 0;
+    let mut bad = |version: &str| {
+        seq += 1;
+        sync_body(
+            seq,
+            vec![],
+            vec![shadow_report(version, (500, 0), 500, 350)],
+        )
+    };
+    let shadow_requests = |h: &Value| h["shadow"]["requests"].as_u64();
+    start(&app, json!({"version": "v3"})).await;
+    call(&app, "POST", "/v1/sync", Some(SYNC), Some(bad("v3"))).await;
+    c.evaluate_due().await;
+    clock.set(T0 + 1000);
+    c.evaluate_due().await;
+    assert_eq!(disagreements(&app).await, 1);
+
+    // Stopped and started again 2 s later (the window is 300 s): the new
+    // run has seen nothing, so nothing is reported on the old run's data.
+    clock.set(T0 + 2000);
+    call(&app, "DELETE", SHADOW, Some(OP), None).await;
+    start(&app, json!({"version": "v3"})).await;
+    let (_, h) = call(&app, "GET", "/v1/deployments/heart-prod/health", None, None).await;
+    assert_eq!(shadow_requests(&h), Some(0), "{h}");
+    assert_eq!(h["shadow"]["fields"], json!([]));
+    for second in 3..=5 {
+        clock.set(T0 + second * 1000);
+        c.evaluate_due().await;
+    }
+    assert_eq!(disagreements(&app).await, 1, "not on the old run's data");
+    // Its own reports count, and are its own news.
+    call(&app, "POST", "/v1/sync", Some(SYNC), Some(bad("v3"))).await;
+    clock.set(T0 + 6000);
+    c.evaluate_due().await;
+    assert_eq!(disagreements(&app).await, 2);
+
+    // v3 → v2 → v3: the same.
+    clock.set(T0 + 7000);
+    start(&app, json!({"version": "v2"})).await;
+    start(&app, json!({"version": "v3"})).await;
+    let (_, h) = call(&app, "GET", "/v1/deployments/heart-prod/health", None, None).await;
+    assert_eq!(shadow_requests(&h), Some(0), "{h}");
+    clock.set(T0 + 8000);
+    c.evaluate_due().await;
+    assert_eq!(disagreements(&app).await, 2);
+
+    // A promotion mid-run: v3 is compared with another baseline from now,
+    // a new run (same version, later `started_at`), reported again.
+    call(&app, "POST", "/v1/sync", Some(SYNC), Some(bad("v3"))).await;
+    clock.set(T0 + 9000);
+    c.evaluate_due().await;
+    assert_eq!(disagreements(&app).await, 3);
+    let canary = json!({"version": "v2", "percent": 10});
+    let (status, d) = call(
+        &app,
+        "POST",
+        "/v1/deployments/heart-prod/canary",
+        Some(OP),
+        Some(canary),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    let (_, d) = call(&app, "GET", "/v1/deployments/heart-prod", None, None).await;
+    let before = d["shadow"]["started_at"].as_u64().unwrap();
+    clock.set(T0 + 10_000);
+    let (status, d) = call(
+        &app,
+        "POST",
+        "/v1/deployments/heart-prod/promote",
+        Some(OP),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert!(d["shadow"]["started_at"].as_u64().unwrap() > before, "{d}");
+    let (_, h) = call(&app, "GET", "/v1/deployments/heart-prod/health", None, None).await;
+    assert_eq!(shadow_requests(&h), Some(0), "{h}");
+    call(&app, "POST", "/v1/sync", Some(SYNC), Some(bad("v3"))).await;
+    clock.set(T0 + 11_000);
+    c.evaluate_due().await;
+    assert_eq!(disagreements(&app).await, 4, "news under the new baseline");
 }
