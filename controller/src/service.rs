@@ -35,7 +35,6 @@ use coalmine_decide::observe::Observations;
 use coalmine_decide::policy::Policy;
 use coalmine_decide::rules::evaluate;
 use coalmine_decide::verdict::{Health, Verdict, VerdictKind};
-use coalmine_protocol::shadow::ShadowReportError;
 use coalmine_protocol::sync::ReportError;
 use coalmine_protocol::{SplitTable, Target};
 use history::History;
@@ -78,8 +77,6 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("report refused: {0}")]
     BadReport(#[from] ReportError),
-    #[error("shadow report refused: {0}")]
-    BadShadowReport(#[from] ShadowReportError),
     /// Something in memory cannot be used; nothing was changed.
     #[error("{0}")]
     Unavailable(String),

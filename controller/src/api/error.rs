@@ -63,9 +63,6 @@ impl From<ServiceError> for ApiError {
             ServiceError::Refused(Refusal::NotFound(m)) => ApiError::NotFound(m),
             ServiceError::Refused(Refusal::Conflict(m)) => ApiError::Conflict(m),
             ServiceError::BadReport(e) => ApiError::BadRequest(format!("report refused: {e}")),
-            ServiceError::BadShadowReport(e) => {
-                ApiError::BadRequest(format!("shadow report refused: {e}"))
-            }
             ServiceError::Unavailable(m) => ApiError::Unavailable(m),
             ServiceError::Store(e) => {
                 // The cause goes to the log, not to the client.

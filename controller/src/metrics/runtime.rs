@@ -20,6 +20,10 @@ pub enum Dropped {
     /// A shadow report of a version that is not the deployment's shadow
     /// (stopped or replaced since the proxy made the copies).
     NotShadow,
+    /// A shadow report that does not check out (e.g. more agreed than
+    /// compared, counts the latency histogram does not hold): dropped
+    /// alone, the call's role reports are counted.
+    BadShadowReport,
     /// The instance table was full; the oldest instance was forgotten.
     InstanceEvicted,
 }
@@ -110,6 +114,7 @@ impl Metrics {
             Dropped::UnknownDeployment => "unknown_deployment",
             Dropped::UnknownVersion => "unknown_version",
             Dropped::NotShadow => "not_shadow",
+            Dropped::BadShadowReport => "bad_shadow_report",
             Dropped::InstanceEvicted => "instance_evicted",
         };
         self.dropped_reports

@@ -117,8 +117,11 @@ impl Ingest {
         }
     }
 
-    /// Takes in a worker's report at `now`: refused whole when any part is
-    /// bad (nothing is counted), counted once when new, ignored when resent.
+    /// Takes in a worker's report at `now`: refused whole when the call or
+    /// a role report is bad (nothing is counted), counted once when new,
+    /// ignored when resent. A shadow report that is bad is dropped alone
+    /// (and counted as dropped): the shadow is optional, the canary's
+    /// numbers beside it are not.
     pub(crate) fn take(
         &self,
         req: &SyncRequest,
@@ -127,19 +130,13 @@ impl Ingest {
     ) -> Result<(), ServiceError> {
         // Decode everything before touching any state: a bad report changes nothing.
         let checked = req.check().map_err(ServiceError::from).and_then(|()| {
-            let roles = req
-                .reports
+            req.reports
                 .iter()
                 .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let shadow = req
-                .shadow
-                .iter()
-                .map(|r| r.decode().map(|(counts, h)| (r, counts, h)))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((roles, shadow))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ServiceError::from)
         });
-        let (decoded, shadow) = match checked {
+        let decoded = match checked {
             Ok(d) => d,
             Err(e) => {
                 metrics.sync_report(SyncResult::Rejected);
@@ -147,6 +144,19 @@ impl Ingest {
                 return Err(e);
             }
         };
+        let mut bad_shadow = 0u64;
+        let shadow: Vec<_> = req
+            .shadow
+            .iter()
+            .filter_map(|r| match r.decode() {
+                Ok((counts, h)) => Some((r, counts, h)),
+                Err(e) => {
+                    bad_shadow += 1;
+                    tracing::debug!(proxy = %req.proxy, deployment = %r.deployment, "shadow report dropped: {e}");
+                    None
+                }
+            })
+            .collect();
         let Ok(mut instances) = self.instances.lock() else {
             return Ok(());
         };
@@ -167,6 +177,9 @@ impl Ingest {
         }
         instance.seq = req.seq;
         metrics.sync_report(SyncResult::Accepted);
+        if bad_shadow > 0 {
+            metrics.dropped(Dropped::BadShadowReport, bad_shadow);
+        }
         drop(instances);
         let (Ok(known), Ok(mut windows)) = (self.known.read(), self.windows.lock()) else {
             return Ok(());

@@ -1,6 +1,6 @@
 //! The shadow through the API: started, changed and stopped, the refusals
 //! on the way, the split table that carries it to the proxies, its reports
-//! (counted once, refused whole when bad), its block in health, its
+//! (counted once, a bad one dropped alone), its block in health, its
 //! metrics, the disagreement the engine reports once, and a restart.
 
 use super::*;
@@ -336,46 +336,63 @@ async fn sync_answers_carry_the_shadow_and_its_reports_count_once() {
     );
     assert_eq!(h["baseline"]["requests"], 40);
 
-    // A bad shadow report refuses the whole call: nothing of it counts.
+    // A bad shadow report is dropped alone: the call answers 200 and its
+    // role reports count (a filter drops a refused call for good, and the
+    // canary's numbers with it).
     let mut bad = shadow_report("v3", (10, 0), 10, 11);
     bad.agreement[0].agreed = 11;
-    let body = sync_body(3, vec![baseline_report(5)], vec![bad]);
-    assert_error(
-        &call(&app, "POST", "/v1/sync", Some(SYNC), Some(body)).await,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "shadow report refused: agreement: prediction: 11 agreed of 10 compared",
+    let body = sync_body(
+        3,
+        vec![baseline_report(5)],
+        vec![bad, shadow_report("v3", (4, 0), 4, 4)],
     );
+    let (status, resp) = call(&app, "POST", "/v1/sync", Some(SYNC), Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    // Resent: counted once, the drop too.
+    let (status, _) = call(&app, "POST", "/v1/sync", Some(SYNC), Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
     let mut mismatch = shadow_report("v3", (10, 0), 10, 10);
     mismatch.counts.success = 12;
-    let body = sync_body(3, vec![], vec![mismatch]);
-    assert_error(
-        &call(&app, "POST", "/v1/sync", Some(SYNC), Some(body)).await,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "counts say 12 answers but the latency histogram holds 10",
-    );
+    let body = sync_body(4, vec![baseline_report(1)], vec![mismatch]);
+    let (status, resp) = call(&app, "POST", "/v1/sync", Some(SYNC), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
     let (_, h) = call(&app, "GET", "/v1/deployments/heart-prod/health", None, None).await;
     assert_eq!(
         (
             h["shadow"]["requests"].as_u64(),
             h["baseline"]["requests"].as_u64()
         ),
-        (Some(32), Some(40))
+        (Some(36), Some(46))
+    );
+    let metrics = c.metrics().encode();
+    assert!(
+        metrics
+            .contains("coalmine_controller_dropped_reports_total{reason=\"bad_shadow_report\"} 2"),
+        "{metrics}"
+    );
+    // A bad role report still refuses the whole call.
+    let mut bad_role = baseline_report(5);
+    bad_role.counts.success = 999;
+    let body = sync_body(5, vec![bad_role], vec![shadow_report("v3", (4, 0), 4, 4)]);
+    assert_error(
+        &call(&app, "POST", "/v1/sync", Some(SYNC), Some(body)).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "report refused",
     );
     // A version that is not the shadow (stopped or replaced) is dropped.
-    let body = sync_body(4, vec![], vec![shadow_report("v2", (10, 0), 10, 10)]);
+    let body = sync_body(5, vec![], vec![shadow_report("v2", (10, 0), 10, 10)]);
     let (status, _) = call(&app, "POST", "/v1/sync", Some(SYNC), Some(body)).await;
     assert_eq!(status, StatusCode::OK);
     let (_, h) = call(&app, "GET", "/v1/deployments/heart-prod/health", None, None).await;
-    assert_eq!(h["shadow"]["requests"], 32);
+    assert_eq!(h["shadow"]["requests"], 36);
     let metrics = c.metrics().encode();
     assert!(
         metrics.contains("coalmine_controller_dropped_reports_total{reason=\"not_shadow\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("coalmine_controller_shadow_requests_total{deployment=\"heart-prod\",version=\"v3\",class=\"2xx\"} 30"), "{metrics}");
-    assert!(metrics.contains("coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",version=\"v3\",reason=\"too_large\"} 2"), "{metrics}");
+    assert!(metrics.contains("coalmine_controller_shadow_requests_total{deployment=\"heart-prod\",version=\"v3\",class=\"2xx\"} 34"), "{metrics}");
+    assert!(metrics.contains("coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",version=\"v3\",reason=\"too_large\"} 4"), "{metrics}");
 }
 
 #[tokio::test]
