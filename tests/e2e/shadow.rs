@@ -278,6 +278,28 @@ async fn copies_reach_the_shadow_marked_and_without_routing_headers() -> Result<
             seen.coalmine_headers
         );
     }
+    // A header value that is not UTF-8 (Envoy lets bytes 0x80-0xff
+    // through): the user is served, the copy is counted, nothing breaks.
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9")?;
+    for _ in 0..3 {
+        let resp = client
+            .post(envoy.url("/predict/heart"))
+            .header("x-note", latin1.clone())
+            .json(&json!({"age": 63}))
+            .send()
+            .await?;
+        ensure!(resp.status() == 200, "{}", resp.status());
+    }
+    let h = poll(
+        "the copies counted refused",
+        Duration::from_secs(15),
+        || async {
+            let h = health(&c).await?;
+            Ok((h["shadow"]["skipped"]["refused"].as_u64() >= Some(3)).then_some(h))
+        },
+    )
+    .await?;
+    println!("shadow after non-UTF-8 headers: {}", h["shadow"]);
     let log = envoy.log();
     ensure!(
         !log.contains("panicked") && !log.contains("wasm trap"),
