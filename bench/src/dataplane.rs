@@ -1,13 +1,15 @@
-//! Data-plane cost: the same Envoy, upstreams and wrk settings, seven ways:
+//! Data-plane cost: the same Envoy, upstreams and wrk settings, nine ways:
 //! (a) no filter, (b) Envoy's native `weighted_clusters` 80/20, (c) the
 //! shipped config with a wasm filter that does nothing in coalmine's place
 //! (what any wasm filter costs), (c') the same filter exporting only the
 //! callbacks coalmine exports, (d) the shipped coalmine config (header
 //! strip + filter) at 80/20 with its controller syncing, without reading
 //! outputs, and (e, f) the same reading the answers' outputs (prediction
-//! and probability) of every request and of 10 %. Repetitions are
-//! interleaved (a b c c' d e f a b …) so drift of the machine hits all alike;
-//! medians are reported.
+//! and probability) of every request and of 10 %, and (g, h) (e) with a
+//! shadow version getting a copy of 10 % and of 100 % of the baseline's
+//! requests (each on a deployment of its own in the same controller).
+//! Repetitions are interleaved (a b c c' d e f g h a b …) so drift of the
+//! machine hits all alike; medians are reported.
 //!
 //! Each repetition has two wrk runs per variant: throughput and CPU per
 //! request from `connections` connections saturating the one Envoy worker,
@@ -78,6 +80,12 @@ pub struct DataPlane {
     pub throughput_ratio_outputs_10_vs_empty_wasm: f64,
     pub p50_added_outputs_100_us: f64,
     pub p50_added_outputs_10_us: f64,
+    /// What a shadow costs: copying 10 % (and 100 %) of the baseline's
+    /// requests against the same reading every answer without a shadow.
+    pub throughput_ratio_shadow_10_vs_outputs_100: f64,
+    pub throughput_ratio_shadow_100_vs_outputs_100: f64,
+    pub p50_added_shadow_10_us: f64,
+    pub p50_added_shadow_100_us: f64,
     pub p50_added_us: f64,
     /// coalmine's p50 over the empty filter's (one connection).
     pub p50_added_vs_empty_us: f64,
@@ -176,13 +184,19 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         if b.smoke { (1, 1, 1, 8) } else { (5, 8, 4, 32) };
     let v1 = Upstream::start_counting("heart-v1").await?;
     let v2 = Upstream::start_counting("heart-v2").await?;
+    let v3 = Upstream::start_counting("heart-v3").await?;
     let controller = b.controller(None).await?;
     b.canary(&controller, 20.0, true).await?;
+    const SHADOWED: [(&str, f64); 2] = [("heart-shadow-10", 10.0), ("heart-shadow-100", 100.0)];
+    for (name, percent) in SHADOWED {
+        b.shadowed(&controller, name, percent).await?;
+    }
 
     let base = || -> Result<EnvoyConfig> {
         EnvoyConfig::shipped("envoy.yaml")?
             .upstream("heart-v1", v1.addr)?
             .upstream("heart-v2", v2.addr)?
+            .upstream("heart-v3", v3.addr)?
             .upstream("coalmine_controller", controller.addr)
     };
     let plain = base()?
@@ -204,6 +218,13 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         base()?.plugin_config(&p)
     };
     let (outputs_100, outputs_10) = (reading(100.0)?, reading(10.0)?);
+    let shadowing = |deployment: &str| -> Result<EnvoyConfig> {
+        let mut p = b.plugin_config();
+        p["deployments"][0]["outputs"] = b.shipped_outputs()?;
+        p["deployments"][0]["name"] = json!(deployment);
+        base()?.plugin_config(&p)
+    };
+    let (shadow_10, shadow_100) = (shadowing(SHADOWED[0].0)?, shadowing(SHADOWED[1].0)?);
     let empty = base()?
         .plugin_config(&b.plugin_config())?
         .wasm_module(coalmine_e2e::empty_filter_wasm()?);
@@ -252,9 +273,22 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
             "coalmine reading the outputs of 10 % of the answers",
             Envoy::start_with(outputs_10, &opts).await?,
         ),
+        (
+            "shadow_10",
+            "outputs_100 with a shadow getting a copy of 10 % of the baseline's requests",
+            Envoy::start_with(shadow_10, &opts).await?,
+        ),
+        (
+            "shadow_100",
+            "outputs_100 with a shadow getting a copy of every baseline request",
+            Envoy::start_with(shadow_100, &opts).await?,
+        ),
     ];
     const COALMINE: usize = 4;
     b.wait_share(&variants[COALMINE].2, 2000).await?;
+    for shadowed in &variants[COALMINE + 3..] {
+        b.wait_shadow(&shadowed.2, &v3).await?;
+    }
 
     warm_up(b, variants.iter().map(|v| &v.2), connections)?;
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
@@ -311,6 +345,7 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         summarize(COALMINE + 1),
         summarize(COALMINE + 2),
     );
+    let (shadow_10, shadow_100) = (summarize(COALMINE + 3), summarize(COALMINE + 4));
     let ratio = |a: f64, b: f64| if b > 0.0 { round(a / b, 3) } else { 0.0 };
     let figures = DataPlane {
         connections,
@@ -335,11 +370,23 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         ),
         p50_added_outputs_100_us: round(all.p50_us - filter.p50_us, 1),
         p50_added_outputs_10_us: round(tenth.p50_us - filter.p50_us, 1),
+        throughput_ratio_shadow_10_vs_outputs_100: ratio(
+            shadow_10.requests_per_s,
+            all.requests_per_s,
+        ),
+        throughput_ratio_shadow_100_vs_outputs_100: ratio(
+            shadow_100.requests_per_s,
+            all.requests_per_s,
+        ),
+        p50_added_shadow_10_us: round(shadow_10.p50_us - all.p50_us, 1),
+        p50_added_shadow_100_us: round(shadow_100.p50_us - all.p50_us, 1),
         p50_added_us: round(filter.p50_us - plain.p50_us, 1),
         p50_added_vs_empty_us: round(filter.p50_us - empty.p50_us, 1),
         p99_added_us: round(filter.p99_us - plain.p99_us, 1),
         cpu_us_added_per_request: round(filter.cpu_us_per_request - plain.cpu_us_per_request, 2),
-        variants: vec![plain, weighted, empty, lean, filter, all, tenth],
+        variants: vec![
+            plain, weighted, empty, lean, filter, all, tenth, shadow_10, shadow_100,
+        ],
     };
     Ok((figures, vm_memory))
 }

@@ -22,7 +22,8 @@ use anyhow::{Context as _, Result, bail};
 use coalmine_client::Action;
 use coalmine_client::types::{CreateDeployment, RegisterVersion, StartCanary};
 use coalmine_e2e::{
-    ControllerProc, Envoy, EnvoyConfig, SYNC_TOKEN, poll, prometheus_value, without_outputs,
+    ControllerProc, Envoy, EnvoyConfig, SYNC_TOKEN, Upstream, poll, prometheus_value,
+    without_outputs,
 };
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -191,6 +192,26 @@ impl Bench {
         Ok(())
     }
 
+    /// `deployment` (v1 on heart-v1) with v2 on a paused canary at 20 % and
+    /// v3 (cluster heart-v3) copied `percent` of the baseline's requests as
+    /// its shadow.
+    pub async fn shadowed(&self, c: &ControllerProc, deployment: &str, percent: f64) -> Result<()> {
+        self.create(c, deployment, "heart-v1", json!({})).await?;
+        self.start_canary_of(c, deployment, "v2", "heart-v2", 20.0)
+            .await?;
+        let api = c.client();
+        api.act(deployment, Action::Pause, Some("benchmark".into()))
+            .await?;
+        let register = RegisterVersion {
+            version: "v3".into(),
+            cluster: "heart-v3".into(),
+            metadata: None,
+        };
+        api.register_version(deployment, &register).await?;
+        api.start_shadow(deployment, "v3", Some(percent)).await?;
+        Ok(())
+    }
+
     /// Registers `version` on cluster heart-v2 and starts it as a canary.
     pub async fn start_canary(
         &self,
@@ -236,6 +257,21 @@ impl Bench {
                 Ok((share == f64::from(bps)).then_some(()))
             },
         )
+        .await
+    }
+
+    /// Waits until requests through `envoy` reach the shadow `upstream`:
+    /// the proxy took its controller's split with the shadow.
+    pub async fn wait_shadow(&self, envoy: &Envoy, upstream: &Upstream) -> Result<()> {
+        let client = reqwest::Client::new();
+        let url = envoy.url("/predict/heart");
+        let before = upstream.count();
+        poll("copies to the shadow", Duration::from_secs(15), || async {
+            for _ in 0..20 {
+                client.post(&url).body("{}").send().await?;
+            }
+            Ok((upstream.count() > before).then_some(()))
+        })
         .await
     }
 

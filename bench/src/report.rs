@@ -281,6 +281,14 @@ impl Perf {
             d.p50_added_outputs_10_us,
             d.throughput_ratio_outputs_10_vs_empty_wasm
         );
+        let _ = writeln!(
+            o,
+            "\nShadowing (outputs read on every answer, and a shadow getting a copy of the baseline's requests, compared with the answer users got): 10 % copied, throughput × {} of the same without a shadow (p50 {:+} µs); 100 % copied, × {} (p50 {:+} µs).",
+            d.throughput_ratio_shadow_10_vs_outputs_100,
+            d.p50_added_shadow_10_us,
+            d.throughput_ratio_shadow_100_vs_outputs_100,
+            d.p50_added_shadow_100_us
+        );
         let k = &self.calibration;
         let _ = writeln!(
             o,
