@@ -1,11 +1,14 @@
-//! The shadow in `/metrics`: per deployment, the share copied, the
-//! shadow's answers by class and copies not made by why (counted as the
-//! reports arrive, labelled by version), and over the policy's window its
-//! latency percentiles and each output field's agreement with the answers
-//! users got (gauges, absent without a shadow or without data).
+//! The shadow in `/metrics`: per deployment, the share copied and the
+//! current shadow's version (`shadow_info`), the shadow's answers by class
+//! and copies not made by why (counted as the reports arrive, per
+//! deployment: not by version, which would add series with every version
+//! ever shadowed), and over the policy's window its latency percentiles and
+//! each output field's agreement with the answers users got (gauges,
+//! absent without a shadow or without data).
 
 use super::Metrics;
 use coalmine_decide::engine::Deployment;
+use coalmine_decide::rules::shadow::skip_reasons;
 use coalmine_decide::window::ShadowWindowStats;
 use coalmine_protocol::Outcome;
 use coalmine_protocol::shadow::ShadowSkips;
@@ -25,16 +28,20 @@ struct DeploymentLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClassLabels {
+struct VersionLabels {
     deployment: String,
     version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    deployment: String,
     class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SkipLabels {
     deployment: String,
-    version: String,
     reason: String,
 }
 
@@ -54,6 +61,7 @@ struct FieldLabels {
 #[derive(Debug, Default)]
 pub(super) struct ShadowMetrics {
     percent: Family<DeploymentLabel, Gauge<f64, AtomicU64>>,
+    info: Family<VersionLabels, Gauge>,
     requests: Family<ClassLabels, Counter>,
     skipped: Family<SkipLabels, Counter>,
     latency: Family<PercentileLabels, Gauge<f64, AtomicU64>>,
@@ -61,6 +69,9 @@ pub(super) struct ShadowMetrics {
     compared: Family<FieldLabels, Gauge>,
     /// The fields each deployment's gauges show, to remove the gone.
     fields: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// The version each deployment's `shadow_info` shows, to remove it
+    /// when the shadow stops or another replaces it.
+    versions: Mutex<HashMap<String, String>>,
 }
 
 impl ShadowMetrics {
@@ -71,13 +82,18 @@ impl ShadowMetrics {
             self.percent.clone(),
         );
         registry.register(
+            "shadow_info",
+            "1, labelled by the version of the deployment's shadow (absent without one)",
+            self.info.clone(),
+        );
+        registry.register(
             "shadow_requests",
-            "The shadow's answers to copied requests, by version and outcome class",
+            "The deployment's shadow's answers to copied requests, by outcome class, whichever version it was (shadow_info names the current one)",
             self.requests.clone(),
         );
         registry.register(
             "shadow_skipped",
-            "Copies to the shadow not made, by version and why (busy, too_large, refused)",
+            "Copies to the deployment's shadow not made, by why (busy, too_large, refused, …), whichever version it was",
             self.skipped.clone(),
         );
         registry.register(
@@ -103,18 +119,11 @@ fn gauge_count(n: u64) -> i64 {
 }
 
 impl Metrics {
-    /// One shadow report of `deployment`'s shadow `version`, counted.
-    pub fn shadow_report(
-        &self,
-        deployment: &str,
-        version: &str,
-        counts: &OutcomeCounts,
-        skipped: &ShadowSkips,
-    ) {
+    /// One report of `deployment`'s shadow, counted.
+    pub fn shadow_report(&self, deployment: &str, counts: &OutcomeCounts, skipped: &ShadowSkips) {
         for class in Outcome::ALL {
             let labels = ClassLabels {
                 deployment: deployment.to_string(),
-                version: version.to_string(),
                 class: class.as_str().to_string(),
             };
             // Every class exists from the first report, so rates work.
@@ -123,15 +132,10 @@ impl Metrics {
                 .get_or_create(&labels)
                 .inc_by(counts.get(class));
         }
-        for (reason, n) in [
-            ("busy", skipped.busy),
-            ("too_large", skipped.too_large),
-            ("refused", skipped.refused),
-        ] {
+        for (reason, n) in skip_reasons(skipped) {
             let labels = SkipLabels {
                 deployment: deployment.to_string(),
-                version: version.to_string(),
-                reason: reason.to_string(),
+                reason,
             };
             self.shadow.skipped.get_or_create(&labels).inc_by(n);
         }
@@ -148,6 +152,28 @@ impl Metrics {
                 deployment: deployment(),
             })
             .set(share);
+        let version = d.shadow.as_ref().map(|s| s.target.version.clone());
+        let before = match m.versions.lock() {
+            Ok(mut shown) => match &version {
+                Some(v) => shown.insert(d.name.clone(), v.clone()),
+                None => shown.remove(&d.name),
+            },
+            Err(_) => None,
+        };
+        if let Some(old) = before.filter(|old| Some(old) != version.as_ref()) {
+            m.info.remove(&VersionLabels {
+                deployment: deployment(),
+                version: old,
+            });
+        }
+        if let Some(version) = version {
+            m.info
+                .get_or_create(&VersionLabels {
+                    deployment: deployment(),
+                    version,
+                })
+                .set(1);
+        }
         let stats = stats.filter(|_| d.shadow.is_some());
         for (percentile, value) in [
             ("p50", stats.and_then(|s| s.p50_ms)),

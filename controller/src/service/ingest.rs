@@ -227,7 +227,7 @@ impl Ingest {
                 started_at: *started_at,
             };
             windows.shadow.add(run, bucket, &reported);
-            metrics.shadow_report(&r.deployment, &r.version, counts, &r.skipped);
+            metrics.shadow_report(&r.deployment, counts, &r.skipped);
         }
         Ok(())
     }

@@ -59,6 +59,44 @@ impl ShadowVerdict {
     }
 }
 
+/// The copies not made, by why: each reason the wire type has, by its
+/// name in JSON (`busy`, `too_large`, …), in the type's order. Metrics, the
+/// CLI and the dashboard show every reason this way, so one the filter
+/// adds is shown without a change here.
+pub fn skip_reasons(skipped: &ShadowSkips) -> Vec<(String, u64)> {
+    // Written as JSON (fields in the type's order), read back in order.
+    serde_json::to_string(skipped)
+        .ok()
+        .and_then(|json| serde_json::from_str::<InOrder>(&json).ok())
+        .map_or_else(Vec::new, |r| r.0)
+}
+
+/// A JSON object of counts, its keys in the order written.
+struct InOrder(Vec<(String, u64)>);
+
+impl<'de> Deserialize<'de> for InOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<InOrder, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = InOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of counts")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<InOrder, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry::<String, u64>()? {
+                    out.push(entry);
+                }
+                Ok(InOrder(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 /// Where a field stands against the minimum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
@@ -430,6 +468,28 @@ mod tests {
             judge(&Policy::default(), &w).verdict,
             ShadowVerdict::InsufficientData
         );
+    }
+
+    #[test]
+    fn every_reason_a_copy_was_not_made_is_named() {
+        let skipped = ShadowSkips {
+            busy: 3,
+            too_large: 1,
+            ..ShadowSkips::default()
+        };
+        let reasons = skip_reasons(&skipped);
+        assert_eq!(
+            &reasons[..3],
+            [
+                ("busy".into(), 3),
+                ("too_large".into(), 1),
+                ("refused".into(), 0)
+            ]
+        );
+        // Whatever else the wire type counts is there too, all of it.
+        let total: u64 = reasons.iter().map(|r| r.1).sum();
+        assert_eq!(total, skipped.total());
+        assert_eq!(reasons.len(), json!(skipped).as_object().unwrap().len());
     }
 
     #[test]

@@ -391,8 +391,24 @@ async fn sync_answers_carry_the_shadow_and_its_reports_count_once() {
         metrics.contains("coalmine_controller_dropped_reports_total{reason=\"not_shadow\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("coalmine_controller_shadow_requests_total{deployment=\"heart-prod\",version=\"v3\",class=\"2xx\"} 34"), "{metrics}");
-    assert!(metrics.contains("coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",version=\"v3\",reason=\"too_large\"} 4"), "{metrics}");
+    // Per deployment, never by version: no series for every version ever
+    // shadowed.
+    for want in [
+        "coalmine_controller_shadow_requests_total{deployment=\"heart-prod\",class=\"2xx\"} 34",
+        "coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",reason=\"too_large\"} 4",
+        "coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",reason=\"refused\"} 0",
+    ] {
+        assert!(metrics.contains(want), "{want} missing in\n{metrics}");
+    }
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("coalmine_controller_shadow_"))
+    {
+        assert!(
+            !line.contains("version=") || line.starts_with("coalmine_controller_shadow_info{"),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -468,16 +484,32 @@ async fn health_shows_the_shadow_beside_the_baseline() {
     let metrics = c.metrics().encode();
     for want in [
         "coalmine_controller_shadow_percent{deployment=\"heart-prod\"} 20.0",
+        "coalmine_controller_shadow_info{deployment=\"heart-prod\",version=\"v3\"} 1",
         "coalmine_controller_shadow_agreement{deployment=\"heart-prod\",field=\"prediction\"} 0.7",
         "coalmine_controller_shadow_compared{deployment=\"heart-prod\",field=\"prediction\"} 500",
         "coalmine_controller_shadow_latency_ms{deployment=\"heart-prod\",percentile=\"p99\"}",
     ] {
         assert!(metrics.contains(want), "{want} missing in\n{metrics}");
     }
+    // Another version: the info gauge names it alone.
+    start(&app, json!({"version": "v2", "percent": 20})).await;
+    c.sample().await;
+    let metrics = c.metrics().encode();
+    assert!(
+        metrics.contains(
+            "coalmine_controller_shadow_info{deployment=\"heart-prod\",version=\"v2\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("version=\"v3\""), "{metrics}");
     call(&app, "DELETE", SHADOW, Some(OP), None).await;
     c.sample().await;
     let metrics = c.metrics().encode();
     assert!(metrics.contains("coalmine_controller_shadow_percent{deployment=\"heart-prod\"} 0.0"));
+    assert!(
+        !metrics.contains("coalmine_controller_shadow_info{"),
+        "{metrics}"
+    );
     assert!(
         !metrics.contains("coalmine_controller_shadow_agreement{"),
         "{metrics}"
