@@ -7,12 +7,16 @@
 //! `shadow.min_agreement`:
 //!
 //! - with the significance guard, when the anytime-valid upper confidence
-//!   bound of its agreement rate is below the minimum, at α/2 with
-//!   Robbins' beta-binomial mixture (as the feedback rule's absolute
-//!   `min`; Robbins 1970; Howard, Ramdas, McAuliffe, Sekhon, Annals of
-//!   Statistics 2021). The lower and upper bounds shown, each at α/2, form
-//!   a two-sided 1 − α confidence sequence, valid however often the window
-//!   is looked at;
+//!   bound of its agreement rate is below the minimum, with Robbins'
+//!   beta-binomial mixture (as the feedback rule's absolute `min`; Robbins
+//!   1970; Howard, Ramdas, McAuliffe, Sekhon, Annals of Statistics 2021),
+//!   at α/(2k) for k fields judged (those with a minimum above 0): the
+//!   Bonferroni correction (Dunn, JASA 1961), as the outputs rule divides α
+//!   by its categories, so that the chance of any field falsely found
+//!   below stays at most α/2 however many fields there are. The lower and
+//!   upper bounds shown, each at α/(2k), form a two-sided confidence
+//!   sequence for all k fields at once at 1 − α, valid however often the
+//!   window is looked at;
 //! - with `"significance": "none"`, when the plain rate is below it.
 //!
 //! A rate below the minimum that the bound does not establish yet is
@@ -121,8 +125,9 @@ pub struct ShadowField {
     pub agreed: u64,
     /// agreed / compared (none before anything was compared).
     pub agreement: Option<f64>,
-    /// The anytime-valid bounds of the agreement rate, each at α/2 (none
-    /// without the significance guard or before anything was compared).
+    /// The anytime-valid bounds of the agreement rate, each at α/(2k) for
+    /// k fields judged (none without the significance guard or before
+    /// anything was compared).
     pub lower: Option<f64>,
     pub upper: Option<f64>,
     pub min_agreement: f64,
@@ -162,7 +167,8 @@ pub struct ShadowFinding {
     /// The upper bound that established it (none without the guard).
     pub bound: Option<f64>,
     pub min_agreement: f64,
-    /// The level of the bound (none without the guard).
+    /// The level of the bound: α/(2k) for k fields judged (none without
+    /// the guard).
     pub alpha: Option<f64>,
 }
 
@@ -211,19 +217,20 @@ pub struct ShadowJudgement {
     pub verdict: ShadowVerdict,
 }
 
-/// One field against the rule; `guard` is the significance level, if on.
+/// One field against the rule; `level` is the level of each of its
+/// bounds (α/(2k), see [`field_level`]) with the guard on, none without.
 pub fn judge_field(
     rule: &ShadowRule,
-    guard: Option<f64>,
+    level: Option<f64>,
     field: &str,
     a: Agreement,
 ) -> (ShadowField, Standing, Option<ShadowFinding>) {
     let (agreed, compared) = (a.agreed.min(a.compared), a.compared);
     let rate = a.rate();
-    let bounds = guard.filter(|_| compared > 0).map(|alpha| {
+    let bounds = level.filter(|_| compared > 0).map(|level| {
         (
-            lower_bound(agreed, compared, alpha / 2.0),
-            upper_bound(agreed, compared, alpha / 2.0),
+            lower_bound(agreed, compared, level),
+            upper_bound(agreed, compared, level),
         )
     });
     let min = rule.min_agreement_of(field);
@@ -254,14 +261,32 @@ pub fn judge_field(
         rate: rate.unwrap_or(0.0),
         bound: bounds.map(|b| b.1),
         min_agreement: min,
-        alpha: guard.map(|a| a / 2.0),
+        alpha: level,
     });
     (shown, standing, finding)
 }
 
+/// The level of each field's one-sided bound under the guard at `alpha`
+/// with `judged` fields judged: α/(2k), Bonferroni over the fields (Dunn,
+/// JASA 1961), so that any of the k fields is falsely found below the
+/// minimum with a chance of at most α/2 (as `rules/outputs.rs` divides α
+/// by its categories).
+pub fn field_level(alpha: f64, judged: usize) -> f64 {
+    alpha / (2.0 * judged.max(1) as f64)
+}
+
 /// Every field of the shadow's window against the policy's shadow rule.
 pub fn judge(policy: &Policy, stats: &ShadowWindowStats) -> ShadowJudgement {
-    let guard = policy.significance.alpha();
+    // Fields with a minimum of 0 are shown, never judged: not counted.
+    let judged = stats
+        .fields
+        .keys()
+        .filter(|f| policy.shadow.min_agreement_of(f) > 0.0)
+        .count();
+    let guard = policy
+        .significance
+        .alpha()
+        .map(|alpha| field_level(alpha, judged));
     let mut j = ShadowJudgement {
         fields: Vec::with_capacity(stats.fields.len()),
         standings: Vec::with_capacity(stats.fields.len()),
@@ -468,6 +493,51 @@ mod tests {
             judge(&Policy::default(), &w).verdict,
             ShadowVerdict::InsufficientData
         );
+    }
+
+    #[test]
+    fn the_level_is_shared_among_the_fields_judged() {
+        // 419 of 500 (83.8 %): established below 90 % at α/2 = 0.005 ...
+        let one = judge(&Policy::default(), &window(&[("prediction", 500, 419)]));
+        assert_eq!(one.standings, [Standing::Below]);
+        assert_eq!(one.findings[0].alpha, Some(0.005));
+        // ... but not at α/16 with eight fields judged (Bonferroni): the
+        // seven others agree, and a false finding on any of the eight
+        // would otherwise be up to eight times as likely.
+        let agreeing = ["f1", "f2", "f3", "f4", "f5", "f6", "f7"];
+        let mut fields: Vec<(&str, u64, u64)> = agreeing.iter().map(|f| (*f, 500, 499)).collect();
+        fields.push(("prediction", 500, 419));
+        let eight = judge(&Policy::default(), &window(&fields));
+        let at = eight
+            .fields
+            .iter()
+            .position(|f| f.field == "prediction")
+            .unwrap();
+        assert_eq!(eight.standings[at], Standing::Unproven);
+        assert_eq!(eight.verdict, ShadowVerdict::InsufficientData);
+        assert!(eight.fields[at].upper.unwrap() >= 0.9);
+        assert!(eight.fields[at].upper > one.fields[0].upper, "wider bounds");
+        // A finding says the level it was established at.
+        fields.pop();
+        fields.push(("prediction", 500, 350));
+        let j = judge(&Policy::default(), &window(&fields));
+        assert_eq!(j.findings.len(), 1);
+        assert_eq!(j.findings[0].alpha, Some(0.01 / 16.0));
+        assert!(j.findings[0].message("v3").contains("α = 0.000625"));
+        // A field shown but never judged (minimum 0) does not count.
+        let mut policy = Policy::default();
+        for f in agreeing {
+            policy
+                .shadow
+                .fields
+                .insert(f.into(), crate::policy::FieldMinimum { min_agreement: 0.0 });
+        }
+        fields.pop();
+        fields.push(("prediction", 500, 419));
+        let j = judge(&policy, &window(&fields));
+        assert_eq!(j.verdict, ShadowVerdict::Disagrees);
+        assert_eq!(j.findings[0].alpha, Some(0.005));
+        assert_eq!(field_level(0.01, 0), 0.005);
     }
 
     #[test]
