@@ -3,7 +3,7 @@
 use coalmine_client::types::{DeploymentView, StoredEvent};
 use coalmine_decide::engine::Version;
 use coalmine_decide::rules::compare;
-use coalmine_decide::rules::shadow::ShadowHealth;
+use coalmine_decide::rules::shadow::{ShadowHealth, Standing, skip_reasons};
 use coalmine_decide::window::RoleWindowStats;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use std::collections::BTreeSet;
@@ -139,9 +139,20 @@ pub fn status(d: &DeploymentView) -> String {
     out
 }
 
+/// A field's standing against the minimum, as the engine judged it.
+fn standing(s: Standing) -> &'static str {
+    match s {
+        Standing::Collecting => "collecting",
+        Standing::Agrees => "agrees",
+        Standing::Unproven => "below, not yet established",
+        Standing::Below => "below",
+    }
+}
+
 /// The shadow's agreement with the answers users got, field by field:
-/// the rate, its anytime-valid bounds, the minimum; then its verdict and
-/// the copies not compared or not made.
+/// the rate, its anytime-valid bounds, the minimum and where it stands;
+/// then its verdict and the copies not compared or not made (every reason
+/// health names).
 fn shadow(s: &ShadowHealth) -> String {
     let mut out = String::from("\n\n");
     if !s.fields.is_empty() {
@@ -152,6 +163,7 @@ fn shadow(s: &ShadowHealth) -> String {
             "agreement",
             "bounds",
             "minimum",
+            "standing",
         ]);
         for f in &s.fields {
             let bounds = match (f.lower, f.upper) {
@@ -165,18 +177,21 @@ fn shadow(s: &ShadowHealth) -> String {
                 f.agreement.map_or("-".into(), pct),
                 bounds,
                 pct(f.min_agreement),
+                standing(f.standing).to_string(),
             ]);
         }
         out.push_str(&format!("{t}\n"));
     }
+    let skipped: Vec<String> = skip_reasons(&s.skipped)
+        .into_iter()
+        .map(|(why, n)| format!("{n} {}", why.replace('_', " ")))
+        .collect();
     out.push_str(&format!(
-        "shadow {} {}: {} answers not compared; copies skipped: {} busy, {} too large, {} refused",
+        "shadow {} {}: {} answers not compared; copies skipped: {}",
         s.version,
         s.verdict.as_str(),
         s.uncompared,
-        s.skipped.busy,
-        s.skipped.too_large,
-        s.skipped.refused
+        skipped.join(", ")
     ));
     out
 }
@@ -350,7 +365,9 @@ mod tests {
                     "p50_ms": 12.5, "p95_ms": 40.0, "p99_ms": 61.0, "uncompared": 4,
                     "skipped": {"busy": 3, "too_large": 1, "refused": 0},
                     "fields": [{"field": "prediction", "compared": 496, "agreed": 350, "agreement": 0.7056,
-                        "lower": 0.63, "upper": 0.77, "min_agreement": 0.9}],
+                        "lower": 0.63, "upper": 0.77, "min_agreement": 0.9, "standing": "below"},
+                        {"field": "probability", "compared": 496, "agreed": 440, "agreement": 0.8871,
+                        "lower": 0.85, "upper": 0.92, "min_agreement": 0.9, "standing": "unproven"}],
                     "verdict": "DISAGREES"}}
         }))
         .unwrap();
@@ -358,7 +375,9 @@ mod tests {
         for want in [
             "shadow     v3 @ 50 % of the baseline's requests, never answering",
             "│ shadow v3 ┆ 500      ┆ 4      ┆ 0.80 %     ┆ 12.5 ms ┆ 40.0 ms ┆ 61.0 ms │",
-            "│ prediction   ┆ 496      ┆ 350    ┆ 70.56 %   ┆ 63.00 % – 77.00 % ┆ 90.00 % │",
+            // Each field's standing as the controller judged it, not judged again.
+            "│ prediction   ┆ 496      ┆ 350    ┆ 70.56 %   ┆ 63.00 % – 77.00 % ┆ 90.00 % ┆ below    ",
+            "┆ 90.00 % ┆ below, not yet established │",
             "shadow v3 DISAGREES: 4 answers not compared; copies skipped: 3 busy, 1 too large, 0 refused",
         ] {
             assert!(out.contains(want), "{want:?} missing in\n{out}");

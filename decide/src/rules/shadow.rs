@@ -101,8 +101,11 @@ impl<'de> Deserialize<'de> for InOrder {
     }
 }
 
-/// Where a field stands against the minimum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a field stands against the minimum (health shows it, so the
+/// dashboard and the CLI need not judge it again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum Standing {
     /// Fewer than `min_samples` compared answers.
     Collecting,
@@ -131,6 +134,8 @@ pub struct ShadowField {
     pub lower: Option<f64>,
     pub upper: Option<f64>,
     pub min_agreement: f64,
+    /// Where it stands against the minimum, as the engine judged it.
+    pub standing: Standing,
 }
 
 /// A deployment's shadow in health: its numbers over the window beside the
@@ -253,6 +258,7 @@ pub fn judge_field(
         lower: bounds.map(|b| b.0),
         upper: bounds.map(|b| b.1),
         min_agreement: min,
+        standing,
     };
     let finding = (standing == Standing::Below).then(|| ShadowFinding {
         field: field.to_string(),
@@ -586,6 +592,15 @@ mod tests {
         assert_eq!(v["verdict"], "DISAGREES");
         assert_eq!(v["fields"][0]["field"], "prediction");
         assert_eq!(v["fields"][0]["agreement"], 0.7);
+        assert_eq!(v["fields"][0]["standing"], "below");
+        for (standing, json) in [
+            (Standing::Collecting, "collecting"),
+            (Standing::Agrees, "agrees"),
+            (Standing::Unproven, "unproven"),
+            (Standing::Below, "below"),
+        ] {
+            assert_eq!(serde_json::to_value(standing).unwrap(), json);
+        }
         let back: ShadowHealth = serde_json::from_value(v).unwrap();
         assert_eq!(back, h);
     }

@@ -88,6 +88,11 @@ async fn the_openapi_document_covers_every_route() {
         );
     }
     assert!(schemas["ShadowField"]["properties"]["upper"].is_object());
+    assert!(schemas["ShadowField"]["properties"]["standing"].is_object());
+    assert_eq!(
+        schemas["Standing"]["enum"],
+        json!(["collecting", "agrees", "unproven", "below"])
+    );
     assert!(schemas["ShadowVerdict"].is_object());
     assert!(schemas["Policy"]["properties"]["shadow"].is_object());
     assert!(schemas["ShadowRule"]["properties"]["min_agreement"].is_object());

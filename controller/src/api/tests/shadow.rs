@@ -463,6 +463,7 @@ async fn health_shows_the_shadow_beside_the_baseline() {
             "field",
             "lower",
             "min_agreement",
+            "standing",
             "upper"
         ]
     );
@@ -471,6 +472,7 @@ async fn health_shows_the_shadow_beside_the_baseline() {
         (Some("prediction"), Some(0.7))
     );
     assert_eq!(f["min_agreement"], 0.9);
+    assert_eq!(f["standing"], "below", "as the engine judged it");
     let (lower, upper) = (f["lower"].as_f64().unwrap(), f["upper"].as_f64().unwrap());
     assert!(lower < 0.7 && 0.7 < upper && upper < 0.9, "{lower} {upper}");
     // The canary's verdict is not the shadow's business.
