@@ -378,7 +378,7 @@ mod tests {
             // Each field's standing as the controller judged it, not judged again.
             "│ prediction   ┆ 496      ┆ 350    ┆ 70.56 %   ┆ 63.00 % – 77.00 % ┆ 90.00 % ┆ below    ",
             "┆ 90.00 % ┆ below, not yet established │",
-            "shadow v3 DISAGREES: 4 answers not compared; copies skipped: 3 busy, 1 too large, 0 refused",
+            "shadow v3 DISAGREES: 4 answers not compared; copies skipped: 3 busy, 1 too large, 0 refused, 0 incomplete",
         ] {
             assert!(out.contains(want), "{want:?} missing in\n{out}");
         }

@@ -93,7 +93,7 @@ impl ShadowMetrics {
         );
         registry.register(
             "shadow_skipped",
-            "Copies to the deployment's shadow not made, by why (busy, too_large, refused, …), whichever version it was",
+            "Copies to the deployment's shadow not made, by why (busy, too_large, refused, incomplete), whichever version it was",
             self.skipped.clone(),
         );
         registry.register(

@@ -562,6 +562,7 @@ mod tests {
                 ("refused".into(), 0)
             ]
         );
+        assert_eq!(reasons[3], ("incomplete".into(), 0));
         // Whatever else the wire type counts is there too, all of it.
         let total: u64 = reasons.iter().map(|r| r.1).sum();
         assert_eq!(total, skipped.total());

@@ -397,6 +397,7 @@ async fn sync_answers_carry_the_shadow_and_its_reports_count_once() {
         "coalmine_controller_shadow_requests_total{deployment=\"heart-prod\",class=\"2xx\"} 34",
         "coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",reason=\"too_large\"} 4",
         "coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",reason=\"refused\"} 0",
+        "coalmine_controller_shadow_skipped_total{deployment=\"heart-prod\",reason=\"incomplete\"} 0",
     ] {
         assert!(metrics.contains(want), "{want} missing in\n{metrics}");
     }
