@@ -276,9 +276,11 @@ pub(crate) async fn wrong(s: &Stage) -> Result<String> {
     ))
 }
 
-/// Act 3: a good retrained model goes all the way.
+/// Act 3: a good retrained model, shadowed first, goes all the way.
 pub(crate) async fn good(s: &Stage) -> Result<String> {
-    heading("Act 3: a good retrained v3 goes 20 → 50 → 100 % and is promoted; v1 pinned");
+    heading(
+        "Act 3: a good retrained v3, shadowed first, goes 20 → 50 → 100 % and is promoted; v1 pinned",
+    );
     let v3 = &s.models["v3"];
     s.register(
         "v3",
@@ -288,6 +290,8 @@ pub(crate) async fn good(s: &Stage) -> Result<String> {
     .await?;
     let traffic = s.traffic(None, true);
     let after = s.last_event_id().await?;
+    let agreement = shadowed(s, "v3").await?;
+    step("v3 agrees: its canary starts (which ends the shadow)");
     s.start_canary("v3").await?;
     let promoted = |d: &DeploymentView| d.baseline.version == "v3";
     let at = s
@@ -306,7 +310,22 @@ pub(crate) async fn good(s: &Stage) -> Result<String> {
     ));
     show::decided(find(&events, "promoted")?);
     show::timeline(&events);
-    check(&events, &["canary_started", "step_advanced", "promoted"])?;
+    check(
+        &events,
+        &[
+            "shadow_started",
+            "canary_started",
+            "shadow_stopped",
+            "step_advanced",
+            "promoted",
+        ],
+    )?;
+    ensure!(
+        events
+            .iter()
+            .all(|e| e.event.kind.as_str() != "shadow_disagrees"),
+        "the shadow v3 was reported disagreeing"
+    );
     let steps = events
         .iter()
         .filter(|e| e.event.kind.as_str() == "step_advanced")
@@ -326,9 +345,64 @@ pub(crate) async fn good(s: &Stage) -> Result<String> {
         );
     }
     Ok(format!(
-        "act 3: v3 promoted in {:.1} s, v1 pinned",
+        "act 3: v3 agreed with v1 on {:.1} % of predictions as a shadow, promoted in {:.1} s, v1 pinned",
+        agreement * 100.0,
         at.as_secs_f64()
     ))
+}
+
+/// Runs `version` as a shadow of every baseline request until the
+/// controller judges its agreement (traffic must be flowing); its
+/// prediction agreement. Fails if it disagrees.
+async fn shadowed(s: &Stage, version: &str) -> Result<f64> {
+    step(&format!(
+        "first as a shadow: {version} gets a copy of every v1 request; its answers are compared with v1's and never reach a patient"
+    ));
+    s.api.start_shadow(DEPLOYMENT, version, Some(100.0)).await?;
+    let started = Instant::now();
+    let shadow = loop {
+        let h = s.api.health(DEPLOYMENT).await?;
+        let shadow = h.shadow.filter(|sh| sh.version == version);
+        let judged = shadow.as_ref().is_some_and(|sh| {
+            sh.verdict.as_str() != "INSUFFICIENT_DATA"
+                && sh.fields.iter().all(|f| f.compared >= 200)
+        });
+        if let (true, Some(shadow)) = (judged, shadow) {
+            break shadow;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the shadow {version} was not judged within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let rate = |name: &str| {
+        shadow
+            .fields
+            .iter()
+            .find(|f| f.field == name)
+            .and_then(|f| f.agreement)
+            .unwrap_or(0.0)
+    };
+    let compared = shadow.fields.first().map_or(0, |f| f.compared);
+    step(&format!(
+        "{version} as a shadow after {:.1} s: agrees with v1 on {:.1} % of {compared} predictions \
+         (probabilities within 0.05: {:.1} %), {} errors, p50 {} — {}",
+        started.elapsed().as_secs_f64(),
+        rate("prediction") * 100.0,
+        rate("probability") * 100.0,
+        shadow.errors,
+        shadow
+            .p50_ms
+            .map_or_else(|| "–".to_string(), |p| format!("{p:.1} ms")),
+        shadow.verdict.as_str()
+    ));
+    ensure!(
+        shadow.verdict.as_str() == "AGREES",
+        "the shadow {version} does not agree: {}",
+        shadow.verdict.as_str()
+    );
+    Ok(rate("prediction"))
 }
 
 /// Act 4: one call goes back to the pinned version.

@@ -5,7 +5,8 @@
 //! 2. v2.1, the same weights without the crash, on clean patients: fast,
 //!    no errors, and wrong: held on what it answers, rolled back on its
 //!    accuracy from labels fed back 2 s after the answer;
-//! 3. a good retrained v3: 20 → 50 → 100 %, promoted, v1 pinned;
+//! 3. a good retrained v3: first a shadow agreeing with v1, then
+//!    20 → 50 → 100 %, promoted, v1 pinned;
 //! 4. one call reverts to the pinned v1.
 //!
 //! Starts the stack (`tools/stack.sh up`: three model servers trained on
@@ -66,7 +67,8 @@ fn policy() -> Value {
         "check_interval_seconds": 1, "window_seconds": 60, "min_requests": 20,
         "steps": [20, 50, 100], "bake_seconds": 5, "cooldown_seconds": 2,
         "outputs": {"critical": {"max_shift": 1.0}, "degraded": {"max_shift": 0.1}},
-        "feedback": {"accuracy": {"better": "higher", "critical_delta": 0.05, "degraded_delta": 0.025}}
+        "feedback": {"accuracy": {"better": "higher", "critical_delta": 0.05, "degraded_delta": 0.025}},
+        "shadow": {"min_agreement": 0.9, "fields": {"probability": {"min_agreement": 0.5}}}
     })
 }
 
@@ -119,7 +121,9 @@ async fn story(keep: bool) -> Result<Vec<String>> {
          \x20   CRITICAL (rollback): canary errors > baseline + 5 pp, p95 > baseline + 100 ms,\n\
          \x20             or accuracy from labels worse than the baseline's by more than 0.05\n\
          \x20   DEGRADED (hold):     the canary's answers shift from the baseline's by more than 0.10\n\
-         \x20             (a new model may answer differently for good reasons: labels decide)"
+         \x20             (a new model may answer differently for good reasons: labels decide)\n\
+         \x20   SHADOW:              a shadow's predictions must agree with production's on 90 %\n\
+         \x20             (its probabilities within 0.05 on 50 %)"
     );
     let mut results = vec![acts::crash(&s).await?];
     results.push(acts::wrong(&s).await?);
