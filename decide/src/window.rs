@@ -331,12 +331,7 @@ impl Windows {
     pub fn prune(&mut self, now_second: u64, keep_seconds: u64) {
         self.shadow.prune(now_second, keep_seconds);
         let oldest = now_second.saturating_sub(keep_seconds);
-        self.series.retain(|_, buckets| {
-            while buckets.front().is_some_and(|b| b.second < oldest) {
-                buckets.pop_front();
-            }
-            !buckets.is_empty()
-        });
+        prune_buckets(&mut self.series, oldest, |b| b.second);
     }
 
     /// Drops every series of a deployment.
@@ -344,6 +339,21 @@ impl Windows {
         self.shadow.forget(deployment);
         self.series.retain(|k, _| k.deployment != deployment);
     }
+}
+
+/// Drops the buckets of each series older than `oldest` (buckets are in
+/// time order), and the series left empty.
+fn prune_buckets<K, B>(
+    series: &mut HashMap<K, VecDeque<B>>,
+    oldest: u64,
+    second: impl Fn(&B) -> u64,
+) {
+    series.retain(|_, buckets| {
+        while buckets.front().is_some_and(|b| second(b) < oldest) {
+            buckets.pop_front();
+        }
+        !buckets.is_empty()
+    });
 }
 
 #[cfg(test)]

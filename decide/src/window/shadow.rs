@@ -4,7 +4,7 @@
 //! how many answers were compared with the user's and how many agreed, the
 //! answers that could not be compared, and the copies not made, by why.
 
-use super::{bucket_of, error_rate};
+use super::{bucket_of, error_rate, prune_buckets};
 use coalmine_protocol::Outcome;
 use coalmine_protocol::outputs::MAX_FIELDS;
 use coalmine_protocol::shadow::{FieldAgreement, ShadowSkips};
@@ -216,12 +216,7 @@ impl ShadowSeries {
     /// series left empty.
     pub fn prune(&mut self, now_second: u64, keep_seconds: u64) {
         let oldest = now_second.saturating_sub(keep_seconds);
-        self.series.retain(|_, buckets| {
-            while buckets.front().is_some_and(|b| b.second < oldest) {
-                buckets.pop_front();
-            }
-            !buckets.is_empty()
-        });
+        prune_buckets(&mut self.series, oldest, |b| b.second);
     }
 
     /// Drops every series of a deployment.
