@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 const LEASE_MS: u64 = 30_000;
+
+/// The users' latencies with and without a shadow are compared within one
+/// run: that test runs alone, the others side by side.
+static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 const DEPLOYMENT: &str = "heart-prod";
 
 /// Starts (or changes) heart-prod's shadow; the controller's answer.
@@ -84,6 +88,7 @@ fn agreement(health: &Value) -> Result<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shadow_is_judged_by_how_often_it_agrees_with_production() -> Result<()> {
+    let _shared = QUIET.read().await;
     let dir = tempfile::tempdir()?;
     let v1 = ModelServer::trained(dir.path(), "v1", Training::FULL).await?;
     let v2 = ModelServer::trained(dir.path(), "v2", Training::UNDERFIT).await?;
@@ -210,6 +215,7 @@ async fn a_shadow_is_judged_by_how_often_it_agrees_with_production() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copies_reach_the_shadow_marked_and_without_routing_headers() -> Result<()> {
+    let _shared = QUIET.read().await;
     let v1 = Upstream::start("heart-v1").await?;
     let v3 = Upstream::start("heart-v3").await?;
     let c = ControllerProc::start(LEASE_MS).await?;
@@ -358,6 +364,7 @@ async fn users(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_or_failing_shadow_changes_nothing_for_users() -> Result<()> {
+    let _alone = QUIET.write().await;
     let dir = tempfile::tempdir()?;
     let v1 = ModelServer::trained(dir.path(), "v1", Training::FULL).await?;
     let v3 = ModelServer::trained_with_faults(dir.path(), "v3", Training::RETRAINED).await?;
