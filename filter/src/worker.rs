@@ -12,14 +12,13 @@
 
 use crate::metrics::{EnvoyMetrics, Metrics};
 use crate::random::RandomPool;
-use crate::shadow::{ShadowAnswer, ShadowCopy, Shadows};
+use crate::shadow::Shadows;
 use coalmine_protocol::active::{ActiveSplits, Observed};
 use coalmine_protocol::config::Deployment;
 use coalmine_protocol::outputs::{
     FieldValue, OutputField, Outputs, Said, Seen, Skip, binned, read_said,
 };
 use coalmine_protocol::routing::{find_match, point_from_draw, role_at, sticky_point, tester_role};
-use coalmine_protocol::shadow::{ShadowSkip, copy_headers};
 use coalmine_protocol::shared::encode_split_table;
 use coalmine_protocol::stats::{FinishedRequest, PendingReports, RoleStats};
 use coalmine_protocol::sync::Reports;
@@ -192,18 +191,7 @@ impl<M: Metrics> Worker<M> {
         // A tester's request is not part of the comparison: never read.
         let sample = deployment.outputs.as_ref().map(|o| o.sample);
         let read_outputs = forced.is_none() && sample.is_some_and(|s| self.sampled(s));
-        // Copies are of the baseline's requests: the shadow is compared
-        // with production.
-        let shadow = split.shadow.as_ref().filter(|_| forced.is_none());
-        let in_share = role == Role::Baseline && shadow.is_some_and(|s| self.sampled(s.bps));
-        // A slot is taken now, so copies being taken count against the cap
-        // and a request beyond it costs nothing more.
-        let copy = in_share && self.shadows.reserve(self.config.shadow.max_in_flight);
-        if let Some(s) = shadow.filter(|_| in_share && !copy) {
-            let fields = fields_of(&self.config.deployments, index);
-            self.shadows
-                .skipped(index, &s.target.version, fields, ShadowSkip::Busy);
-        }
+        let copy = forced.is_none() && self.copy_slot(index, &split, role);
         Some(Routed {
             deployment: index,
             role,
@@ -233,16 +221,6 @@ impl<M: Metrics> Worker<M> {
         d.outputs
             .as_ref()
             .filter(|_| routed.read_outputs || routed.copy)
-    }
-
-    /// Whether the request is copied to its deployment's shadow.
-    pub(crate) fn copies(&self, routed: &Routed) -> bool {
-        routed.copy
-    }
-
-    /// The largest request body copied to a shadow.
-    pub(crate) fn max_copy_bytes(&self) -> usize {
-        self.config.shadow.max_body_bytes
     }
 
     /// The request header edits of a decision: the role and cluster headers
@@ -369,143 +347,14 @@ impl<M: Metrics> Worker<M> {
         said
     }
 
-    /// Takes the copy of a finished request for its deployment's shadow,
-    /// in the slot the request reserved when it was routed: a whole
-    /// request is copied with its headers as `headers` reads them (only
-    /// then), without coalmine's routing headers and marked as a copy; a
-    /// request not seen whole, too large, or with a header the call cannot
-    /// carry (`headers` gives `None`) is counted instead. `user` is what
-    /// the user's answer said.
-    pub(crate) fn copy(
-        &mut self,
-        routed: &Routed,
-        taken: Taken,
-        headers: impl FnOnce() -> Option<Vec<(String, String)>>,
-        user: Option<Vec<Said>>,
-    ) {
-        let Some(shadow) = routed.split.shadow.as_ref().filter(|_| routed.copy) else {
-            return;
-        };
-        let d = routed.deployment;
-        let fields = fields_of(&self.config.deployments, d);
-        let version = &shadow.target.version;
-        let skip = |shadows: &mut Shadows, why| {
-            shadows.release();
-            shadows.skipped(d, version, fields, why);
-        };
-        let body = match taken {
-            Taken::Whole(body) => body,
-            Taken::TooLarge => return skip(&mut self.shadows, ShadowSkip::TooLarge),
-            Taken::Incomplete => return skip(&mut self.shadows, ShadowSkip::Incomplete),
-        };
-        let Some(headers) = headers() else {
-            return skip(&mut self.shadows, ShadowSkip::Refused);
-        };
-        let names = &self.config.headers;
-        let mut drop = vec![names.role.as_str(), names.cluster.as_str()];
-        drop.extend(names.tester_override.as_ref().map(|t| t.header.as_str()));
-        self.shadows.enqueue(ShadowCopy {
-            deployment: d,
-            version: version.clone(),
-            cluster: shadow.target.cluster.clone(),
-            headers: copy_headers(headers, &drop),
-            body,
-            user,
-        });
-    }
-
-    /// A routed request's copy slot given back without a copy (its
-    /// request context went away before the request was done).
-    pub(crate) fn drop_copy(&mut self, routed: &Routed) {
-        if routed.copy {
-            self.shadows.release();
-        }
-    }
-
-    /// The next copy to send to a shadow, and how long to wait for its
-    /// answer.
-    pub(crate) fn next_copy(&mut self) -> Option<(ShadowCopy, std::time::Duration)> {
-        let copy = self.shadows.next_to_send()?;
-        Some((copy, self.config.shadow.timeout))
-    }
-
-    /// Envoy took a copy (`Some(token)`) or refused it.
-    pub(crate) fn copy_sent(&mut self, copy: ShadowCopy, token: Option<u32>, now_ns: u64) {
-        match token {
-            Some(token) => self.shadows.sending(token, copy, now_ns),
-            None => {
-                let fields = fields_of(&self.config.deployments, copy.deployment);
-                self.shadows
-                    .skipped(copy.deployment, &copy.version, fields, ShadowSkip::Refused);
-            }
-        }
-    }
-
-    /// Whether `token` is the answer to a copy; if so, the largest body of
-    /// it to read (the deployment's `outputs.max_body_bytes`, 0 without
-    /// outputs).
-    pub(crate) fn copy_answer_limit(&self, token: u32) -> Option<usize> {
-        let d = self.shadows.deployment_of(token)?;
-        let limit = self
-            .config
-            .deployments
-            .get(d)
-            .and_then(|d| d.outputs.as_ref())
-            .map_or(0, |o| o.max_body_bytes);
-        Some(limit)
-    }
-
-    /// Gives up copies whose answer never came (see [`Shadows::expire`]).
-    pub(crate) fn expire_copies(&mut self, now_ns: u64) {
-        let deployments = &self.config.deployments;
-        self.shadows
-            .expire(now_ns, self.config.shadow.timeout, |d| {
-                fields_of(deployments, d)
-            });
-    }
-
-    /// A copy's answer arrived.
-    pub(crate) fn copy_answered(&mut self, token: u32, answer: ShadowAnswer) {
-        let Some(d) = self.shadows.deployment_of(token) else {
-            return;
-        };
-        let fields = fields_of(&self.config.deployments, d);
-        self.shadows.answered(token, answer, fields);
-    }
-
-    /// Whether some deployment's split in force has a shadow.
-    pub(crate) fn shadow_in_force(&self) -> bool {
-        (0..self.config.deployments.len()).any(|i| {
-            self.splits
-                .get(i)
-                .is_some_and(|s| s.shadow.as_ref().is_some_and(|s| s.bps.get() > 0))
-        })
-    }
-
     /// The reports of everything recorded since the last call, which starts
     /// afresh. Entries of versions no longer in play are dropped once empty.
     pub(crate) fn drain_reports(&mut self) -> Reports {
+        let shadow = self.drain_shadow_reports();
         let deployments = &self.config.deployments;
         let splits = &self.splits;
-        let shadow = self.shadows.drain(
-            |i| {
-                let d = deployments.get(i)?;
-                let fields = d.outputs.as_ref().map_or(&[][..], |o| &o.fields);
-                Some((d.name.as_str(), fields))
-            },
-            |i, version| {
-                splits
-                    .get(i)
-                    .and_then(|s| s.shadow.as_ref())
-                    .is_some_and(|s| s.target.version == version)
-            },
-        );
         let roles = self.pending.drain(
-            |i| {
-                let d = deployments.get(i)?;
-                let fields = d.outputs.as_ref().map_or(&[][..], |o| &o.fields);
-                Some((d.name.as_str(), fields))
-            },
+            |i| named_fields(deployments, i),
             |i, role, version| {
                 splits
                     .get(i)
@@ -588,23 +437,18 @@ impl<M: Metrics> Worker<M> {
     }
 }
 
+/// A deployment's name and output fields, as its reports name them.
+fn named_fields(deployments: &[Deployment], deployment: usize) -> Option<(&str, &[OutputField])> {
+    let d = deployments.get(deployment)?;
+    Some((d.name.as_str(), fields_of(deployments, deployment)))
+}
+
 /// A deployment's output fields (none without `outputs`).
 fn fields_of(deployments: &[Deployment], deployment: usize) -> &[OutputField] {
     deployments
         .get(deployment)
         .and_then(|d| d.outputs.as_ref())
         .map_or(&[][..], |o| &o.fields)
-}
-
-/// What a request in the shadow's share left to copy once it was done.
-#[derive(Debug)]
-pub(crate) enum Taken {
-    /// The whole body (empty without one).
-    Whole(Vec<u8>),
-    /// The body grew past `shadow.max_body_bytes`.
-    TooLarge,
-    /// The request's end was not seen, or its body could not be read.
-    Incomplete,
 }
 
 /// What a served request's answer turned out to be.
@@ -641,6 +485,10 @@ fn judge(
         },
     }
 }
+
+mod shadow;
+
+pub(crate) use shadow::Taken;
 
 #[cfg(test)]
 mod tests;

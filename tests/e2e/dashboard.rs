@@ -34,8 +34,9 @@ async fn text(b: &fantoccini::Client, id: &str) -> Option<String> {
 
 /// heart-prod's health, as the controller's JSON.
 async fn health(c: &ControllerProc) -> Result<Value> {
-    let resp = reqwest::get(c.url("/v1/deployments/heart-prod/health")).await?;
-    Ok(resp.error_for_status()?.json().await?)
+    Ok(serde_json::to_value(
+        c.client().health("heart-prod").await?,
+    )?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

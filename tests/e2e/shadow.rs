@@ -4,9 +4,10 @@
 //! slow or failing shadow that changes nothing for users.
 
 use anyhow::{Context as _, Result, ensure};
+use coalmine_client::types::RegisterVersion;
 use coalmine_e2e::models::Training;
 use coalmine_e2e::{
-    ControllerProc, Envoy, EnvoyConfig, Load, ModelServer, OPERATOR_TOKEN, Upstream, patients,
+    ControllerProc, Envoy, EnvoyConfig, Load, ModelServer, Upstream, patients,
     plugin_reading_outputs, poll,
 };
 use serde_json::{Value, json};
@@ -21,35 +22,33 @@ const DEPLOYMENT: &str = "heart-prod";
 
 /// Starts (or changes) heart-prod's shadow; the controller's answer.
 async fn start_shadow(c: &ControllerProc, version: &str, percent: f64) -> Result<Value> {
-    let resp = reqwest::Client::new()
-        .post(c.url(&format!("/v1/deployments/{DEPLOYMENT}/shadow")))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"version": version, "percent": percent}))
-        .send()
-        .await?;
-    let status = resp.status();
-    let body: Value = resp.json().await?;
-    ensure!(
-        status.is_success(),
-        "starting shadow {version}: {status} {body}"
-    );
-    Ok(body)
+    let d = c
+        .client()
+        .start_shadow(DEPLOYMENT, version, Some(percent))
+        .await
+        .with_context(|| format!("starting shadow {version}"))?;
+    Ok(serde_json::to_value(d)?)
 }
 
 async fn stop_shadow(c: &ControllerProc) -> Result<()> {
-    let resp = reqwest::Client::new()
-        .delete(c.url(&format!("/v1/deployments/{DEPLOYMENT}/shadow")))
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await?;
-    ensure!(resp.status().is_success(), "stopping: {}", resp.status());
+    c.client().stop_shadow(DEPLOYMENT).await?;
     Ok(())
 }
 
 /// heart-prod's health, as JSON.
 async fn health(c: &ControllerProc) -> Result<Value> {
-    let resp = reqwest::get(c.url(&format!("/v1/deployments/{DEPLOYMENT}/health"))).await?;
-    Ok(resp.error_for_status()?.json().await?)
+    Ok(serde_json::to_value(c.client().health(DEPLOYMENT).await?)?)
+}
+
+/// Registers v3 on cluster heart-v3.
+async fn register_v3(c: &ControllerProc) -> Result<()> {
+    let v3 = RegisterVersion {
+        version: "v3".into(),
+        cluster: "heart-v3".into(),
+        metadata: None,
+    };
+    c.client().register_version(DEPLOYMENT, &v3).await?;
+    Ok(())
 }
 
 /// One field of the shadow's health block.
@@ -106,14 +105,7 @@ async fn a_shadow_is_judged_by_how_often_it_agrees_with_production() -> Result<(
     c.heart_prod(json!({"check_interval_seconds": 1, "window_seconds": 600,
         "shadow": {"fields": {"probability": {"min_agreement": 0.5}}}}))
         .await?;
-    let register = json!({"version": "v3", "cluster": "heart-v3"});
-    reqwest::Client::new()
-        .post(c.url(&format!("/v1/deployments/{DEPLOYMENT}/versions")))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&register)
-        .send()
-        .await?
-        .error_for_status()?;
+    register_v3(&c).await?;
     // Every complete patient of the data set, in turn, as production sees
     // them; no canary: every request is the baseline's.
     let load = Load::cycling(envoy.url("/predict/heart"), 100, patients()?);
@@ -226,13 +218,7 @@ async fn copies_reach_the_shadow_marked_and_without_routing_headers() -> Result<
         .plugin_config(&plugin_reading_outputs(LEASE_MS)?)?;
     let envoy = Envoy::start_as(config, "proxy-a").await?;
     c.heart_prod(json!({"check_interval_seconds": 1})).await?;
-    reqwest::Client::new()
-        .post(c.url(&format!("/v1/deployments/{DEPLOYMENT}/versions")))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"version": "v3", "cluster": "heart-v3"}))
-        .send()
-        .await?
-        .error_for_status()?;
+    register_v3(&c).await?;
     start_shadow(&c, "v3", 100.0).await?;
     let client = reqwest::Client::new();
     // The split with the shadow reaches the proxy within a sync or two.
@@ -378,13 +364,7 @@ async fn a_slow_or_failing_shadow_changes_nothing_for_users() -> Result<()> {
     c.heart_prod(json!({"check_interval_seconds": 1, "window_seconds": 600}))
         .await?;
     let client = reqwest::Client::new();
-    client
-        .post(c.url(&format!("/v1/deployments/{DEPLOYMENT}/versions")))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&json!({"version": "v3", "cluster": "heart-v3"}))
-        .send()
-        .await?
-        .error_for_status()?;
+    register_v3(&c).await?;
     let bodies = patients()?;
     const N: usize = 400;
     // The controller's split in force: users answered through coalmine.
