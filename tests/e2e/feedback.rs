@@ -13,7 +13,7 @@ use coalmine_demo::{Labels, Plan, Traffic};
 use coalmine_e2e::models::Training;
 use coalmine_e2e::{
     ControllerProc, Envoy, EnvoyConfig, FEEDBACK_TOKEN, ModelServer, SYNC_TOKEN,
-    failed_without_advancing, kinds, package_bin, prometheus_value, without_outputs,
+    failed_without_advancing, kinds, package_bin, poll, prometheus_value, without_outputs,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -243,6 +243,21 @@ async fn a_less_accurate_model_is_rolled_back_on_its_labels_and_a_good_one_promo
         delay: Duration::from_secs(2),
     };
     let traffic = Traffic::start(plan, patients, Some(labels));
+
+    // Production is labelled before the canary starts: with fewer than
+    // `min_samples` (30) labels on the baseline nothing waits for the
+    // canary's, and on a slow machine v2 could bake and step before its own
+    // labels arrive.
+    poll("a labelled baseline", Duration::from_secs(60), || async {
+        let h = c.client().health("heart-prod").await?;
+        let labelled = h
+            .baseline
+            .feedback
+            .get("accuracy")
+            .map_or(0, |f| f.observations);
+        Ok((labelled >= 60).then_some(()))
+    })
+    .await?;
 
     // 1. The underfit v2: fast, no errors, wrong; only its labels say so.
     c.start_canary(Some(20.0)).await?;
