@@ -255,6 +255,7 @@ fn started(policy: Policy, s: &Scenario) -> Option<Deployment> {
         percent: Some(s.canary_percent),
         steps: None,
         bake_seconds: None,
+        schedule: None,
     };
     Some(engine::command(&d, start, OPERATOR, T0).ok()?.deployment)
 }
