@@ -17,12 +17,33 @@ pub const MAX_RAMP_SHARES: usize = 50;
 
 /// A computed ramp, instead of a list of `steps`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Schedule {
     /// `min(max, start · factor^k)` percent after k healthy bakes.
     Exponential(Exponential),
 }
+
+/// As JSON: `{"exponential": {…}}`, that one key and no other.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Schedule {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .property("exponential", Exponential::schema())
+                    .required("exponential")
+                    .additional_properties(Some(AdditionalProperties::FreeForm(false))),
+            )
+            .description(Some(
+                "A computed ramp instead of steps and bake_seconds: {\"exponential\": {start, factor, every_seconds, max}}",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Schedule {}
 
 /// An exponential ramp; every field has a default (1 → 2 → 4 → … → 100 %,
 /// 60 s at each share).
@@ -31,13 +52,17 @@ pub enum Schedule {
 #[serde(deny_unknown_fields, default)]
 pub struct Exponential {
     /// The first share, percent: in (0, max], at least 0.01.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.01, maximum = 100))]
     pub start: f64,
     /// What each healthy bake multiplies the share by: above 1.
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 1))]
     pub factor: f64,
     /// The bake at each share, seconds (replaces `bake_seconds`).
+    #[cfg_attr(feature = "openapi", schema(maximum = 86_400))]
     pub every_seconds: u64,
     /// The last share, percent, in (0, 100]: after a healthy bake there the
     /// canary is promoted, also when it is below 100.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.01, maximum = 100))]
     pub max: f64,
 }
 
