@@ -205,13 +205,16 @@ impl Scenario {
         }
     }
 
-    /// A healthy canary (both roles alike, 100 requests/s) on the default
-    /// ramp, 20 → 50 → 100 % with a minute's bake, for up to 30 minutes:
-    /// how long it takes to be promoted.
+    /// A healthy canary (both roles alike and error-free, so only the ramp
+    /// and the evidence it gathers set the pace; 100 requests/s) on the
+    /// default ramp, 20 → 50 → 100 % with a minute's bake, for up to 30
+    /// minutes: how long it takes to be promoted.
     pub fn ramp_steps() -> Scenario {
         Scenario {
             name: "ramp_steps_20_50_100".into(),
             bursty: false,
+            baseline_error_rate: 0.0,
+            canary_error_rate: 0.0,
             canary_percent: 20.0,
             steps: vec![20.0, 50.0, 100.0],
             bake_seconds: 60,
