@@ -147,6 +147,11 @@ pub enum CanaryCmd {
         steps: Option<Vec<f64>>,
         #[arg(long)]
         bake_seconds: Option<u64>,
+        /// A computed ramp instead of --steps and --bake-seconds, as JSON
+        /// (or @file.json), e.g.
+        /// '{"exponential": {"start": 1, "factor": 2, "every_seconds": 60, "max": 100}}'.
+        #[arg(long, conflicts_with_all = ["steps", "bake_seconds"])]
+        schedule: Option<String>,
     },
 }
 

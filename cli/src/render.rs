@@ -8,6 +8,8 @@ use coalmine_decide::window::RoleWindowStats;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use std::collections::BTreeSet;
 
+mod ramp;
+
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
@@ -89,6 +91,9 @@ pub fn status(d: &DeploymentView) -> String {
         d.baseline.cluster,
         canary_cell(d),
     );
+    if let Some(c) = &d.canary {
+        out.push_str(&ramp::line(c));
+    }
     if d.shadow.is_some() {
         out.push_str(&format!(
             "shadow     {} of the baseline's requests, never answering\n",
@@ -313,7 +318,7 @@ mod tests {
     fn status_renders_both_roles_and_the_reasons() {
         let d: DeploymentView = serde_json::from_value(json!({
             "name": "heart-prod", "state": "canary", "baseline": {"version": "v1", "cluster": "heart-v1"},
-            "canary": {"version": "v2", "cluster": "heart-v2", "percent": 20.0, "steps": [20.0, 50.0, 100.0],
+            "canary": {"version": "v2", "cluster": "heart-v2", "percent": 20.0, "steps": [20.0, 50.0, 100.0], "step_index": 0,
                 "next_step_percent": 50.0, "bake_seconds": 60, "started_at": 0, "step_since": 0, "paused": false},
             "canary_percent": 20.0, "pinned": {"version": "v1", "cluster": "heart-v1"}, "cooldown_until": null,
             "versions_in_play": ["v1", "v2"], "epoch": 3, "policy": {},
@@ -331,6 +336,7 @@ mod tests {
         let out = status(&d);
         for want in [
             "v2 @ 20 %",
+            "ramp       [20] → 50 → 100 %, 60 s healthy at each share",
             "25.00 %",
             "9.9 ms",
             "CRITICAL",

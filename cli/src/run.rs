@@ -79,12 +79,21 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             percent,
             steps,
             bake_seconds,
+            schedule,
         }) => {
+            let schedule = match schedule {
+                Some(s) => Some(
+                    serde_json::from_value(json_arg("schedule", &s)?)
+                        .map_err(|e| CliError::Invalid(format!("--schedule: {e}")))?,
+                ),
+                None => None,
+            };
             let body = StartCanary {
                 version,
                 percent,
                 steps,
                 bake_seconds,
+                schedule,
             };
             let d = client.start_canary(&deployment, &body).await?;
             Ok(shown(&d, json, render::status))

@@ -4,7 +4,7 @@
 //! Policies, verdicts, versions and events are the decision crate's types.
 
 use coalmine_decide::engine::{Event, Millis};
-use coalmine_decide::policy::Policy;
+use coalmine_decide::policy::{Policy, Schedule};
 use coalmine_decide::verdict::{Health, VerdictKind};
 use coalmine_decide::window::RoleWindowStats;
 use coalmine_protocol::Target;
@@ -65,6 +65,10 @@ pub struct StartCanary {
     pub steps: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_seconds: Option<u64>,
+    /// A computed ramp instead of `steps` and `bake_seconds` (refused
+    /// together with either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
 }
 
 /// `POST /v1/deployments/{name}/shadow`: start a shadow, or change its
@@ -105,8 +109,15 @@ pub struct CanaryView {
     pub version: String,
     pub cluster: String,
     pub percent: f64,
+    /// The planned ramp: the shares the canary steps through, in order; a
+    /// healthy bake at the last promotes it.
     pub steps: Vec<f64>,
+    /// Where the current share is in `steps` (from 0); none when an
+    /// operator set a share that is not on the plan.
+    #[serde(default)]
+    pub step_index: Option<u32>,
     pub next_step_percent: Option<f64>,
+    /// The bake at each share.
     pub bake_seconds: u64,
     pub started_at: Millis,
     pub step_since: Millis,

@@ -667,6 +667,7 @@ mod tests {
             percent,
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         c.command("heart-prod", start, "operator").await.unwrap();
     }

@@ -81,6 +81,7 @@ pub(crate) mod testing {
             percent: None,
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         command(&d, start, OPERATOR, T0).unwrap().deployment
     }

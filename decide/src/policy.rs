@@ -4,7 +4,7 @@
 //! Defaults are the seed rule set of DESIGN.md. How the thresholds are
 //! applied to both roles' numbers is [`crate::rules`].
 
-use coalmine_protocol::{Bps, Outcome};
+use coalmine_protocol::Outcome;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -300,6 +300,10 @@ pub struct Policy {
     /// Canary percentages to step through; the last is 100.
     pub steps: Vec<f64>,
     pub bake_seconds: u64,
+    /// A computed ramp instead of `steps` and `bake_seconds` (it wins over
+    /// them when set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
     pub cooldown_seconds: u64,
     pub auto_rollback: bool,
     pub auto_promote: bool,
@@ -329,6 +333,7 @@ impl Default for Policy {
             shadow: ShadowRule::default(),
             steps: vec![20.0, 50.0, 100.0],
             bake_seconds: 60,
+            schedule: None,
             cooldown_seconds: 120,
             auto_rollback: true,
             auto_promote: true,
@@ -431,6 +436,7 @@ impl Policy {
         self.shadow.validate()?;
         schedule("steps", &self.steps)?;
         check_seconds("bake_seconds", self.bake_seconds)?;
+        self.ramp()?;
         check_seconds("cooldown_seconds", self.cooldown_seconds)?;
         if let Significance::Alpha(a) = self.significance
             && !(a > 0.0 && a <= 0.2)
@@ -449,6 +455,13 @@ impl Policy {
         }
         Ok(())
     }
+
+    /// The shares a canary steps through and the bake at each: the
+    /// `schedule` expanded when there is one, else `steps` and
+    /// `bake_seconds`.
+    pub fn ramp(&self) -> Result<Ramp, PolicyError> {
+        schedule::policy_ramp(self.schedule.as_ref(), &self.steps, self.bake_seconds)
+    }
 }
 
 /// The longest bake or cooldown accepted (a day).
@@ -465,33 +478,10 @@ pub fn check_seconds(field: &str, seconds: u64) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// A schedule: strictly increasing percentages in (0, 100], ending at 100,
-/// as the shares the engine steps through.
-pub fn schedule(field: &str, steps: &[f64]) -> Result<Vec<Bps>, PolicyError> {
-    if steps.is_empty() || steps.len() > 20 {
-        return Err(bad(field, "must list 1 to 20 percentages"));
-    }
-    let mut last = 0.0;
-    let mut shares = Vec::with_capacity(steps.len());
-    for &s in steps {
-        let share = Bps::parse_percent(s).map_err(|m| bad(field, m))?;
-        if s <= last {
-            return Err(bad(
-                field,
-                format!("must increase strictly within (0, 100]; {s} does not follow {last}"),
-            ));
-        }
-        shares.push(share);
-        last = s;
-    }
-    if last != 100.0 {
-        return Err(bad(field, "must end at 100"));
-    }
-    Ok(shares)
-}
-
+mod schedule;
 mod shadow;
 
+pub use schedule::{Exponential, MAX_RAMP_SHARES, Ramp, Schedule, schedule};
 pub use shadow::{FieldMinimum, ShadowRule};
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub use traffic::{PROBABILITY, RoleSecond, heart_fields};
 
 use crate::engine::{self, Command, Deployment, EventKind, Millis, OPERATOR};
 use crate::observe::observe;
-use crate::policy::Policy;
+use crate::policy::{Exponential, Policy, Schedule};
 use crate::verdict::VerdictKind;
 use crate::window::{Reported, Windows};
 use coalmine_protocol::Target;
@@ -42,6 +42,8 @@ pub struct Scenario {
     pub canary_percent: f64,
     pub steps: Vec<f64>,
     pub bake_seconds: u64,
+    /// A computed ramp instead of `steps` and `bake_seconds`.
+    pub schedule: Option<Schedule>,
     pub duration_seconds: u64,
     /// What each role's answers say (none: outputs are not read).
     pub outputs: Option<OutputsModel>,
@@ -82,6 +84,7 @@ impl Scenario {
             canary_percent: 10.0,
             steps: vec![10.0, 100.0],
             bake_seconds: 3600,
+            schedule: None,
             duration_seconds: 600,
             outputs: None,
             labels: None,
@@ -202,6 +205,42 @@ impl Scenario {
         }
     }
 
+    /// A healthy canary (both roles alike and error-free, so only the ramp
+    /// and the evidence it gathers set the pace; 100 requests/s) on the
+    /// default ramp, 20 → 50 → 100 % with a minute's bake, for up to 30
+    /// minutes: how long it takes to be promoted.
+    pub fn ramp_steps() -> Scenario {
+        Scenario {
+            name: "ramp_steps_20_50_100".into(),
+            bursty: false,
+            baseline_error_rate: 0.0,
+            canary_error_rate: 0.0,
+            canary_percent: 20.0,
+            steps: vec![20.0, 50.0, 100.0],
+            bake_seconds: 60,
+            duration_seconds: 1800,
+            ..Scenario::aa()
+        }
+    }
+
+    /// [`Scenario::ramp_steps`] on the exponential ramp 1 → 2 → 4 → … →
+    /// 100 %, a minute at each share: a bad canary meets fewer users, a
+    /// healthy one takes longer.
+    pub fn ramp_exponential() -> Scenario {
+        let ramp = Exponential {
+            start: 1.0,
+            factor: 2.0,
+            every_seconds: 60,
+            max: 100.0,
+        };
+        Scenario {
+            name: "ramp_exponential_1_2_4_to_100".into(),
+            canary_percent: ramp.start,
+            schedule: Some(Schedule::Exponential(ramp)),
+            ..Scenario::ramp_steps()
+        }
+    }
+
     /// The 1 % → 6 % effect while the split steps 5 → 10 → 25 → 100 %.
     pub fn error_with_steps() -> Scenario {
         Scenario {
@@ -232,6 +271,7 @@ pub fn policy_for(base: &Policy, s: &Scenario) -> Policy {
         check_interval_seconds: 1,
         steps: s.steps.clone(),
         bake_seconds: s.bake_seconds,
+        schedule: s.schedule,
         ..base.clone()
     }
 }
@@ -255,6 +295,7 @@ fn started(policy: Policy, s: &Scenario) -> Option<Deployment> {
         percent: Some(s.canary_percent),
         steps: None,
         bake_seconds: None,
+        schedule: None,
     };
     Some(engine::command(&d, start, OPERATOR, T0).ok()?.deployment)
 }
@@ -374,6 +415,31 @@ pub fn detection(scenario: &str, policy: &str, outcomes: &[RunOutcome]) -> Detec
     }
 }
 
+/// How fast healthy canaries were promoted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Promotion {
+    pub scenario: String,
+    pub runs: u64,
+    pub promoted_rate: f64,
+    pub rolled_back_rate: f64,
+    /// Seconds from the canary's start to its promotion.
+    pub median_s: Option<f64>,
+    pub p95_s: Option<f64>,
+}
+
+pub fn promotion(scenario: &str, outcomes: &[RunOutcome]) -> Promotion {
+    let mut times: Vec<u64> = outcomes.iter().filter_map(|o| o.promoted_at).collect();
+    times.sort_unstable();
+    Promotion {
+        scenario: scenario.to_string(),
+        runs: outcomes.len() as u64,
+        promoted_rate: times.len() as f64 / outcomes.len().max(1) as f64,
+        rolled_back_rate: rollback_rate(outcomes),
+        median_s: quantile(&times, 0.5),
+        p95_s: quantile(&times, 0.95),
+    }
+}
+
 /// The share of runs with a hold (DEGRADED in a row) longer than `seconds`
 /// (in an A/A comparison: all of them false).
 pub fn held_longer_than(outcomes: &[RunOutcome], seconds: u64) -> f64 {
@@ -457,6 +523,20 @@ mod tests {
         for seed in 1..=3 {
             assert_eq!(run(&aa, &p, seed).rolled_back_at, None);
         }
+    }
+
+    #[test]
+    fn a_healthy_canary_climbs_either_ramp_to_promotion() {
+        let p = Policy::default();
+        let steps = run(&Scenario::ramp_steps(), &p, 1);
+        let exponential = run(&Scenario::ramp_exponential(), &p, 1);
+        let (Some(s), Some(e)) = (steps.promoted_at, exponential.promoted_at) else {
+            panic!("both promoted: {steps:?} {exponential:?}");
+        };
+        // Three bakes against eight, each at least a minute.
+        assert!(s >= 180 && e >= 480 && e > s, "{s} s vs {e} s");
+        let stats = promotion("x", &[steps, RunOutcome::default()]);
+        assert_eq!((stats.promoted_rate, stats.median_s), (0.5, Some(s as f64)));
     }
 
     #[test]

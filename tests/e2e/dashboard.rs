@@ -111,6 +111,16 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         "dashboard: baseline {} requests, canary {} requests",
         numbers.0, numbers.1
     );
+    // The planned ramp, the share set at the start (off the default
+    // 20 → 50 → 100 % plan) marked where it falls.
+    let ramp = poll("the planned ramp", Duration::from_secs(10), || async {
+        Ok(text(b, "ramp").await.filter(|t| t.contains(" → ")))
+    })
+    .await?;
+    ensure!(
+        ramp.contains("ramp 20 → 30 (by hand) → 50 → 100 % · 60 s each"),
+        "{ramp}"
+    );
     poll(
         "the charts to draw lines",
         Duration::from_secs(20),

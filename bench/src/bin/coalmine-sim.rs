@@ -2,7 +2,8 @@
 //! and how fast it catches bad ones, with and without the significance
 //! guard: errors and latency, what the models answer (the demo's real
 //! models, trained here, give the answers' distributions), and delayed
-//! labels fed back as accuracy.
+//! labels fed back as accuracy; and how long a healthy canary takes to be
+//! promoted on the default steps and on the exponential ramp.
 //!
 //! `make bench-decisions` runs it in full and writes target/bench/decisions.json;
 //! `--quick` (in `make test`) runs fewer and fails when a goal is missed.
@@ -12,7 +13,7 @@ use clap::Parser;
 use coalmine_bench::heart::heart_models;
 use coalmine_decide::policy::{Policy, Significance};
 use coalmine_decide::sim::{
-    Detection, Scenario, detection, held_longer_than, rollback_rate, run_many,
+    Detection, Promotion, Scenario, detection, held_longer_than, promotion, rollback_rate, run_many,
 };
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -32,8 +33,8 @@ struct Args {
     /// 200 A/A runs and 30 per detection scenario; exit 1 when a goal is missed.
     #[arg(long)]
     quick: bool,
-    /// Only this section: errors, outputs or feedback.
-    #[arg(long, value_parser = ["errors", "outputs", "feedback"])]
+    /// Only this section: errors, outputs, feedback or ramp.
+    #[arg(long, value_parser = ["errors", "outputs", "feedback", "ramp"])]
     only: Option<String>,
 }
 
@@ -253,6 +254,50 @@ fn feedback(sim: &Sim, detections: &mut Vec<Detection>) -> (Value, Vec<Goal>) {
     (report, goals)
 }
 
+/// Ramps: how long a healthy canary takes to be promoted on the default
+/// steps (20 → 50 → 100 %) and on the exponential ramp (1 → 2 → … → 100 %),
+/// a minute's bake at each share, under the guard.
+fn ramp(sim: &Sim) -> (Value, Vec<Goal>) {
+    let runs = sim.detection_runs;
+    let promotions: Vec<Promotion> = [Scenario::ramp_steps(), Scenario::ramp_exponential()]
+        .iter()
+        .map(|s| {
+            println!("{}: {runs} runs…", s.name);
+            promotion(
+                &s.name,
+                &run_many(s, &sim.guard, runs, 200_000, sim.threads),
+            )
+        })
+        .collect();
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.0} s"));
+    println!(
+        "\n{:<36} {:>9} {:>8} {:>8}",
+        "healthy canary", "promoted", "median", "p95"
+    );
+    for p in &promotions {
+        println!(
+            "{:<36} {:>8.1}% {:>8} {:>8}",
+            p.scenario,
+            p.promoted_rate * 100.0,
+            secs(p.median_s),
+            secs(p.p95_s)
+        );
+    }
+    let goals = promotions
+        .iter()
+        .map(|p| Goal {
+            what: format!(
+                "a healthy canary on {} promoted in {:.1} % of runs (median {}) ≥ 95 %",
+                p.scenario,
+                p.promoted_rate * 100.0,
+                secs(p.median_s)
+            ),
+            met: p.promoted_rate >= 0.95,
+        })
+        .collect();
+    (json!({ "promotions": promotions }), goals)
+}
+
 fn print_table(detections: &[Detection]) {
     let secs = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.0} s"));
     println!(
@@ -303,6 +348,7 @@ fn main() -> Result<()> {
     let errors = section("errors", &mut |d| Ok(errors(&sim, d)))?;
     let outputs = section("outputs", &mut |d| outputs(&sim, d))?;
     let feedback = section("feedback", &mut |d| Ok(feedback(&sim, d)))?;
+    let ramp = section("ramp", &mut |_| Ok(ramp(&sim)))?;
     let elapsed = started.elapsed().as_secs_f64();
     print_table(&detections);
     println!("\ngoals:");
@@ -317,6 +363,7 @@ fn main() -> Result<()> {
         "errors": errors,
         "outputs": outputs,
         "feedback": feedback,
+        "ramp": ramp,
         "detections": detections,
         "goals": goals.iter().map(|g| json!({"goal": g.what, "met": g.met})).collect::<Vec<_>>(),
         "policy": sim.guard,

@@ -22,6 +22,11 @@ fn canary_view(c: &Canary) -> CanaryView {
         cluster: c.target.cluster.clone(),
         percent: c.bps.as_percent(),
         steps: c.steps.iter().map(|s| s.as_percent()).collect(),
+        step_index: c
+            .steps
+            .iter()
+            .position(|s| *s == c.bps)
+            .and_then(|i| u32::try_from(i).ok()),
         next_step_percent: c.next_step().map(Bps::as_percent),
         bake_seconds: c.bake_seconds,
         started_at: c.started_at,
@@ -185,6 +190,7 @@ pub(super) async fn start_canary(
         percent: b.percent,
         steps: b.steps,
         bake_seconds: b.bake_seconds,
+        schedule: b.schedule,
     };
     run(&s, &name, cmd, &actor).await
 }

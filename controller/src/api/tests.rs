@@ -19,6 +19,7 @@ mod events;
 mod feedback;
 mod lifecycle;
 mod openapi;
+mod schedule;
 mod shadow;
 mod sync;
 

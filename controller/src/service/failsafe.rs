@@ -258,6 +258,7 @@ mod tests {
             percent: Some(20.0),
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         let at_20 = command(&d, start, OPERATOR, 0).unwrap().deployment;
         let at_5 = command(&at_20, Command::SetTraffic { percent: 5.0 }, OPERATOR, 0)

@@ -7,7 +7,7 @@ use super::model::{
     VersionState, event,
 };
 use super::shadow::{ShadowEnd, start_shadow, stop_shadow};
-use crate::policy::{Policy, check_seconds, schedule};
+use crate::policy::{Policy, Ramp, Schedule, check_seconds, schedule};
 use coalmine_protocol::config::check_deployment_name;
 use coalmine_protocol::{Bps, Target};
 use serde_json::{Map, Value, json};
@@ -25,6 +25,9 @@ pub enum Command {
         percent: Option<f64>,
         steps: Option<Vec<f64>>,
         bake_seconds: Option<u64>,
+        /// A computed ramp instead of `steps` and `bake_seconds` (not with
+        /// them).
+        schedule: Option<Schedule>,
     },
     SetTraffic {
         percent: f64,
@@ -135,12 +138,14 @@ pub fn command(
             percent,
             steps,
             bake_seconds,
+            schedule,
         } => {
             let start = CanaryStart {
                 version: version.clone(),
                 percent,
                 steps,
                 bake_seconds,
+                schedule,
             };
             let started = start_canary(&mut next, start, actor, now)?;
             let mut events = vec![started];
@@ -219,6 +224,34 @@ struct CanaryStart {
     percent: Option<f64>,
     steps: Option<Vec<f64>>,
     bake_seconds: Option<u64>,
+    schedule: Option<Schedule>,
+}
+
+impl CanaryStart {
+    /// The ramp this canary climbs: its own `schedule`, else its own
+    /// `steps` and `bake_seconds`, each falling back to the policy's ramp
+    /// (where a `schedule` wins over `steps`).
+    fn ramp(&self, policy: &Policy) -> Result<Ramp, Refusal> {
+        if let Some(s) = &self.schedule {
+            if self.steps.is_some() || self.bake_seconds.is_some() {
+                return Err(Refusal::Invalid(
+                    "schedule replaces steps and bake_seconds (its every_seconds is the bake); give either schedule or steps and bake_seconds".into(),
+                ));
+            }
+            return Ok(s.ramp()?);
+        }
+        let planned = policy.ramp()?;
+        let shares = match &self.steps {
+            Some(steps) => schedule("steps", steps)?,
+            None => planned.shares,
+        };
+        let bake_seconds = self.bake_seconds.unwrap_or(planned.bake_seconds);
+        check_seconds("bake_seconds", bake_seconds)?;
+        Ok(Ramp {
+            shares,
+            bake_seconds,
+        })
+    }
 }
 
 /// Why `version` cannot be a canary of `d` now, if it cannot.
@@ -264,13 +297,14 @@ fn start_canary(
     now: Millis,
 ) -> Result<Event, Refusal> {
     let target = refuse_canary(d, &start.version, now)?;
-    let steps = schedule("steps", start.steps.as_deref().unwrap_or(&d.policy.steps))?;
+    let Ramp {
+        shares: steps,
+        bake_seconds,
+    } = start.ramp(&d.policy)?;
     let bps = match start.percent {
         Some(p) => Bps::parse_percent(p).map_err(|m| Refusal::Invalid(format!("percent {m}")))?,
         None => steps.first().copied().unwrap_or(Bps::ZERO),
     };
-    let bake_seconds = start.bake_seconds.unwrap_or(d.policy.bake_seconds);
-    check_seconds("bake_seconds", bake_seconds)?;
     d.canary = Some(Canary {
         target,
         bps,
@@ -421,6 +455,7 @@ mod tests {
             percent: Some(10.0),
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         let err = command(&d, start(), OPERATOR, T0 + 60_000).unwrap_err();
         assert!(
@@ -435,6 +470,7 @@ mod tests {
             percent: None,
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         let d = command(
             &t.deployment,
@@ -498,6 +534,7 @@ mod tests {
             percent: None,
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         assert!(conflict(&d, start_v1).contains("already the baseline"));
         let missing = Command::StartCanary {
@@ -505,6 +542,7 @@ mod tests {
             percent: None,
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         assert!(matches!(
             command(&d, missing, OPERATOR, T0),
@@ -523,6 +561,7 @@ mod tests {
             percent: None,
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         assert!(conflict(&d, start).contains("already has canary v2"));
         assert!(conflict(&d, Command::Resume { reason: None }).contains("not paused"));
@@ -535,6 +574,7 @@ mod tests {
             percent: None,
             steps: Some(vec![50.0, 10.0]),
             bake_seconds: None,
+            schedule: None,
         };
         let d0 = create("x", target("v1"), Policy::default(), OPERATOR, T0)
             .unwrap()

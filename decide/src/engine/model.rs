@@ -88,7 +88,9 @@ pub enum HealthMark {
 pub struct Canary {
     pub target: Target,
     pub bps: Bps,
-    /// The schedule: canary shares to step through, the last being 100 %.
+    /// The planned ramp: canary shares to step through, strictly
+    /// increasing. A healthy bake at the last (100 %, or a lower `max` of
+    /// an exponential schedule) promotes the canary.
     pub steps: Vec<Bps>,
     pub bake_seconds: u64,
     pub started_at: Millis,

@@ -383,6 +383,7 @@ mod tests {
             percent: Some(10.0),
             steps: None,
             bake_seconds: None,
+            schedule: None,
         };
         let t = command(&d, canary("v2"), OPERATOR, T0 + 1).unwrap();
         assert_eq!(kinds(&t), ["canary_started"]);

@@ -515,3 +515,6 @@ mod tests {
         assert_eq!(s.transition.deployment, d);
     }
 }
+
+#[cfg(test)]
+mod ramp;
