@@ -8,6 +8,8 @@ use coalmine_decide::window::RoleWindowStats;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use std::collections::BTreeSet;
 
+mod watch;
+
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
@@ -135,6 +137,9 @@ pub fn status(d: &DeploymentView) -> String {
     ));
     for r in &h.reasons {
         out.push_str(&format!("  - {}\n", r.message));
+    }
+    if let Some(w) = &h.watch {
+        out.push_str(&watch::watch(w));
     }
     out
 }

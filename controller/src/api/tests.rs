@@ -21,6 +21,7 @@ mod lifecycle;
 mod openapi;
 mod shadow;
 mod sync;
+mod watch;
 
 const OP: &str = "op-token";
 const SYNC: &str = "sync-token";
