@@ -9,6 +9,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use std::collections::BTreeSet;
 
 mod ramp;
+mod watch;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -140,6 +141,9 @@ pub fn status(d: &DeploymentView) -> String {
     ));
     for r in &h.reasons {
         out.push_str(&format!("  - {}\n", r.message));
+    }
+    if let Some(w) = &h.watch {
+        out.push_str(&watch::watch(w));
     }
     out
 }

@@ -21,13 +21,16 @@ pub use none::NoNotifier;
 pub use receiver::{Receiver, ReceiverError, receivers};
 pub use webhook::{WebhookError, WebhookSettings, Webhooks};
 
-/// The events that are sent out: a canary's trouble and its end, and a
-/// shadow's start, stop and disagreement.
-pub const NOTIFIED: [EventKind; 7] = [
+/// The events that are sent out: a canary's trouble and its end, a
+/// return to the pinned version (an operator's, or the engine's when a
+/// promoted version breaks its watch), and a shadow's start, stop and
+/// disagreement.
+pub const NOTIFIED: [EventKind; 8] = [
     EventKind::HealthDegraded,
     EventKind::AutoRollbackTriggered,
     EventKind::RolledBack,
     EventKind::Promoted,
+    EventKind::RevertedToPinned,
     EventKind::ShadowStarted,
     EventKind::ShadowStopped,
     EventKind::ShadowDisagrees,

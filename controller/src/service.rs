@@ -293,7 +293,12 @@ impl Controller {
             .ok_or_else(|| ServiceError::NotFound(name.to_string()))?;
         let now = self.now();
         let starts_canary = matches!(cmd, Command::StartCanary { .. });
-        let t = engine::command(d, cmd, actor, now)?;
+        // A promotion keeps the old baseline's window for the watch.
+        let old = match cmd {
+            Command::Promote { .. } => self.ingest.observe(d, now).baseline,
+            _ => Default::default(),
+        };
+        let t = engine::command_seen(d, cmd, actor, now, &old)?;
         let next = t.deployment.clone();
         // A new canary has no verdict yet; any other command keeps the last.
         let kept = (!starts_canary)
@@ -376,7 +381,10 @@ impl Controller {
             .ingest
             .shadow_stats(d, now)
             .and_then(|stats| d.shadow_health(&stats));
-        Health::new(verdict, d.policy.window_seconds, obs.baseline, obs.canary).with_shadow(shadow)
+        let watch = engine::watch_health(d, &obs, now);
+        Health::new(verdict, d.policy.window_seconds, obs.baseline, obs.canary)
+            .with_shadow(shadow)
+            .with_watch(watch)
     }
 
     /// Evaluates every deployment whose check interval has come.
@@ -387,7 +395,7 @@ impl Controller {
         let due: Vec<Deployment> = state
             .deployments
             .values()
-            .filter(|d| d.canary.is_some() || d.shadow.is_some())
+            .filter(|d| d.canary.is_some() || d.shadow.is_some() || d.watch.is_some())
             .filter(|d| {
                 state
                     .next_evaluation

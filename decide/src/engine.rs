@@ -9,7 +9,9 @@
 //! - `moves`: rollback, promotion and revert, which both of them make;
 //! - [`shadow`]: the shadow's start, change and stop, its end when its
 //!   version becomes the canary or the baseline, and [`shadow_step`],
-//!   which reports a field that disagrees with the users' answers once.
+//!   which reports a field that disagrees with the users' answers once;
+//! - [`watch`]: the post-promotion watch, which reverts a promoted
+//!   baseline that breaks its limits within `post_promotion.watch_seconds`.
 //!
 //! No clock, I/O or database here: the service around it persists each
 //! transition and its events in one transaction, and tests drive it with
@@ -20,6 +22,7 @@ pub mod model;
 mod moves;
 pub mod shadow;
 pub mod step;
+pub mod watch;
 
 pub use command::{Command, command, create};
 pub use model::{
@@ -28,6 +31,7 @@ pub use model::{
 };
 pub use shadow::{DEFAULT_SHADOW_PERCENT, ShadowStep, shadow_step};
 pub use step::step;
+pub use watch::{Watch, command_seen, watch_health};
 
 #[cfg(test)]
 pub(crate) mod testing {

@@ -1,7 +1,13 @@
 //! What the policy looks at for a deployment at a moment: both roles over
 //! the same window, the canary's slow requests, and the split observed
 //! since the current share was set, all read from the [`Windows`]. The
-//! controller and the simulator call [`observe`] alike.
+//! controller and the simulator call [`observe`] alike. During a
+//! post-promotion watch, the new baseline since its promotion
+//! (`observe/watch.rs`).
+
+mod watch;
+
+pub use watch::{Watched, watched};
 
 use crate::engine::Deployment;
 use crate::engine::Millis;
@@ -26,6 +32,8 @@ pub struct Observations {
     pub step_canary_requests: u64,
     pub step_requests: u64,
     pub configured_share: f64,
+    /// During a post-promotion watch: the new baseline since its promotion.
+    pub watched: Option<Watched>,
 }
 
 impl Observations {
@@ -79,7 +87,10 @@ pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
     let Some(c) = &d.canary else {
         let mut baseline = baseline;
         feedback_of(windows, d, now, &mut baseline, None);
-        return Observations::of(baseline, RoleWindowStats::default());
+        return Observations {
+            watched: watched(windows, d, now),
+            ..Observations::of(baseline, RoleWindowStats::default())
+        };
     };
     let v = &c.target.version;
     let mut baseline = baseline;
@@ -122,5 +133,6 @@ pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
         step_canary_requests: step_canary,
         step_requests: step_all,
         configured_share: c.bps.as_percent() / 100.0,
+        watched: None,
     }
 }

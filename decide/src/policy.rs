@@ -6,7 +6,6 @@
 
 use coalmine_protocol::Outcome;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::collections::BTreeMap;
 
 /// Thresholds a canary is compared against its baseline with.
@@ -196,87 +195,6 @@ pub struct Slo {
     pub max_p95_ms: Option<f64>,
 }
 
-/// The statistical guard on CRITICAL breaches and promotions.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum Significance {
-    /// The bare seed rules: thresholds on the observed numbers.
-    #[default]
-    None,
-    /// Anytime-valid tests at this level (see `significance`).
-    Alpha(f64),
-}
-
-impl Significance {
-    /// The level of the guard's tests, if it is on.
-    pub fn alpha(self) -> Option<f64> {
-        match self {
-            Significance::None => None,
-            Significance::Alpha(a) => Some(a),
-        }
-    }
-}
-
-impl Serialize for Significance {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Significance::None => s.serialize_str("none"),
-            Significance::Alpha(a) => json!({ "alpha": a }).serialize(s),
-        }
-    }
-}
-
-/// As JSON: `"none"` or `{"alpha": 0.01}`.
-#[cfg(feature = "openapi")]
-impl utoipa::PartialSchema for Significance {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-        OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["none"])),
-            )
-            .item(
-                ObjectBuilder::new()
-                    .property("alpha", ObjectBuilder::new().schema_type(Type::Number))
-                    .required("alpha")
-                    .additional_properties(Some(
-                        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
-                    )),
-            )
-            .description(Some(
-                "The statistical guard: \"none\" (the bare thresholds) or {\"alpha\": level}",
-            ))
-            .into()
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::ToSchema for Significance {}
-
-impl<'de> Deserialize<'de> for Significance {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Alpha {
-            alpha: f64,
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Name(String),
-            Alpha(Alpha),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Name(n) if n == "none" => Ok(Significance::None),
-            Raw::Name(n) => Err(serde::de::Error::custom(format!(
-                "unknown significance {n:?}; use \"none\" or {{\"alpha\": 0.01}}"
-            ))),
-            Raw::Alpha(a) => Ok(Significance::Alpha(a.alpha)),
-        }
-    }
-}
-
 /// A deployment's policy. Every field is optional in JSON; the defaults are
 /// the seed rule set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -307,6 +225,8 @@ pub struct Policy {
     pub cooldown_seconds: u64,
     pub auto_rollback: bool,
     pub auto_promote: bool,
+    /// How long a promoted baseline stays watched (`policy/post_promotion.rs`).
+    pub post_promotion: PostPromotion,
     pub significance: Significance,
     /// Outcome classes that count as errors.
     pub error_classes: Vec<Outcome>,
@@ -337,6 +257,7 @@ impl Default for Policy {
             cooldown_seconds: 120,
             auto_rollback: true,
             auto_promote: true,
+            post_promotion: PostPromotion::default(),
             significance: Significance::Alpha(0.01),
             error_classes: vec![Outcome::ServerError, Outcome::Reset, Outcome::BadOutput],
         }
@@ -438,6 +359,7 @@ impl Policy {
         check_seconds("bake_seconds", self.bake_seconds)?;
         self.ramp()?;
         check_seconds("cooldown_seconds", self.cooldown_seconds)?;
+        self.post_promotion.validate()?;
         if let Significance::Alpha(a) = self.significance
             && !(a > 0.0 && a <= 0.2)
         {
@@ -478,11 +400,15 @@ pub fn check_seconds(field: &str, seconds: u64) -> Result<(), PolicyError> {
     Ok(())
 }
 
+mod post_promotion;
 mod schedule;
 mod shadow;
+mod significance;
 
+pub use post_promotion::{DEFAULT_WATCH_SECONDS, PostPromotion};
 pub use schedule::{Exponential, MAX_RAMP_SHARES, Ramp, Schedule, schedule};
 pub use shadow::{FieldMinimum, ShadowRule};
+pub use significance::Significance;
 
 #[cfg(test)]
 mod tests {

@@ -16,11 +16,13 @@
 //!
 //! Apart from the canary's verdict, [`shadow::judge`] judges a shadow's
 //! agreement with the answers users got (`rules/shadow.rs`); it never
-//! changes the canary's verdict.
+//! changes the canary's verdict. After a promotion, [`watch::judge`]
+//! judges the new baseline during its watch (`rules/watch.rs`).
 
 mod feedback;
 mod outputs;
 pub mod shadow;
+pub mod watch;
 
 pub use feedback::{FeedbackFindings, feedback};
 pub use outputs::{FieldComparison, OutputFindings, Share, compare, outputs};
@@ -744,6 +746,7 @@ pub(crate) mod tests {
                 step_requests: step_all,
                 step_canary_requests: (step_all as f64 * step_share) as u64,
                 configured_share: share,
+                watched: None,
             };
             let p = if guard { Policy::default() } else { seed() };
             let v = evaluate(&p, &obs);

@@ -10,11 +10,13 @@
 //! and posted as `accuracy` feedback a few seconds later; then
 //! `engine::step` decides on what [`observe`] reads, exactly as the
 //! controller does. A run ends at a rollback, a promotion, or after its
-//! duration.
+//! duration. `sim/watch.rs` runs a promotion and its watch instead.
 
 mod traffic;
+mod watch;
 
 pub use traffic::{PROBABILITY, RoleSecond, heart_fields};
+pub use watch::{WatchOutcome, WatchScenario, run_watch, run_watch_many};
 
 use crate::engine::{self, Command, Deployment, EventKind, Millis, OPERATOR};
 use crate::observe::observe;

@@ -3,6 +3,7 @@
 //! people) and the numbers behind it (for the event log).
 
 use crate::rules::shadow::ShadowHealth;
+use crate::rules::watch::WatchHealth;
 use crate::window::RoleWindowStats;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -280,6 +281,9 @@ pub struct Health {
     /// The deployment's shadow over the same window (null without one).
     #[serde(default)]
     pub shadow: Option<ShadowHealth>,
+    /// The new baseline's watch after a promotion (null without one).
+    #[serde(default)]
+    pub watch: Option<WatchHealth>,
 }
 
 impl Health {
@@ -298,12 +302,18 @@ impl Health {
             baseline,
             canary,
             shadow: None,
+            watch: None,
         }
     }
 
     /// With the deployment's shadow beside both roles.
     pub fn with_shadow(self, shadow: Option<ShadowHealth>) -> Health {
         Health { shadow, ..self }
+    }
+
+    /// With the new baseline's watch after a promotion.
+    pub fn with_watch(self, watch: Option<WatchHealth>) -> Health {
+        Health { watch, ..self }
     }
 }
 

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 /// The part of the receiver's URL that is a secret, as in a Slack hook.
 const SECRET: &str = "T0PS3CRET";
 /// The events the controller sends out (`NOTIFIED`).
-const NOTIFIED: [&str; 4] = [
+const NOTIFIED: [&str; 5] = [
     "health_degraded",
     "auto_rollback_triggered",
     "rolled_back",
     "promoted",
+    "reverted_to_pinned",
 ];
 
 /// The receiver's certificate for 127.0.0.1 and its key, and a CA file

@@ -33,8 +33,8 @@ struct Args {
     /// 200 A/A runs and 30 per detection scenario; exit 1 when a goal is missed.
     #[arg(long)]
     quick: bool,
-    /// Only this section: errors, outputs, feedback or ramp.
-    #[arg(long, value_parser = ["errors", "outputs", "feedback", "ramp"])]
+    /// Only this section: errors, outputs, feedback, ramp or watch.
+    #[arg(long, value_parser = ["errors", "outputs", "feedback", "ramp", "watch"])]
     only: Option<String>,
 }
 
@@ -298,6 +298,51 @@ fn ramp(sim: &Sim) -> (Value, Vec<Goal>) {
     (json!({ "promotions": promotions }), goals)
 }
 
+/// The post-promotion watch: a promoted version at 1 % errors that jumps
+/// to 20 % two minutes after its promotion (time to the revert), and one
+/// that stays healthy for the whole 10-minute watch (false reverts).
+fn watch(sim: &Sim) -> (Value, Vec<Goal>) {
+    use coalmine_decide::sim::{WatchScenario, run_watch_many};
+    let runs = (sim.detection_runs / 2).max(10);
+    let (bad, good) = (WatchScenario::degrading(), WatchScenario::healthy());
+    println!("{} and {}: {runs} runs each…", bad.name, good.name);
+    let mut times: Vec<u64> = run_watch_many(&bad, &sim.guard, runs, sim.threads)
+        .iter()
+        .filter_map(|o| o.reverted_after_s)
+        .collect();
+    times.sort_unstable();
+    let reverted = times.len() as f64 / runs as f64;
+    let median = times.get(times.len() / 2).copied();
+    let false_reverts = run_watch_many(&good, &sim.guard, runs, sim.threads)
+        .iter()
+        .filter(|o| o.reverted_after_s.is_some())
+        .count() as f64
+        / runs as f64;
+    let goals = vec![
+        Goal {
+            what: format!(
+                "promoted version 1 % → 20 % errors within its watch: {:.0} % reverted, median {} after it degraded (≤ 90 s)",
+                reverted * 100.0,
+                median.map_or("-".into(), |m| format!("{m} s"))
+            ),
+            met: reverted >= 0.99 && median.is_some_and(|m| m <= 90),
+        },
+        Goal {
+            what: format!(
+                "healthy promoted version: {:.2} % reverted during a 10-minute watch (≤ 1 %)",
+                false_reverts * 100.0
+            ),
+            met: false_reverts <= 0.01,
+        },
+    ];
+    let report = json!({
+        "degrading": {"runs": runs, "reverted_rate": reverted, "median_s": median,
+                      "p95_s": times.get((times.len() * 95 / 100).min(times.len().saturating_sub(1))), "scenario": bad},
+        "healthy": {"runs": runs, "false_revert_rate": false_reverts, "scenario": good},
+    });
+    (report, goals)
+}
+
 fn print_table(detections: &[Detection]) {
     let secs = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.0} s"));
     println!(
@@ -349,6 +394,7 @@ fn main() -> Result<()> {
     let outputs = section("outputs", &mut |d| outputs(&sim, d))?;
     let feedback = section("feedback", &mut |d| Ok(feedback(&sim, d)))?;
     let ramp = section("ramp", &mut |_| Ok(ramp(&sim)))?;
+    let watch = section("watch", &mut |_| Ok(watch(&sim)))?;
     let elapsed = started.elapsed().as_secs_f64();
     print_table(&detections);
     println!("\ngoals:");
@@ -364,6 +410,7 @@ fn main() -> Result<()> {
         "outputs": outputs,
         "feedback": feedback,
         "ramp": ramp,
+        "watch": watch,
         "detections": detections,
         "goals": goals.iter().map(|g| json!({"goal": g.what, "met": g.met})).collect::<Vec<_>>(),
         "policy": sim.guard,

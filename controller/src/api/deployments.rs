@@ -295,5 +295,13 @@ pub(super) async fn set_policy(
     Operator(actor): Operator,
     JsonBody(policy): JsonBody<Policy>,
 ) -> ApiResult<Json<DeploymentView>> {
-    run(&s, &name, Command::SetPolicy { policy }, &actor).await
+    run(
+        &s,
+        &name,
+        Command::SetPolicy {
+            policy: Box::new(policy),
+        },
+        &actor,
+    )
+    .await
 }

@@ -22,6 +22,7 @@ mod openapi;
 mod schedule;
 mod shadow;
 mod sync;
+mod watch;
 
 const OP: &str = "op-token";
 const SYNC: &str = "sync-token";

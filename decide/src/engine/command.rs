@@ -45,7 +45,7 @@ pub enum Command {
         reason: Option<String>,
     },
     SetPolicy {
-        policy: Policy,
+        policy: Box<Policy>,
     },
     /// Start a shadow, or change its version or share (percent: 100 when
     /// left out).
@@ -83,6 +83,7 @@ pub fn create(
         canary: None,
         shadow: None,
         pinned: Some(baseline.clone()),
+        watch: None,
         cooldown_until: None,
         health: HealthMark::Ok,
         created_at: now,
@@ -157,7 +158,7 @@ pub fn command(
         Command::Resume { reason } => vec![resume(&mut next, reason, actor, now)?],
         Command::Promote { reason } => vec![promote(&mut next, reason, actor)?],
         Command::Rollback { reason } => vec![rollback(&mut next, reason, actor, now)?],
-        Command::SetPolicy { policy } => vec![set_policy(&mut next, policy, actor)?],
+        Command::SetPolicy { policy } => vec![set_policy(&mut next, *policy, actor)?],
         Command::StartShadow { version, percent } => {
             start_shadow(&mut next, &version, percent, actor, now)?
         }
@@ -318,6 +319,8 @@ fn start_canary(
         healthy_streak: 0,
     });
     d.health = HealthMark::Ok;
+    // The canary is judged against this baseline: its watch ends.
+    d.watch = None;
     d.set_version_state(&start.version, VersionState::Canary, true);
     let (version, percent, baseline) = (start.version, bps.as_percent(), &d.baseline.version);
     Ok(event(

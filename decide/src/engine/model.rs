@@ -1,6 +1,7 @@
 //! The engine's model: a deployment, its canary and version registry, the
 //! events that explain every change, and why a command may be refused.
 
+use super::watch::Watch;
 use crate::policy::{Policy, PolicyError};
 use crate::verdict::Verdict;
 use coalmine_protocol::shadow::ShadowSplit;
@@ -145,6 +146,9 @@ pub struct Deployment {
     pub shadow: Option<Shadow>,
     /// Last known good, for a rollback after a promotion.
     pub pinned: Option<Target>,
+    /// The new baseline's watch after a promotion (`watch.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Watch>,
     /// No new canary and no automatic step before this time.
     pub cooldown_until: Option<Millis>,
     pub health: HealthMark,

@@ -76,6 +76,7 @@ impl Deployment {
             )));
         };
         let from = std::mem::replace(&mut self.baseline, pinned.clone());
+        self.watch = None;
         self.set_version_state(&from.version, VersionState::RolledBack, false);
         self.set_version_state(&pinned.version, VersionState::Production, true);
         self.start_cooldown(now);

@@ -1,11 +1,13 @@
 //! The engine's own decision for a deployment with a canary, one
 //! evaluation at a time: roll back on CRITICAL, hold on DEGRADED, step up
-//! after a healthy bake and promote at the last step.
+//! after a healthy bake and promote at the last step. Without a canary,
+//! the post-promotion watch (`watch.rs`).
 
 use super::model::event;
 use super::model::{
     Deployment, ENGINE, Event, EventKind, HealthMark, Millis, RECOVERY_CHECKS, Step, Transition,
 };
+use super::watch::{on_promotion, watch_step};
 use crate::observe::Observations;
 use crate::rules::evaluate;
 use crate::verdict::{ReasonCode, Recommendation, Verdict, VerdictKind};
@@ -16,13 +18,7 @@ use serde_json::{Map, Value, json};
 pub fn step(d: &Deployment, obs: &Observations, now: Millis) -> Step {
     let mut next = d.clone();
     let Some(share) = d.canary.as_ref().map(|c| c.bps.as_percent()) else {
-        return Step {
-            transition: Transition {
-                deployment: next,
-                events: Vec::new(),
-            },
-            verdict: None,
-        };
+        return watch_step(d, obs, now);
     };
     let verdict = evaluate(&d.policy, obs);
     let mut events: Vec<Event> = report_mismatch(&mut next, &verdict).into_iter().collect();
@@ -51,8 +47,10 @@ pub fn step(d: &Deployment, obs: &Observations, now: Millis) -> Step {
         }
         VerdictKind::InsufficientData => restart_bake(&mut next),
     }
-    // A promotion: the shadow is compared with another baseline from now.
+    // A promotion: the shadow is compared with another baseline from now,
+    // and the new baseline is watched against the old one's window.
     next.shadow_follows_baseline(&d.baseline, now);
+    on_promotion(d, &mut next, &obs.baseline, now);
     Step {
         transition: Transition {
             deployment: next,
