@@ -22,7 +22,7 @@ ENVOY := .venv/bin/envoy
 # The pure core's tests also run compiled to wasm32, under Wasmtime.
 WASI_RUNNER := $(CURDIR)/.venv/bin/python $(CURDIR)/tools/wasi-run.py
 
-.PHONY: help setup build build-wasm build-native lint fmt validate check-deploy deny audit fuzz fuzz-smoke soak test-soak test test-unit test-wasm test-e2e test-demo test-decisions test-bench bench bench-decisions demo up down clean
+.PHONY: help setup setup-demo build-stack build build-wasm build-native lint fmt validate check-deploy deny audit fuzz fuzz-smoke soak test-soak test test-unit test-wasm test-e2e test-demo test-decisions test-bench bench bench-decisions demo up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,18 @@ help: ## list the targets
 setup: ## install what the build and tests need (idempotent)
 	@tools/setup.sh
 
+setup-demo: ## install only what the demo needs (the wasm target, Envoy in .venv)
+	@tools/setup.sh --demo
+
 build: setup build-wasm build-native ## build the filter (wasm) and the native binaries
+
+# What the local stack runs (the filter, controller, model server, demo),
+# built with the quick profile: the release code, built for a short first
+# build (Cargo.toml says what it measured). `make bench` measures `release`.
+STACK_PROFILE ?= quick
+build-stack: setup-demo
+	$(CARGO) build --profile $(STACK_PROFILE) --locked -p coalmine-filter --target $(WASM_TARGET)
+	$(CARGO) build --profile $(STACK_PROFILE) --locked -p coalmine-controller -p coalmine-models-server -p coalmine-cli -p coalmine-demo
 
 build-wasm:
 	$(CARGO) build --release -p coalmine-filter -p coalmine-empty-filter --target $(WASM_TARGET)
@@ -91,8 +102,8 @@ test-e2e: build-wasm ## end-to-end tests on the real Envoy and controller
 	$(CARGO) build -p coalmine-controller -p coalmine-cli -p coalmine-models-server --locked
 	$(CARGO) test -p coalmine-e2e --locked -- --nocapture
 
-test-demo: ## the demo, non-interactively; it fails unless its timeline is the expected one
-	$(MAKE) --no-print-directory demo
+test-demo: build-wasm build-native ## the demo on the release build the other tests use; it fails unless its timeline is the expected one
+	COALMINE_PROFILE=release target/release/coalmine-demo
 
 test-decisions: build-native ## a quick decision simulation: A/A false rollbacks within their bound
 	target/release/coalmine-sim --quick --out target/bench/decisions-quick.json
@@ -116,11 +127,11 @@ bench-decisions: setup build-native ## simulate 1000 A/A runs and detection time
 test: setup lint deny validate check-deploy test-unit test-wasm test-e2e fuzz-smoke test-demo test-decisions test-bench test-soak ## everything CI runs
 	@echo "make test: all checks passed"
 
-demo: build ## the heart-disease story on the local stack (KEEP=1 leaves it running)
-	target/release/coalmine-demo $(if $(KEEP),--keep)
+demo: build-stack ## the heart-disease story on the local stack (KEEP=1 leaves it running)
+	COALMINE_PROFILE=$(STACK_PROFILE) target/$(STACK_PROFILE)/coalmine-demo $(if $(KEEP),--keep)
 
-up: build ## start the local stack in the background (ports 10000, 9901, 8700, 8501, 8502, 8503)
-	@tools/stack.sh up
+up: build-stack ## start the local stack in the background (ports 10000, 9901, 8700, 8501, 8502, 8503)
+	@COALMINE_PROFILE=$(STACK_PROFILE) tools/stack.sh up
 
 down: ## stop the local stack
 	@tools/stack.sh down

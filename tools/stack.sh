@@ -12,13 +12,17 @@
 # COALMINE_OPERATOR_TOKEN or generated into .coalmine/operator-token, the
 # feedback-only token (for label pipelines) into .coalmine/feedback-token. Models
 # are trained into .coalmine/models/ on first use. COALMINE_DB chooses the
-# controller's database (default .coalmine/coalmine.db).
+# controller's database (default .coalmine/coalmine.db). COALMINE_PROFILE names
+# the cargo profile whose binaries and filter run (default release; `make up`
+# and `make demo` build and pass `quick`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DIR=.coalmine
-BIN=target/release
-WASM=target/wasm32-wasip1/release/coalmine_filter.wasm
+PROFILE=${COALMINE_PROFILE:-release}
+BIN=target/$PROFILE
+WASM=target/wasm32-wasip1/$PROFILE/coalmine_filter.wasm
+SHIPPED_WASM=target/wasm32-wasip1/release/coalmine_filter.wasm
 DATA=data/uci-heart-cleveland/cleveland.tsv
 DB=${COALMINE_DB:-$DIR/coalmine.db}
 # Must match the controller block of envoy/envoy.yaml (a local-only token).
@@ -66,7 +70,7 @@ wait_ready() { # service
 
 up() {
   for f in "$BIN/coalmine-controller" "$BIN/coalmine-models-server" "$WASM" .venv/bin/envoy; do
-    [ -e "$f" ] || die "$f is missing; run \`make build\` first"
+    [ -e "$f" ] || die "$f is missing; run \`make up\` (it builds what the stack runs)"
   done
   mkdir -p "$DIR/models"
   for s in "${SERVICES[@]}"; do
@@ -104,7 +108,10 @@ up() {
   COALMINE_OPERATOR_TOKEN=$operator_token COALMINE_SYNC_TOKEN=$SYNC_TOKEN \
     COALMINE_FEEDBACK_TOKEN=$feedback_token start controller \
     "$BIN/coalmine-controller" --listen 127.0.0.1:8700 --db "$DB"
-  start envoy .venv/bin/envoy -c envoy/envoy.yaml --disable-hot-restart --log-level info
+  # The shipped config, pointed at the filter of the profile built.
+  sed "s#$SHIPPED_WASM#$WASM#" envoy/envoy.yaml > "$DIR/envoy.yaml"
+  grep -q "filename: $WASM" "$DIR/envoy.yaml" || die "envoy/envoy.yaml does not load $SHIPPED_WASM"
+  start envoy .venv/bin/envoy -c "$DIR/envoy.yaml" --disable-hot-restart --log-level info
   for s in "${SERVICES[@]}"; do wait_ready "$s"; done
   cat <<EOT
     model v1      http://127.0.0.1:8501   (baseline)
