@@ -40,7 +40,12 @@ for bin in "${!APT[@]}"; do
 done
 if [ -z "$demo" ] && ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 
-# The Rust toolchain of rust-toolchain.toml, with the wasm32-wasip1 target.
+# The Rust toolchain rust-toolchain.toml pins, with its components and the
+# wasm32-wasip1 target (rustup does not install it on first use).
+if ! rustc --version >/dev/null 2>&1; then
+  step "installing the Rust toolchain rust-toolchain.toml pins"
+  rustup toolchain install
+fi
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   step "adding the wasm32-wasip1 target"
   rustup target add wasm32-wasip1
