@@ -126,19 +126,25 @@ EOT
 }
 
 down() {
-  local any=""
+  # Every service is asked to stop at once (each takes a moment to close its
+  # connections), then waited for; one that lingers past 10 s is killed.
+  local any="" pids=() names=()
   for s in envoy controller models-v3 models-v2 models-v1; do
     [ -f "$DIR/$s.pid" ] || continue
     local pid; pid=$(cat "$DIR/$s.pid")
     if kill -0 "$pid" 2>/dev/null; then
       any=1
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      local deadline=$((SECONDS + 10))
-      while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
-      echo "    stopped $s (pid $pid)"
+      pids+=("$pid"); names+=("$s")
     fi
     rm -f "$DIR/$s.pid"
+  done
+  local deadline=$((SECONDS + 10)) i
+  for i in "${!pids[@]}"; do
+    local pid=${pids[$i]}
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+    echo "    stopped ${names[$i]} (pid $pid)"
   done
   [ -n "$any" ] || echo "    nothing was running"
   local busy=""
