@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
         step_canary_requests: input.step_canary_requests,
         step_requests: input.step_requests,
         configured_share: input.configured_share,
+        watched: None,
     };
     let verdict = evaluate(&policy, &obs);
     assert!(!verdict.reasons.is_empty());
