@@ -127,9 +127,36 @@ fn routes(
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(dashboard))
         .routes(routes!(metrics).with_state(metrics_state.clone()))
-        .routes(routes!(readyz).with_state(metrics_state))
+        .routes(routes!(readyz).with_state(metrics_state.clone()))
         .routes(routes!(healthz))
-        .nest("/v1", v1.merge(feedback_routes).merge(sync_routes))
+        .nest(
+            "/v1",
+            v1.merge(feedback_routes).merge(sync_routes).layer(
+                axum::middleware::from_fn_with_state(metrics_state.clone(), leader_only),
+            ),
+        )
+}
+
+/// Only the leader answers the API: a follower's state in memory is not
+/// current, and only the leader may change it. Followers answer 503 naming
+/// the leader (health checks and the Kubernetes Service send callers to
+/// the leader, by `/readyz`).
+async fn leader_only(
+    axum::extract::State(c): axum::extract::State<Arc<Controller>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match c.follower_reason() {
+        None => next.run(request).await,
+        Some(reason) => {
+            if request.uri().path().ends_with("/sync") {
+                c.metrics()
+                    .sync_report(crate::metrics::SyncResult::Follower);
+            }
+            ApiError::Unavailable(reason).into_response()
+        }
+    }
 }
 
 fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
@@ -220,9 +247,10 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
             if op.request_body.is_some() {
                 errors.push((413, "the request body is larger than the limit"));
             }
-            if secured || path.ends_with("/events") {
-                errors.push((503, "the controller's database cannot be used right now"));
-            }
+            errors.push((
+                503,
+                "the controller's database cannot be used right now, or this replica does not lead (the message names the leader)",
+            ));
             for (status, description) in errors {
                 let response = ResponseBuilder::new()
                     .description(description)

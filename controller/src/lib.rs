@@ -99,6 +99,11 @@ pub async fn serve_with(
             .clone()
             .run_evaluations(until_stopped(stopped.clone())),
     );
+    let leadership = tokio::spawn(
+        controller
+            .clone()
+            .run_leadership(until_stopped(stopped.clone())),
+    );
     let app = api::router(controller.clone(), tokens).layer(
         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout),
     );
@@ -149,5 +154,6 @@ pub async fn serve_with(
         }
     }
     let _ = evaluations.await;
+    let _ = leadership.await;
     Ok(())
 }

@@ -8,7 +8,7 @@ use coalmine_controller::notify::{
     NoNotifier, Notifier, RetryPolicy, WebhookSettings, Webhooks, receivers,
 };
 use coalmine_controller::service::{Retention, Services, Settings};
-use coalmine_controller::store::{SqliteStore, Store};
+use coalmine_controller::store::{self, Store};
 use coalmine_controller::{Controller, Limits, raise_open_files_limit, serve_with};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,9 +22,20 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "COALMINE_LISTEN", default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
-    /// SQLite database file (created if missing).
-    #[arg(long, env = "COALMINE_DB", default_value = "./coalmine.db")]
-    db: PathBuf,
+    /// The database: a SQLite file (created if missing), or a
+    /// postgres://user:password@host:port/database URL, where several
+    /// replicas may run and one leads (give the password in the env var:
+    /// flags show in `ps`).
+    #[arg(
+        long,
+        env = "COALMINE_DB",
+        default_value = "./coalmine.db",
+        hide_env_values = true
+    )]
+    db: String,
+    /// On PostgreSQL: a leader that stops renewing its lease is replaced within this long.
+    #[arg(long, env = "COALMINE_LEADER_LEASE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(500..))]
+    leader_lease_ms: u64,
     /// Token operators present for calls that change state (prefer the env var: flags show in `ps`).
     #[arg(long, env = "COALMINE_OPERATOR_TOKEN", hide_env_values = true)]
     operator_token: Option<String>,
@@ -54,7 +65,7 @@ struct Args {
     /// may be signed by, besides the system's roots.
     #[arg(long, env = "COALMINE_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// The controller's URL as operators reach it (links in webhooks); default http://<listen>.
+    /// The controller's URL as operators and proxies reach it (links in webhooks; on PostgreSQL, followers name the leader by it); default http://<listen>.
     #[arg(long, env = "COALMINE_PUBLIC_URL")]
     public_url: Option<String>,
     /// Events each deployment keeps in the database; older ones are archived (--events-archive) or dropped.
@@ -129,10 +140,7 @@ async fn notifier(
     let shown: Vec<&str> = receivers.iter().map(|r| r.redacted()).collect();
     tracing::info!("webhooks: {}", shown.join(", "));
     let settings = WebhookSettings {
-        public_url: args
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}")),
+        public_url: public_url(args, addr),
         retry: RetryPolicy::default(),
         roots,
     };
@@ -140,6 +148,26 @@ async fn notifier(
         .await
         .context("starting the webhooks")?;
     Ok(Arc::new(webhooks))
+}
+
+/// Where operators reach this controller.
+fn public_url(args: &Args, addr: SocketAddr) -> String {
+    args.public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+}
+
+/// The database as logs may show it: a URL without its password.
+fn shown_db(db: &str) -> String {
+    match reqwest::Url::parse(db) {
+        Ok(mut url) if url.scheme().starts_with("postgres") => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        _ => db.to_string(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -175,17 +203,18 @@ async fn main() -> Result<()> {
     if args.lease_ms < 1000 {
         bail!("--lease-ms must be at least 1000, got {}", args.lease_ms);
     }
-    let store = SqliteStore::open(&args.db)
+    let store = store::open(&args.db)
         .await
-        .with_context(|| format!("opening the database {}", args.db.display()))?;
+        .with_context(|| format!("opening the database {}", shown_db(&args.db)))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
-    let store: Arc<dyn Store> = Arc::new(store);
     let notifier = notifier(&args, addr, store.clone(), metrics.clone()).await?;
     let settings = Settings {
+        leader_lease_ms: args.leader_lease_ms,
+        url: public_url(&args, addr),
         lease_ms: args.lease_ms,
         retention: Some(Retention {
             keep: args.events_keep,
@@ -206,7 +235,7 @@ async fn main() -> Result<()> {
     }
     tracing::info!(
         "coalmine controller listening on http://{addr} (dashboard at /, database {}, {} deployment(s))",
-        args.db.display(),
+        shown_db(&args.db),
         controller.deployments().await.len()
     );
     let mut limits = Limits {

@@ -86,6 +86,9 @@ pub struct Metrics {
     feedback_age: Family<MetricRoleLabels, Gauge>,
     store_errors: Counter,
     unstored: Gauge,
+    leader: Gauge,
+    leader_term: Gauge,
+    takeovers: Counter,
     last_evaluation: Gauge<f64, AtomicU64>,
     held_syncs: Gauge,
     open_connections: Gauge,
@@ -105,6 +108,8 @@ pub enum SyncResult {
     Unauthorized,
     /// Refused while evaluations are stalled (the lease not renewed).
     Stalled,
+    /// Refused by a replica that does not lead.
+    Follower,
 }
 
 /// What became of a webhook delivery.
@@ -135,6 +140,9 @@ impl Default for Metrics {
             feedback_age: Family::default(),
             store_errors: Counter::default(),
             unstored: Gauge::default(),
+            leader: Gauge::default(),
+            leader_term: Gauge::default(),
+            takeovers: Counter::default(),
             last_evaluation: Gauge::default(),
             held_syncs: Gauge::default(),
             open_connections: Gauge::default(),
@@ -412,6 +420,7 @@ impl Metrics {
             SyncResult::Rejected => "rejected",
             SyncResult::Unauthorized => "unauthorized",
             SyncResult::Stalled => "stalled",
+            SyncResult::Follower => "follower",
         };
         self.sync_reports
             .get_or_create(&ResultLabel {

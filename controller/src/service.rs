@@ -20,6 +20,8 @@ mod failsafe;
 mod feedback;
 mod history;
 mod ingest;
+mod leader;
+mod reads;
 mod retention;
 
 pub use failsafe::{STALLED_AFTER, STORE_TIMEOUT};
@@ -31,10 +33,8 @@ use crate::metrics::Metrics;
 use crate::notify::{NoNotifier, Notifier};
 use crate::store::{Store, StoreError, StoredEvent};
 use coalmine_decide::engine::{self, Command, Deployment, Refusal, Transition};
-use coalmine_decide::observe::Observations;
 use coalmine_decide::policy::Policy;
-use coalmine_decide::rules::evaluate;
-use coalmine_decide::verdict::{Health, Verdict, VerdictKind};
+use coalmine_decide::verdict::VerdictKind;
 use coalmine_protocol::sync::ReportError;
 use coalmine_protocol::{SplitTable, Target};
 use history::History;
@@ -54,6 +54,12 @@ pub struct Settings {
     pub lease_ms: u64,
     /// How many events each deployment keeps (none: all, for tests).
     pub retention: Option<Retention>,
+    /// On a store several replicas share: a leader that stops renewing is
+    /// replaced within this long.
+    pub leader_lease_ms: u64,
+    /// Where operators and proxies reach this replica (followers name the
+    /// leader's).
+    pub url: String,
 }
 
 impl Default for Settings {
@@ -61,6 +67,8 @@ impl Default for Settings {
         Settings {
             lease_ms: 30_000,
             retention: Some(Retention::default()),
+            leader_lease_ms: 5_000,
+            url: String::new(),
         }
     }
 }
@@ -141,6 +149,15 @@ pub struct Controller {
     metrics: Arc<Metrics>,
     notifier: Arc<dyn Notifier>,
     watchdog: failsafe::Watchdog,
+    leadership: leader::Leadership,
+}
+
+/// Deployments as stored, resumed (their bakes start over on fresh data).
+fn loaded(deployments: Vec<Deployment>) -> BTreeMap<String, Deployment> {
+    deployments
+        .into_iter()
+        .map(|d| (d.name.clone(), d.resumed()))
+        .collect()
 }
 
 fn table_of(deployments: &BTreeMap<String, Deployment>, epoch: u64) -> SplitTable {
@@ -166,11 +183,7 @@ impl Controller {
         services: Services,
     ) -> Result<Arc<Controller>, StoreError> {
         let snapshot = store.load().await?;
-        let deployments: BTreeMap<String, Deployment> = snapshot
-            .deployments
-            .into_iter()
-            .map(|d| (d.name.clone(), d.resumed()))
-            .collect();
+        let deployments = loaded(snapshot.deployments);
         let table = table_of(&deployments, snapshot.epoch);
         for d in deployments.values() {
             services.metrics.observe_deployment(d, None);
@@ -180,6 +193,9 @@ impl Controller {
         // Schedules and windows never run backwards with the wall clock.
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new(services.clock));
         let watchdog = failsafe::Watchdog::new(clock.now());
+        // On a shared store, the leadership loop decides who leads.
+        let leadership = leader::Leadership::new(!store.shared(), &settings.url);
+        services.metrics.leadership(!store.shared(), 0);
         Ok(Arc::new(Controller {
             store,
             settings,
@@ -198,6 +214,7 @@ impl Controller {
             metrics: services.metrics,
             notifier: services.notifier,
             watchdog,
+            leadership,
         }))
     }
 
@@ -312,83 +329,11 @@ impl Controller {
         Ok(next)
     }
 
-    pub async fn deployments(&self) -> Vec<Deployment> {
-        self.state
-            .lock()
-            .await
-            .deployments
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    pub async fn deployment(&self, name: &str) -> Result<Deployment, ServiceError> {
-        self.state
-            .lock()
-            .await
-            .deployments
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ServiceError::NotFound(name.to_string()))
-    }
-
-    pub async fn epoch(&self) -> u64 {
-        self.state.lock().await.epoch
-    }
-
-    pub async fn events(
-        &self,
-        name: &str,
-        since: i64,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, ServiceError> {
-        self.deployment(name).await?;
-        Ok(self.store.events(name, since, limit).await?)
-    }
-
-    /// A deployment's newest events (below `before`), newest first.
-    pub async fn latest_events(
-        &self,
-        name: &str,
-        before: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, ServiceError> {
-        self.deployment(name).await?;
-        Ok(self.store.latest_events(name, before, limit).await?)
-    }
-
-    /// What the policy looks at for a deployment, ending now.
-    pub fn observations(&self, d: &Deployment) -> Observations {
-        self.ingest.observe(d, self.now())
-    }
-
-    /// The verdict and statistics on the window as of now (the API's health
-    /// body; the engine acts on its own evaluations, every check interval).
-    pub async fn health(&self, name: &str) -> Result<Health, ServiceError> {
-        let d = self.deployment(name).await?;
-        Ok(self.health_of(&d))
-    }
-
-    /// [`Controller::health`] of a deployment at hand.
-    pub fn health_of(&self, d: &Deployment) -> Health {
-        let now = self.now();
-        let obs = self.ingest.observe(d, now);
-        let verdict = match &d.canary {
-            Some(_) => evaluate(&d.policy, &obs),
-            None => Verdict::no_canary(&d.baseline.version),
-        };
-        let shadow = self
-            .ingest
-            .shadow_stats(d, now)
-            .and_then(|stats| d.shadow_health(&stats));
-        let watch = engine::watch_health(d, &obs, now);
-        Health::new(verdict, d.policy.window_seconds, obs.baseline, obs.canary)
-            .with_shadow(shadow)
-            .with_watch(watch)
-    }
-
     /// Evaluates every deployment whose check interval has come.
     pub async fn evaluate_due(&self) {
+        if !self.leads() {
+            return;
+        }
         let now = self.now();
         let mut state = self.state.lock().await;
         self.retry_unstored(&mut state).await;
@@ -480,7 +425,7 @@ impl Controller {
                     if second != sampled_second {
                         sampled_second = second;
                         self.sample().await;
-                        if retained_at.elapsed() >= RETENTION_EVERY {
+                        if retained_at.elapsed() >= RETENTION_EVERY && self.leads() {
                             retained_at = std::time::Instant::now();
                             if let Err(e) = self.apply_retention().await {
                                 tracing::warn!("event retention: {e}");

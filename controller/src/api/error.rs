@@ -77,6 +77,9 @@ impl From<ServiceError> for ApiError {
                     StoreError::TimedOut(_) => {
                         "the controller's database did not answer in time; nothing was changed, retry later"
                     }
+                    StoreError::Fenced(_) => {
+                        "this controller lost the leader's lease; nothing was changed, retry on the leader"
+                    }
                 };
                 ApiError::Unavailable(message.into())
             }

@@ -127,7 +127,7 @@ pub(super) async fn healthz() -> Json<Value> {
     get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "every change is stored and evaluations run", body = Object, example = json!({"status": "ready"})),
-        (status = 503, description = "not to be relied on: changes wait for the database, or evaluations stalled", body = Object, example = json!({"status": "unready", "reason": "1 change(s) are in effect but not stored: the database cannot be written"}))
+        (status = 503, description = "not to be relied on: a follower (another replica leads), changes wait for the database, or evaluations stalled", body = Object, example = json!({"status": "unready", "reason": "1 change(s) are in effect but not stored: the database cannot be written"}))
     )
 )]
 pub(super) async fn readyz(

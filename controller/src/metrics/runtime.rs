@@ -68,6 +68,21 @@ impl Metrics {
             self.dropped_reports.clone(),
         );
         registry.register(
+            "leader",
+            "1 while this replica leads (always, on SQLite), 0 while it follows",
+            self.leader.clone(),
+        );
+        registry.register(
+            "leader_term",
+            "The fencing term of the lease this replica last held or saw",
+            self.leader_term.clone(),
+        );
+        registry.register(
+            "takeovers",
+            "Times this replica took the lead and loaded the state from the database",
+            self.takeovers.clone(),
+        );
+        registry.register(
             "database_size_bytes",
             "The database's size on disk",
             self.database_bytes.clone(),
@@ -122,6 +137,17 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc_by(n);
+    }
+
+    /// This replica leads (`true`) or follows, at `term`.
+    pub fn leadership(&self, leads: bool, term: u64) {
+        self.leader.set(i64::from(leads));
+        self.leader_term
+            .set(i64::try_from(term).unwrap_or(i64::MAX));
+    }
+
+    pub fn took_over(&self) {
+        self.takeovers.inc();
     }
 
     pub fn database_size(&self, bytes: u64) {

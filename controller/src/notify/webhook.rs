@@ -159,7 +159,23 @@ struct ReceiverTask {
 impl ReceiverTask {
     async fn run(mut self) {
         let mut store_failures = 0;
+        // Only the leader delivers (several replicas may share the store);
+        // one that becomes leader resumes from the stored cursor, which the
+        // previous leader advanced.
+        let mut following = false;
         loop {
+            if !self.store.leads() {
+                following = true;
+                if !self.idle().await {
+                    return;
+                }
+                continue;
+            }
+            if std::mem::take(&mut following)
+                && let Ok(Some(cursor)) = self.store.webhook_cursor(self.receiver.key()).await
+            {
+                self.cursor = self.cursor.max(cursor);
+            }
             // Seen before reading, so an event committed meanwhile wakes us.
             self.wake.borrow_and_update();
             let batch = match self.backlog().await {

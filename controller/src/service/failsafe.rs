@@ -101,8 +101,9 @@ impl Controller {
             Ok(r) => r,
             Err(_) => Err(StoreError::TimedOut(STORE_TIMEOUT)),
         };
-        if result.is_err() {
+        if let Err(e) = &result {
             self.metrics.store_error();
+            self.fenced(e);
         }
         result
     }
@@ -167,6 +168,9 @@ impl Controller {
         };
         match result {
             Ok(stored) => Ok(Some(stored)),
+            // Another replica leads: what this one would lower is not its
+            // to change.
+            Err(e @ StoreError::Fenced(_)) => Err(e.into()),
             Err(e) if lowers_share(before.as_ref(), after) => {
                 tracing::error!(
                     deployment = %after.name,
@@ -185,7 +189,7 @@ impl Controller {
         }
     }
 
-    fn sync_unstored_count(&self, state: &State) {
+    pub(super) fn sync_unstored_count(&self, state: &State) {
         let n = state.unstored.count();
         self.watchdog.unstored.store(n, Ordering::SeqCst);
         self.metrics.unstored_changes(n);
@@ -207,6 +211,9 @@ impl Controller {
     /// `Ok` when the controller can be relied on: every change stored and
     /// evaluations running; else why not (`GET /readyz` answers 503).
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(reason) = self.follower_reason() {
+            return Err(reason);
+        }
         let unstored = self.watchdog.unstored.load(Ordering::SeqCst);
         if unstored > 0 {
             return Err(format!(

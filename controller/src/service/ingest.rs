@@ -71,6 +71,17 @@ impl Default for Ingest {
 }
 
 impl Ingest {
+    /// Forgets every window and instance (a replica that takes the lead
+    /// counts only what it is sent from then on).
+    pub(crate) fn forget(&self) {
+        if let Ok(mut w) = self.windows.lock() {
+            *w = Windows::default();
+        }
+        if let Ok(mut i) = self.instances.lock() {
+            i.clear();
+        }
+    }
+
     /// Learns the deployments as they are now (after every change). A
     /// deployment whose shadow run changed (stopped, started again, another
     /// version, another baseline) forgets its shadow's series: a run counts
@@ -354,6 +365,10 @@ impl Controller {
     /// A filter worker's sync: counts its report once, answers the table;
     /// refused (the lease not renewed) while evaluations are stalled.
     pub fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ServiceError> {
+        if let Some(reason) = self.follower_reason() {
+            self.metrics.sync_report(SyncResult::Follower);
+            return Err(ServiceError::Unavailable(reason));
+        }
         if let Err(e) = self.check_not_stalled() {
             self.metrics
                 .sync_report(crate::metrics::SyncResult::Stalled);

@@ -1,7 +1,9 @@
 //! The SQLite store: one file, WAL, full sync, migrations embedded.
 
-use super::{Commit, Snapshot, Store, StoreError, StoredEvent};
-use coalmine_decide::engine::{Deployment, Event, EventKind, Version};
+use super::{
+    Commit, Snapshot, Store, StoreError, StoredEvent, corrupt, event_of, to_i64, to_u64, version_of,
+};
+use coalmine_decide::engine::{Deployment, EventKind};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -21,18 +23,6 @@ pub struct SqliteStore {
 
 /// Read-only connections for the API's reads.
 const READERS: u32 = 4;
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it.
@@ -79,20 +69,15 @@ impl SqliteStore {
 }
 
 fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEvent, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    let numbers: String = row.try_get("numbers")?;
-    Ok(StoredEvent {
-        id: row.try_get("id")?,
-        deployment: row.try_get("deployment")?,
-        at: to_u64(row.try_get("at")?),
-        event: Event {
-            kind: serde_json::from_value(serde_json::Value::String(kind))
-                .map_err(|e| corrupt("event kind", e))?,
-            actor: row.try_get("actor")?,
-            reason: row.try_get("reason")?,
-            numbers: serde_json::from_str(&numbers).map_err(|e| corrupt("event numbers", e))?,
-        },
-    })
+    event_of(
+        row.try_get("id")?,
+        row.try_get("deployment")?,
+        row.try_get("at")?,
+        row.try_get("kind")?,
+        row.try_get("actor")?,
+        row.try_get("reason")?,
+        row.try_get("numbers")?,
+    )
 }
 
 /// `?, ?, …`: one placeholder per kind.
@@ -123,19 +108,15 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
             for v in versions {
-                let state: String = v.try_get("state")?;
-                let metadata: String = v.try_get("metadata")?;
-                d.versions.push(Version {
-                    version: v.try_get("version")?,
-                    cluster: v.try_get("cluster")?,
-                    state: serde_json::from_value(serde_json::Value::String(state))
-                        .map_err(|e| corrupt("version state", e))?,
-                    healthy: v.try_get("healthy")?,
-                    pinned: v.try_get("pinned")?,
-                    metadata: serde_json::from_str(&metadata)
-                        .map_err(|e| corrupt("version metadata", e))?,
-                    registered_at: to_u64(v.try_get("registered_at")?),
-                });
+                d.versions.push(version_of(
+                    v.try_get("version")?,
+                    v.try_get("cluster")?,
+                    v.try_get("state")?,
+                    v.try_get("healthy")?,
+                    v.try_get("pinned")?,
+                    v.try_get("metadata")?,
+                    v.try_get("registered_at")?,
+                )?);
             }
             deployments.push(d);
         }
@@ -337,214 +318,13 @@ impl Store for SqliteStore {
     async fn set_webhook_cursor(&self, key: &str, id: i64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO webhook_cursors (receiver, last_event_id) VALUES (?, ?)
-             ON CONFLICT (receiver) DO UPDATE SET last_event_id = excluded.last_event_id",
+             ON CONFLICT (receiver) DO UPDATE
+               SET last_event_id = max(webhook_cursors.last_event_id, excluded.last_event_id)",
         )
         .bind(key)
         .bind(id)
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use coalmine_decide::engine::{self, Command, OPERATOR};
-    use coalmine_decide::policy::Policy;
-    use coalmine_protocol::Target;
-    use serde_json::json;
-
-    fn target(v: &str) -> Target {
-        Target {
-            version: v.into(),
-            cluster: format!("heart-{v}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn commits_load_back_and_history_is_append_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = SqliteStore::open(&path).await.unwrap();
-        let t = engine::create(
-            "heart-prod",
-            target("v1"),
-            Policy::default(),
-            OPERATOR,
-            1000,
-        )
-        .unwrap();
-        let stored = store
-            .commit(Commit {
-                deployment: &t.deployment,
-                events: &t.events,
-                epoch: 1,
-                at: 1000,
-            })
-            .await
-            .unwrap();
-        assert_eq!(stored.len(), 2);
-        let reg = Command::RegisterVersion {
-            version: "v2".into(),
-            cluster: "heart-v2".into(),
-            metadata: json!({"accuracy": 0.71}),
-        };
-        let t2 = engine::command(&t.deployment, reg, OPERATOR, 2000).unwrap();
-        store
-            .commit(Commit {
-                deployment: &t2.deployment,
-                events: &t2.events,
-                epoch: 2,
-                at: 2000,
-            })
-            .await
-            .unwrap();
-        drop(store);
-
-        let store = SqliteStore::open(&path).await.unwrap();
-        let snap = store.load().await.unwrap();
-        assert_eq!(snap.epoch, 2);
-        assert_eq!(snap.deployments, vec![t2.deployment.clone()]);
-        let events = store.events("heart-prod", 0, 100).await.unwrap();
-        let kinds: Vec<_> = events.iter().map(|e| e.event.kind.as_str()).collect();
-        assert_eq!(
-            kinds,
-            [
-                "deployment_created",
-                "version_registered",
-                "version_registered"
-            ]
-        );
-        assert_eq!(events[2].event.numbers["metadata"]["accuracy"], json!(0.71));
-        assert_eq!(
-            store
-                .events("heart-prod", events[1].id, 100)
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
-
-        for sql in [
-            "UPDATE events SET reason = 'rewritten'",
-            "DELETE FROM events",
-        ] {
-            let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
-            assert!(err.to_string().contains("append-only"), "{err}");
-        }
-        assert_eq!(store.events("heart-prod", 0, 100).await.unwrap().len(), 3);
-
-        // Retention removes the oldest, and nothing else; afterwards the
-        // log refuses DELETE again.
-        assert_eq!(
-            store
-                .prune_events("heart-prod", events[1].id)
-                .await
-                .unwrap(),
-            2
-        );
-        assert_eq!(
-            store.event_count("heart-prod").await.unwrap(),
-            (1, Some(events[2].id))
-        );
-        let err = sqlx::query("DELETE FROM events")
-            .execute(&store.pool)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod webhook_tests {
-    use super::*;
-    use crate::notify::NOTIFIED;
-    use coalmine_decide::engine::{self, OPERATOR};
-    use coalmine_decide::policy::Policy;
-    use coalmine_protocol::Target;
-
-    fn event(kind: EventKind) -> Event {
-        Event {
-            kind,
-            actor: OPERATOR.into(),
-            reason: "test".into(),
-            numbers: serde_json::Map::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn notified_events_are_read_by_id_and_cursors_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.newest_event_id().await.unwrap(), 0);
-        let target = Target {
-            version: "v1".into(),
-            cluster: "heart-v1".into(),
-        };
-        let t = engine::create("heart-prod", target, Policy::default(), OPERATOR, 1000).unwrap();
-        let kinds = [
-            EventKind::RolledBack,
-            EventKind::Paused,
-            EventKind::Promoted,
-            EventKind::HealthDegraded,
-        ];
-        for (at, events) in [(1000, t.events.clone()), (2000, kinds.map(event).to_vec())] {
-            store
-                .commit(Commit {
-                    deployment: &t.deployment,
-                    events: &events,
-                    epoch: 1,
-                    at,
-                })
-                .await
-                .unwrap();
-        }
-        // deployment_created, version_registered, then ids 3 to 6.
-        assert_eq!(store.newest_event_id().await.unwrap(), 6);
-        let ids = |events: Vec<StoredEvent>| events.iter().map(|e| e.id).collect::<Vec<_>>();
-        let all = store.notified_after(0, &NOTIFIED, 100).await.unwrap();
-        assert_eq!(ids(all.clone()), [3, 5, 6]);
-        assert_eq!(all[0].event.kind, EventKind::RolledBack);
-        assert_eq!(all[2].deployment, "heart-prod");
-        let after_3 = store.notified_after(3, &NOTIFIED, 100).await.unwrap();
-        assert_eq!(ids(after_3), [5, 6]);
-        assert_eq!(
-            ids(store.notified_after(0, &NOTIFIED, 1).await.unwrap()),
-            [3]
-        );
-        let only_promotions = [EventKind::Promoted];
-        assert_eq!(
-            ids(store
-                .notified_after(0, &only_promotions, 100)
-                .await
-                .unwrap()),
-            [5]
-        );
-        for (after, waiting) in [(0, 3), (3, 2), (5, 1), (6, 0)] {
-            assert_eq!(
-                store.count_notified_after(after, &NOTIFIED).await.unwrap(),
-                waiting
-            );
-        }
-
-        // A receiver's key: the SHA-256 of its URL, in hex.
-        let key = format!("{:064x}", 0xfeed_u32);
-        assert_eq!(store.webhook_cursor(&key).await.unwrap(), None);
-        store.set_webhook_cursor(&key, 3).await.unwrap();
-        store.set_webhook_cursor(&key, 5).await.unwrap();
-        assert_eq!(store.webhook_cursor(&key).await.unwrap(), Some(5));
-        // Only hashes are keys: a URL is refused by the table itself.
-        assert!(
-            store
-                .set_webhook_cursor("https://hooks.example/SECRET", 1)
-                .await
-                .is_err()
-        );
-        drop(store);
-
-        let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.webhook_cursor(&key).await.unwrap(), Some(5));
     }
 }
