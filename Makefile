@@ -74,6 +74,7 @@ validate: build-wasm ## envoy --mode validate on every shipped Envoy config
 
 check-deploy: ## the compose file, Prometheus configs, Kubernetes and Istio manifests, as far as no cluster is needed
 	docker-compose --file docker-compose.yml --profile observability config --quiet
+	docker-compose --file docker-compose.yml --profile postgres config --quiet
 	@echo "docker-compose.yml: ok"
 	promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/compose.yml
 	node tools/manifests/validate.mjs

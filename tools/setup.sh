@@ -40,6 +40,14 @@ for bin in "${!APT[@]}"; do
 done
 if [ -z "$demo" ] && ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 
+# PostgreSQL's server, for testing the controller on PostgreSQL (the high
+# availability setup); the demo runs on SQLite and does without. Debian keeps
+# initdb and postgres off PATH, in /usr/lib/postgresql/<version>/bin.
+if [ -z "$demo" ] && ! command -v initdb >/dev/null 2>&1 \
+    && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  apt_install postgresql
+fi
+
 # The Rust toolchain rust-toolchain.toml pins, with its components and the
 # wasm32-wasip1 target (rustup does not install it on first use).
 if ! rustc --version >/dev/null 2>&1; then
