@@ -43,6 +43,8 @@ pub struct ControllerProc {
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
     lease_ms: u64,
+    /// A PostgreSQL URL to run on instead of a SQLite file of its own.
+    db_url: Option<String>,
     extra_args: Vec<String>,
     /// When set, the whole environment it is configured by (listen address,
     /// database, tokens), as a deployment would give it; no flags then.
@@ -79,6 +81,20 @@ impl ControllerProc {
         Ok(c)
     }
 
+    /// Starts on the PostgreSQL database at `db_url`, which other
+    /// controllers may share (one of them leads).
+    pub async fn start_on(
+        db_url: &str,
+        lease_ms: u64,
+        extra_args: &[&str],
+    ) -> Result<ControllerProc> {
+        let mut c = ControllerProc::unstarted(controller_bin()?, lease_ms)?;
+        c.db_url = Some(db_url.to_string());
+        c.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        c.spawn().await?;
+        Ok(c)
+    }
+
     /// Starts configured by a container's environment alone (no flags), as
     /// its image would run it, except that `COALMINE_LISTEN` becomes a
     /// loopback address and `COALMINE_DB` a file of its own; both must be
@@ -110,6 +126,7 @@ impl ControllerProc {
                 .tempdir()?,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             lease_ms,
+            db_url: None,
             extra_args: Vec::new(),
             env: Vec::new(),
             operator_token: OPERATOR_TOKEN.to_string(),
@@ -138,7 +155,10 @@ impl ControllerProc {
                 .arg("--listen")
                 .arg(self.addr.to_string())
                 .arg("--db")
-                .arg(self.db_path())
+                .arg(match &self.db_url {
+                    Some(url) => url.into(),
+                    None => self.db_path().into_os_string(),
+                })
                 .arg("--lease-ms")
                 .arg(self.lease_ms.to_string())
                 .env("COALMINE_OPERATOR_TOKEN", OPERATOR_TOKEN)

@@ -100,6 +100,30 @@ impl EnvoyConfig {
         Ok(self)
     }
 
+    /// Points the named cluster at several endpoints (the controller's
+    /// replicas, say), keeping the first endpoint's settings for each.
+    pub fn upstreams(mut self, cluster: &str, addrs: &[SocketAddr]) -> Result<EnvoyConfig> {
+        let c = self.cluster(cluster)?;
+        c["type"] = Value::from("STATIC");
+        let endpoints = &mut c["load_assignment"]["endpoints"][0]["lb_endpoints"];
+        let first = endpoints
+            .as_sequence()
+            .and_then(|e| e.first().cloned())
+            .ok_or_else(|| anyhow!("cluster {cluster} has no endpoint"))?;
+        let list = addrs
+            .iter()
+            .map(|addr| {
+                let mut e = first.clone();
+                let socket = &mut e["endpoint"]["address"]["socket_address"];
+                socket["address"] = Value::from(addr.ip().to_string());
+                socket["port_value"] = Value::from(addr.port());
+                e
+            })
+            .collect();
+        *endpoints = Value::Sequence(list);
+        Ok(self)
+    }
+
     /// Renames a cluster (as a control plane would name it).
     pub fn rename_cluster(mut self, from: &str, to: &str) -> Result<EnvoyConfig> {
         let c = self.cluster(from)?;

@@ -20,6 +20,7 @@
 //! - [`AnswerServer`]: an upstream that answers whatever a test asks (good
 //!   and bad model answers, chunked, huge, compressed).
 //! - [`Browser`]: Debian's headless Chromium driven through chromedriver.
+//! - [`Postgres`]: a real PostgreSQL server in a temporary directory.
 //! - [`poll`]: wait for a condition with a deadline; tests never sleep a
 //!   fixed time.
 
@@ -35,6 +36,7 @@ mod dblock;
 mod envoy;
 mod load;
 pub mod models;
+mod postgres;
 mod receiver;
 mod stack;
 mod upstream;
@@ -47,12 +49,21 @@ pub use dblock::DbLock;
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, without_outputs};
 pub use load::{Load, Sample};
 pub use models::ModelServer;
+pub use postgres::Postgres;
 pub use receiver::Receiver;
 pub use stack::{
     INTERVAL_MS, Stack, canary_traffic_stops, first_canary_response, is_canary, plugin,
     plugin_reading_outputs, role_counts, settled_role_counts,
 };
 pub use upstream::{SeenHeaders, Upstream};
+
+/// A TCP port free on loopback right now (for servers that cannot be
+/// given port 0 and report theirs).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
