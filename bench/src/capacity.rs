@@ -13,7 +13,7 @@ use super::stats::{quantile, round};
 use super::{Bench, DEPLOYMENT};
 use anyhow::{Result, anyhow};
 use coalmine_client::paths;
-use coalmine_e2e::SYNC_TOKEN;
+use coalmine_e2e::{ControllerProc, SYNC_TOKEN};
 use coalmine_protocol::sync::{RoleReport, SyncRequest};
 use coalmine_protocol::{Outcome, Role, stats::RoleStats};
 use rand::{Rng, SeedableRng};
@@ -169,7 +169,9 @@ async fn step(
     Ok(step)
 }
 
-pub async fn run(b: &Bench) -> Result<Capacity> {
+/// The capacity of a controller on SQLite (`db` none) or on the
+/// PostgreSQL database at `db`.
+pub async fn run(b: &Bench, db: Option<&str>) -> Result<Capacity> {
     let (rates, seconds): (&[u32], u64) = if b.smoke {
         (&[200], 1)
     } else {
@@ -178,7 +180,25 @@ pub async fn run(b: &Bench) -> Result<Capacity> {
             5,
         )
     };
-    let controller = b.controller(b.cpus.proxy.as_deref()).await?;
+    let controller = match db {
+        None => b.controller(b.cpus.proxy.as_deref()).await?,
+        Some(url) => {
+            let bin = b.bin("coalmine-controller")?;
+            ControllerProc::start_from_on(bin, b.cpus.proxy.as_deref(), url, 30_000, &[]).await?
+        }
+    };
+    if db.is_some() {
+        coalmine_e2e::poll(
+            "the controller to lead",
+            Duration::from_secs(20),
+            || async { Ok(controller.client().readyz().await.is_ok().then_some(())) },
+        )
+        .await?;
+    }
+    b.progress(&format!(
+        "controller capacity on {}",
+        if db.is_some() { "PostgreSQL" } else { "SQLite" }
+    ));
     let pid = controller
         .pid()
         .ok_or_else(|| anyhow!("controller not running"))?;

@@ -10,6 +10,8 @@
 //! - [`rollback`]: real model servers; the canary starts failing; time until
 //!   no request reaches it, and how many users got a canary error.
 //! - [`capacity`]: simulated proxies syncing with the controller on one core.
+//! - [`ha`]: two controllers on PostgreSQL: takeover time when the leader is
+//!   killed, and the sync capacity on PostgreSQL.
 //! - [`profile`]: instructions per request of the filter's pure request path
 //!   under callgrind (repeatable where wall-clock timings are not).
 //!
@@ -33,6 +35,7 @@ pub mod calibrate;
 pub mod capacity;
 pub mod compare;
 pub mod dataplane;
+pub mod ha;
 pub mod heart;
 pub mod machine;
 pub mod profile;
@@ -289,7 +292,7 @@ impl Bench {
 /// Runs every section and writes the JSON (and, for a full run, the
 /// Markdown report).
 /// Runs only the named sections (`profile`, `calibrate`, `dataplane`, `routing`,
-/// `rollback`, `capacity`, and `compare` of the given filter `modules`) and
+/// `rollback`, `capacity`, `ha`, and `compare` of the given filter `modules`) and
 /// prints their figures: for working on one.
 pub async fn run_only(smoke: bool, sections: &[String], modules: &[PathBuf]) -> Result<()> {
     let b = Bench::new(smoke, bin_dir()?)?;
@@ -303,10 +306,11 @@ pub async fn run_only(smoke: bool, sections: &[String], modules: &[PathBuf]) -> 
             "dataplane" => serde_json::to_string_pretty(&dataplane::run(&b).await?)?,
             "routing" => serde_json::to_string_pretty(&routing::run(&b).await?)?,
             "rollback" => serde_json::to_string_pretty(&rollback::run(&b).await?)?,
-            "capacity" => serde_json::to_string_pretty(&capacity::run(&b).await?)?,
+            "capacity" => serde_json::to_string_pretty(&capacity::run(&b, None).await?)?,
+            "ha" => serde_json::to_string_pretty(&ha::run(&b).await?)?,
             "compare" => serde_json::to_string_pretty(&compare::run(&b, modules).await?)?,
             other => bail!(
-                "no section {other:?}: profile, calibrate, dataplane, routing, rollback, capacity, compare"
+                "no section {other:?}: profile, calibrate, dataplane, routing, rollback, capacity, ha, compare"
             ),
         };
         println!("{s}: {figures}");
@@ -347,7 +351,8 @@ pub async fn run(smoke: bool, out: &Path, markdown: Option<&Path>) -> Result<rep
     let (dataplane, vm_after_dataplane) = dataplane::run(&b).await?;
     let (routing, vm_after_routing) = routing::run(&b).await?;
     let rollback = rollback::run(&b).await?;
-    let capacity = capacity::run(&b).await?;
+    let capacity = capacity::run(&b, None).await?;
+    let ha = ha::run(&b).await?;
     let wasm = coalmine_e2e::filter_wasm()?;
     let footprint = report::Footprint {
         wasm_size_bytes: std::fs::metadata(&wasm)?.len(),
@@ -362,6 +367,7 @@ pub async fn run(smoke: bool, out: &Path, markdown: Option<&Path>) -> Result<rep
             routing,
             rollback,
             capacity,
+            ha,
             footprint,
             profile,
         },

@@ -5,6 +5,7 @@
 use super::calibrate::Calibration;
 use super::capacity::Capacity;
 use super::dataplane::DataPlane;
+use super::ha::Ha;
 use super::machine::Machine;
 use super::profile::Profile;
 use super::rollback::Rollback;
@@ -60,6 +61,7 @@ pub struct Sections {
     pub routing: Routing,
     pub rollback: Rollback,
     pub capacity: Capacity,
+    pub ha: Ha,
     pub footprint: Footprint,
     pub profile: Profile,
 }
@@ -82,6 +84,8 @@ pub struct Perf {
     pub time_to_rollback_p95_s: f64,
     pub failed_requests_median: f64,
     pub controller_reports_per_s: u32,
+    pub controller_reports_per_s_postgres: u32,
+    pub takeover_median_s: f64,
     pub wasm_size_bytes: u64,
     pub vm_memory_bytes: u64,
     pub request_path_instructions: f64,
@@ -94,6 +98,7 @@ pub struct Perf {
     pub routing: Routing,
     pub rollback: Rollback,
     pub capacity: Capacity,
+    pub ha: Ha,
     pub footprint: Footprint,
     pub profile: Profile,
 }
@@ -107,6 +112,7 @@ impl Perf {
             routing,
             rollback,
             capacity,
+            ha,
             footprint,
             profile,
         } = sections;
@@ -155,6 +161,18 @@ impl Perf {
                 "",
             ),
             Goal::new(
+                "controller_reports_per_s_postgres",
+                AtLeast(2000.0),
+                f64::from(ha.capacity_postgres.controller_reports_per_s),
+                "",
+            ),
+            Goal::new(
+                "takeover_median_s",
+                AtMost(ha.takeover.leader_lease_ms as f64 / 1000.0),
+                ha.takeover.takeover_median_s,
+                " s",
+            ),
+            Goal::new(
                 "wasm_size_bytes",
                 AtMost(600_000.0),
                 footprint.wasm_size_bytes as f64,
@@ -183,6 +201,8 @@ impl Perf {
             time_to_rollback_p95_s: rollback.time_to_rollback_p95_s,
             failed_requests_median: rollback.failed_requests_median,
             controller_reports_per_s: capacity.controller_reports_per_s,
+            controller_reports_per_s_postgres: ha.capacity_postgres.controller_reports_per_s,
+            takeover_median_s: ha.takeover.takeover_median_s,
             wasm_size_bytes: footprint.wasm_size_bytes,
             vm_memory_bytes: footprint.vm_memory_bytes,
             request_path_instructions: profile.instructions_per_request,
@@ -199,6 +219,7 @@ impl Perf {
             routing,
             rollback,
             capacity,
+            ha,
             footprint,
             profile,
         }
@@ -412,6 +433,7 @@ impl Perf {
                 "\nEvery step was sustained: the controller's ceiling on one core lies above the largest step tried."
             );
         }
+        o.push_str(&self.ha.markdown(&self.capacity));
         let f = &self.footprint;
         let _ = writeln!(
             o,

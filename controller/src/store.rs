@@ -56,6 +56,8 @@ pub struct Leader {
     pub url: String,
     /// The fencing term: it grows by one with every change of leader.
     pub term: u64,
+    /// How long the lease has left, on the database's clock (0: expired).
+    pub expires_in_ms: u64,
 }
 
 /// Everything the controller needs at start.
@@ -161,6 +163,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             holder: claim.holder.clone(),
             url: claim.url.clone(),
             term: claim.term,
+            expires_in_ms: claim.lease_ms,
         })
     }
     /// Whether this store's writes are accepted (it holds a lease that has

@@ -88,7 +88,20 @@ impl ControllerProc {
         lease_ms: u64,
         extra_args: &[&str],
     ) -> Result<ControllerProc> {
-        let mut c = ControllerProc::unstarted(controller_bin()?, lease_ms)?;
+        ControllerProc::start_from_on(controller_bin()?, None, db_url, lease_ms, extra_args).await
+    }
+
+    /// [`ControllerProc::start_on`] with the given binary, optionally
+    /// confined to `cpus`.
+    pub async fn start_from_on(
+        bin: PathBuf,
+        cpus: Option<&str>,
+        db_url: &str,
+        lease_ms: u64,
+        extra_args: &[&str],
+    ) -> Result<ControllerProc> {
+        let mut c = ControllerProc::unstarted(bin, lease_ms)?;
+        c.cpus = cpus.map(str::to_string);
         c.db_url = Some(db_url.to_string());
         c.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         c.spawn().await?;

@@ -1,8 +1,9 @@
 //! Leadership among replicas that share a store (DESIGN.md, "High
 //! availability on PostgreSQL").
 //!
-//! Every `lease / 4` the replica asks the store for the lease (takes it
-//! when it is free or expired, renews it when it holds it). Only the
+//! The leader renews its lease every `lease / 4`; a follower asks again
+//! when the lease it saw runs out (and at least every `lease / 4`), so a
+//! dead leader is replaced within its lease. Only the
 //! leader evaluates, changes state, delivers webhooks and answers
 //! `/v1/sync`; followers answer 503 naming the leader.
 //!
@@ -95,16 +96,17 @@ impl Controller {
             return;
         }
         let lease = Duration::from_millis(self.settings.leader_lease_ms);
-        let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(50)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick = (lease / 4).max(Duration::from_millis(50));
         tokio::pin!(shutdown);
         // When the last successful renewal was sent.
         let mut renewed: Option<Instant> = None;
+        let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+            wait = tick;
             let sent = Instant::now();
             let claim = Claim {
                 holder: self.leadership.holder.clone(),
@@ -119,16 +121,21 @@ impl Controller {
             match answer {
                 Ok(Ok(leader)) if leader.holder == claim.holder => {
                     renewed = Some(sent);
-                    if !self.leads() || leader.term != claim.term {
-                        if let Err(e) = self.take_over(leader.term).await {
-                            tracing::warn!(
-                                "took the lease (term {}) but could not load the state: {e}",
-                                leader.term
-                            );
-                        }
+                    if (!self.leads() || leader.term != claim.term)
+                        && let Err(e) = self.take_over(leader.term).await
+                    {
+                        tracing::warn!(
+                            "took the lease (term {}) but could not load the state: {e}",
+                            leader.term
+                        );
                     }
                 }
-                Ok(Ok(leader)) => self.follow(Some(leader.url), leader.term),
+                Ok(Ok(leader)) => {
+                    // Try again as the lease runs out (just after it).
+                    let left = Duration::from_millis(leader.expires_in_ms);
+                    wait = tick.min(left + Duration::from_millis(5));
+                    self.follow(Some(leader.url), leader.term);
+                }
                 Ok(Err(e)) => self.renewal_failed(renewed, lease, &e.to_string()),
                 Err(_) => self.renewal_failed(renewed, lease, "no answer in time"),
             }

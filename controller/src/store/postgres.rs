@@ -386,16 +386,22 @@ impl Store for PgStore {
                 holder: claim.holder.clone(),
                 url: claim.url.clone(),
                 term: to_u64(term),
+                expires_in_ms: claim.lease_ms,
             });
         }
         self.term.store(0, Ordering::SeqCst);
-        let row = sqlx::query("SELECT holder, url, term FROM leader WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT holder, url, term,
+                    GREATEST(0, EXTRACT(EPOCH FROM expires_at - clock_timestamp()) * 1000)::BIGINT AS left_ms
+             FROM leader WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(Leader {
             holder: row.try_get("holder")?,
             url: row.try_get("url")?,
             term: to_u64(row.try_get("term")?),
+            expires_in_ms: to_u64(row.try_get("left_ms")?),
         })
     }
 
