@@ -32,9 +32,15 @@ pub(crate) struct Syncer {
 
 impl Syncer {
     pub(crate) fn new(controller: ControllerConfig) -> Syncer {
-        let proxy = host::property(&["node", "id"])
-            .and_then(|b| String::from_utf8(b).ok())
-            .filter(|s| !s.is_empty())
+        // Envoy's node id: `xds.node` in Envoy's attributes (the older
+        // `node` path is not answered in every context).
+        let proxy = [&["xds", "node", "id"][..], &["node", "id"][..]]
+            .iter()
+            .find_map(|path| {
+                host::property(path)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or_else(|| "unknown-proxy".to_string());
         let machine = SyncLoop::new(&controller, proxy, instance_id(), host::now_ms());
         Syncer {
