@@ -27,7 +27,7 @@ mod sync;
 pub use error::ApiError;
 pub use feedback::FEEDBACK_BODY_LIMIT;
 
-use crate::auth::Tokens;
+use crate::auth::{AuthGuard, LiveTokens, Tokens};
 use crate::service::Controller;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
@@ -47,19 +47,27 @@ pub const SYNC_BODY_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub controller: Arc<Controller>,
-    pub tokens: Arc<Tokens>,
+    pub tokens: Arc<LiveTokens>,
+    guard: Arc<AuthGuard>,
     body_limit: usize,
     schemas: Arc<OnceLock<BodySchemas>>,
 }
 
-/// The whole API.
+/// The whole API, with these tokens for good.
 pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
-    let tokens = Arc::new(tokens);
+    router_live(controller, Arc::new(LiveTokens::new(tokens)))
+}
+
+/// The whole API, with the tokens in force in `tokens` (replaced on
+/// reload).
+pub fn router_live(controller: Arc<Controller>, tokens: Arc<LiveTokens>) -> Router {
+    let guard = Arc::new(AuthGuard::default());
     // Filled from the document once the routes have made it.
     let schemas = Arc::new(OnceLock::new());
     let operator = AppState {
         controller: controller.clone(),
         tokens: tokens.clone(),
+        guard: guard.clone(),
         body_limit: BODY_LIMIT,
         schemas: schemas.clone(),
     };
@@ -67,12 +75,14 @@ pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
     let pipelines = AppState {
         controller: controller.clone(),
         tokens: tokens.clone(),
+        guard: guard.clone(),
         body_limit: feedback::FEEDBACK_BODY_LIMIT,
         schemas: schemas.clone(),
     };
     let proxies = AppState {
         controller,
         tokens,
+        guard,
         body_limit: SYNC_BODY_LIMIT,
         schemas,
     };
@@ -131,10 +141,53 @@ fn routes(
         .routes(routes!(healthz))
         .nest(
             "/v1",
-            v1.merge(feedback_routes).merge(sync_routes).layer(
-                axum::middleware::from_fn_with_state(metrics_state.clone(), leader_only),
-            ),
+            v1.merge(feedback_routes)
+                .merge(sync_routes)
+                .layer(axum::middleware::from_fn_with_state(
+                    metrics_state.clone(),
+                    leader_only,
+                ))
+                .layer(axum::middleware::from_fn(access_log)),
         )
+}
+
+/// One line for every call that changes something (not the proxies'
+/// syncs): who (the token's name), what, and the answer's status.
+async fn access_log(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    if method == axum::http::Method::GET
+        || method == axum::http::Method::HEAD
+        || request.uri().path().ends_with("/sync")
+    {
+        return next.run(request).await;
+    }
+    // The path as the client sent it (this router is nested under /v1).
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(
+            || request.uri().path().to_string(),
+            |u| u.path().to_string(),
+        );
+    let slot = extract::AccessSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let client = request
+        .extensions()
+        .get::<crate::auth::ClientAddr>()
+        .map(|a| a.0.to_string());
+    let response = next.run(request).await;
+    let actor = slot.0.lock().ok().and_then(|a| a.clone());
+    tracing::info!(
+        target: "coalmine_controller::access",
+        actor = actor.as_deref().unwrap_or("-"),
+        client = client.as_deref().unwrap_or("-"),
+        status = response.status().as_u16(),
+        "{method} {path}"
+    );
+    response
 }
 
 /// Only the leader answers the API: a follower's state in memory is not
@@ -237,6 +290,10 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
             let mut errors = vec![(400, "the request is malformed; nothing was changed")];
             if secured {
                 errors.push((401, "the token is missing or wrong"));
+                errors.push((
+                    429,
+                    "too many wrong tokens from this address: try again after the window",
+                ));
             }
             if path.contains("{name}") {
                 errors.push((404, "no such deployment (or version)"));

@@ -25,7 +25,7 @@ pub mod store;
 
 pub use service::{Controller, Services};
 
-use auth::Tokens;
+use auth::{ClientAddr, LiveTokens, Tokens};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,13 +64,14 @@ pub fn raise_open_files_limit() -> Option<u64> {
     rlimit::increase_nofile_limit(u64::MAX).ok()
 }
 
-/// [`serve_with`] the default [`Limits`].
+/// [`serve_with`] the default [`Limits`], with these tokens for good.
 pub async fn serve(
     listener: TcpListener,
     controller: Arc<Controller>,
     tokens: Tokens,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tokens = Arc::new(LiveTokens::new(tokens));
     serve_with(listener, controller, tokens, Limits::default(), shutdown).await
 }
 
@@ -79,7 +80,7 @@ pub async fn serve(
 pub async fn serve_with(
     listener: TcpListener,
     controller: Arc<Controller>,
-    tokens: Tokens,
+    tokens: Arc<LiveTokens>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -104,7 +105,7 @@ pub async fn serve_with(
             .clone()
             .run_leadership(until_stopped(stopped.clone())),
     );
-    let app = api::router(controller.clone(), tokens).layer(
+    let app = api::router_live(controller.clone(), tokens).layer(
         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout),
     );
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -116,8 +117,8 @@ pub async fn serve_with(
             () = &mut stopping => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: try again shortly.
                 tracing::warn!("accepting a connection failed: {e}");
@@ -130,7 +131,9 @@ pub async fn serve_with(
             drop(stream);
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Who is calling, for the limit on wrong tokens and the access log.
+        let app = tower::Layer::layer(&axum::Extension(ClientAddr(peer.ip())), app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_timeout)

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use coalmine_controller::auth::{Secret, Tokens};
+use coalmine_controller::auth::{LiveTokens, Tokens};
 use coalmine_controller::metrics::Metrics;
 use coalmine_controller::notify::{
     NoNotifier, Notifier, RetryPolicy, WebhookSettings, Webhooks, receivers,
@@ -45,6 +45,9 @@ struct Args {
     /// Token data pipelines present to post feedback (labels, outcomes), and nothing else; optional: the operator token may post feedback too.
     #[arg(long, env = "COALMINE_FEEDBACK_TOKEN", hide_env_values = true)]
     feedback_token: Option<String>,
+    /// A JSON file of named tokens, read again on SIGHUP: {"operator": {"alice": "…"}, "feedback": {"labels": "…"}, "sync": {"<proxy node id>": "…"}}. Names are the actors in events; a sync token reports only as its proxy. Each token at least 16 characters, all different.
+    #[arg(long, env = "COALMINE_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
     /// Run without tokens (development only: anyone who reaches the port can change traffic).
     #[arg(long)]
     insecure_dev: bool,
@@ -82,13 +85,22 @@ struct Args {
     address_file: Option<PathBuf>,
 }
 
+/// The tokens the flags, the environment and the tokens file give (the
+/// file read again on every call: at start and on SIGHUP).
 fn tokens(args: &Args) -> Result<Tokens> {
-    let secret = |t: &Option<String>| t.as_ref().filter(|t| !t.trim().is_empty()).map(Secret::new);
-    let tokens = Tokens {
-        operator: secret(&args.operator_token),
-        sync: secret(&args.sync_token),
-        feedback: secret(&args.feedback_token),
-    };
+    fn given_as(t: &Option<String>) -> Option<&str> {
+        t.as_deref().filter(|t| !t.trim().is_empty())
+    }
+    let mut tokens = Tokens::single(
+        given_as(&args.operator_token),
+        given_as(&args.sync_token),
+        given_as(&args.feedback_token),
+    );
+    if let Some(path) = &args.tokens_file {
+        tokens = tokens
+            .with_file(path)
+            .map_err(|e| anyhow!("--tokens-file: {e}"))?;
+    }
     fn given(t: &Option<String>) -> Option<&str> {
         t.as_deref().map(str::trim).filter(|t| !t.is_empty())
     }
@@ -104,11 +116,12 @@ fn tokens(args: &Args) -> Result<Tokens> {
         return Ok(tokens);
     }
     let mut missing = Vec::new();
-    if tokens.operator.is_none() {
-        missing.push("--operator-token (COALMINE_OPERATOR_TOKEN)");
+    if tokens.operator.is_empty() {
+        missing
+            .push("--operator-token (COALMINE_OPERATOR_TOKEN) or operator tokens in --tokens-file");
     }
-    if tokens.sync.is_none() {
-        missing.push("--sync-token (COALMINE_SYNC_TOKEN)");
+    if tokens.sync_open() {
+        missing.push("--sync-token (COALMINE_SYNC_TOKEN) or sync tokens in --tokens-file");
     }
     if !missing.is_empty() {
         bail!(
@@ -170,6 +183,30 @@ fn shown_db(db: &str) -> String {
     }
 }
 
+/// On SIGHUP, reads the tokens again: the new set replaces the old at
+/// once, whole; a file that does not check out changes nothing (logged).
+fn reload_tokens_on_sighup(args: Args, live: Arc<LiveTokens>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("SIGHUP cannot be caught: tokens are not reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tokens(&args) {
+                Ok(t) => {
+                    tracing::info!("tokens reloaded: {}", t.summary());
+                    live.set(t);
+                }
+                Err(e) => tracing::error!("tokens not reloaded, the old ones stay: {e:#}"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (args, live);
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -197,9 +234,12 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and collectors get text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let tokens = tokens(&args)?;
+    let tokens = Arc::new(LiveTokens::new(tokens(&args)?));
+    tracing::info!("tokens: {}", tokens.get().summary());
     if args.lease_ms < 1000 {
         bail!("--lease-ms must be at least 1000, got {}", args.lease_ms);
     }
@@ -256,6 +296,7 @@ async fn main() -> Result<()> {
         }
         None => tracing::warn!("the open-files limit could not be read or raised"),
     }
+    reload_tokens_on_sighup(args, tokens.clone());
     serve_with(listener, controller, tokens, limits, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -89,6 +89,8 @@ pub struct Metrics {
     leader: Gauge,
     leader_term: Gauge,
     takeovers: Counter,
+    auth_failures: Family<runtime::RoleLabel, Counter>,
+    auth_limited: Counter,
     last_evaluation: Gauge<f64, AtomicU64>,
     held_syncs: Gauge,
     open_connections: Gauge,
@@ -110,6 +112,8 @@ pub enum SyncResult {
     Stalled,
     /// Refused by a replica that does not lead.
     Follower,
+    /// A proxy's own token, reporting as another proxy.
+    Forged,
 }
 
 /// What became of a webhook delivery.
@@ -143,6 +147,8 @@ impl Default for Metrics {
             leader: Gauge::default(),
             leader_term: Gauge::default(),
             takeovers: Counter::default(),
+            auth_failures: Family::default(),
+            auth_limited: Counter::default(),
             last_evaluation: Gauge::default(),
             held_syncs: Gauge::default(),
             open_connections: Gauge::default(),
@@ -421,6 +427,7 @@ impl Metrics {
             SyncResult::Unauthorized => "unauthorized",
             SyncResult::Stalled => "stalled",
             SyncResult::Follower => "follower",
+            SyncResult::Forged => "forged",
         };
         self.sync_reports
             .get_or_create(&ResultLabel {

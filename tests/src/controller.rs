@@ -257,6 +257,11 @@ impl ControllerProc {
         self.signal("-STOP")
     }
 
+    /// SIGHUP: the controller reads its tokens again.
+    pub fn hangup(&self) -> Result<()> {
+        self.signal("-HUP")
+    }
+
     /// Lets a frozen process run again (SIGCONT).
     pub fn thaw(&self) -> Result<()> {
         self.signal("-CONT")

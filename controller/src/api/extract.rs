@@ -3,7 +3,9 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::bearer_matches;
+use crate::auth::{
+    ClientAddr, FAILURE_WINDOW, FAILURES_PER_WINDOW, Failure, bearer_matches, matching,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -107,45 +109,108 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
-/// An operator, authenticated by the operator token. Its value is the actor
-/// name recorded in events.
+/// Where the access log learns who made a call (filled by the extractor
+/// that checked the token).
+#[derive(Clone, Debug, Default)]
+pub(super) struct AccessSlot(pub std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+fn note_actor(parts: &Parts, name: &str) {
+    if let Some(slot) = parts.extensions.get::<AccessSlot>()
+        && let Ok(mut s) = slot.0.lock()
+    {
+        *s = Some(name.to_string());
+    }
+}
+
+fn client(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<ClientAddr>().map(|a| a.0)
+}
+
+/// Refuses at once a client over its limit of wrong tokens.
+fn not_limited(parts: &Parts, state: &AppState) -> Result<(), ApiError> {
+    if state
+        .guard
+        .limited(client(parts), std::time::Instant::now())
+    {
+        state.controller.metrics().auth_limited();
+        return Err(ApiError::TooManyRequests(format!(
+            "too many wrong tokens from this address; try again within {} s",
+            FAILURE_WINDOW.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+/// A wrong `role` token: counted, logged once per address and window (never
+/// the token), limited.
+fn wrong_token(parts: &Parts, state: &AppState, role: &'static str) {
+    let addr = client(parts);
+    state.controller.metrics().auth_failure(role);
+    let shown = addr.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+    match state.guard.failed(addr, std::time::Instant::now()) {
+        Failure::First => tracing::warn!(
+            "a wrong {role} token from {shown} ({} {}); more from it in the next {} s are counted, not logged",
+            parts.method,
+            parts.uri.path(),
+            FAILURE_WINDOW.as_secs()
+        ),
+        Failure::LimitReached => tracing::warn!(
+            "{FAILURES_PER_WINDOW} wrong tokens from {shown} within {} s: its calls are answered 429 until the window ends",
+            FAILURE_WINDOW.as_secs()
+        ),
+        Failure::Counted => {}
+    }
+}
+
+/// An operator, authenticated by an operator token. Its value is the
+/// token's name: the actor recorded in events.
 #[derive(Debug)]
 pub(super) struct Operator(pub String);
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(token) = &state.tokens.operator {
-            let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-            if header.is_none() {
-                return Err(ApiError::Unauthorized(
-                    "this call changes state and needs `Authorization: Bearer <operator token>`"
-                        .into(),
-                ));
+        let tokens = state.tokens.get();
+        if tokens.operator.is_empty() {
+            note_actor(parts, coalmine_decide::engine::OPERATOR);
+            return Ok(Operator(coalmine_decide::engine::OPERATOR.to_string()));
+        }
+        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        if header.is_none() {
+            return Err(ApiError::Unauthorized(
+                "this call changes state and needs `Authorization: Bearer <operator token>`".into(),
+            ));
+        }
+        not_limited(parts, state)?;
+        match matching(&tokens.operator, header) {
+            Some(name) => {
+                note_actor(parts, name);
+                Ok(Operator(name.to_string()))
             }
-            if !bearer_matches(token, header) {
-                return Err(ApiError::Unauthorized(
+            None => {
+                wrong_token(parts, state, "operator");
+                Err(ApiError::Unauthorized(
                     "the operator token is not valid".into(),
-                ));
+                ))
             }
         }
-        Ok(Operator(coalmine_decide::engine::OPERATOR.to_string()))
     }
 }
 
-/// A data pipeline posting feedback: the feedback token or the operator
-/// token. Open only when neither is configured (`--insecure-dev`: tokens
-/// that were not given are not checked). The feedback token opens nothing
-/// else.
+/// A data pipeline posting feedback: a feedback token or an operator
+/// token (its value: the token's name). Open only when neither is
+/// configured (`--insecure-dev`). A feedback token opens nothing else.
 #[derive(Debug)]
-pub(super) struct FeedbackCaller;
+pub(super) struct FeedbackCaller(#[allow(dead_code)] pub String);
 
 impl FromRequestParts<AppState> for FeedbackCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (operator, pipeline) = (&state.tokens.operator, &state.tokens.feedback);
-        if operator.is_none() && pipeline.is_none() {
-            return Ok(FeedbackCaller);
+        let tokens = state.tokens.get();
+        if tokens.operator.is_empty() && tokens.feedback.is_empty() {
+            return Ok(FeedbackCaller(
+                coalmine_decide::engine::OPERATOR.to_string(),
+            ));
         }
         let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
         if header.is_none() {
@@ -153,38 +218,63 @@ impl FromRequestParts<AppState> for FeedbackCaller {
                 "feedback needs `Authorization: Bearer <feedback or operator token>`".into(),
             ));
         }
-        // Both compared, each in constant time: which one matched is not timed.
-        let matches =
-            |t: &Option<crate::auth::Secret>| t.as_ref().is_some_and(|t| bearer_matches(t, header));
-        if matches(operator) | matches(pipeline) {
-            Ok(FeedbackCaller)
-        } else {
-            Err(ApiError::Unauthorized(
-                "the token is neither the feedback token nor the operator token".into(),
-            ))
+        not_limited(parts, state)?;
+        // Both lists compared whole: which one matched is not timed.
+        let by_operator = matching(&tokens.operator, header);
+        let by_pipeline = matching(&tokens.feedback, header);
+        match by_pipeline.or(by_operator) {
+            Some(name) => {
+                note_actor(parts, name);
+                Ok(FeedbackCaller(name.to_string()))
+            }
+            None => {
+                wrong_token(parts, state, "feedback");
+                Err(ApiError::Unauthorized(
+                    "the token is neither a feedback token nor an operator token".into(),
+                ))
+            }
         }
     }
 }
 
-/// A proxy, authenticated by the sync token.
+/// A proxy, authenticated by a sync token: a proxy's own (its value: the
+/// proxy id it may report as) or the shared one (`None`: any proxy id).
 #[derive(Debug)]
-pub(super) struct SyncCaller;
+pub(super) struct SyncCaller(pub Option<String>);
 
 impl FromRequestParts<AppState> for SyncCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(token) = &state.tokens.sync {
-            let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-            if !bearer_matches(token, header) {
-                state
-                    .controller
-                    .metrics()
-                    .sync_report(crate::metrics::SyncResult::Unauthorized);
-                return Err(ApiError::Unauthorized(
-                    "sync needs `Authorization: Bearer <sync token>` with the controller's sync token".into(),
-                ));
+        let tokens = state.tokens.get();
+        if tokens.sync_open() {
+            return Ok(SyncCaller(None));
+        }
+        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        let refused = || {
+            state
+                .controller
+                .metrics()
+                .sync_report(crate::metrics::SyncResult::Unauthorized);
+            ApiError::Unauthorized(
+                "sync needs `Authorization: Bearer <sync token>` with a sync token of the controller".into(),
+            )
+        };
+        if header.is_none() {
+            return Err(refused());
+        }
+        not_limited(parts, state)?;
+        let own = matching(&tokens.sync, header);
+        let shared = tokens
+            .shared_sync
+            .as_ref()
+            .is_some_and(|t| bearer_matches(t, header));
+        match (own, shared) {
+            (Some(proxy), _) => Ok(SyncCaller(Some(proxy.to_string()))),
+            (None, true) => Ok(SyncCaller(None)),
+            (None, false) => {
+                wrong_token(parts, state, "sync");
+                Err(refused())
             }
         }
-        Ok(SyncCaller)
     }
 }

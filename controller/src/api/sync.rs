@@ -34,7 +34,7 @@ static SLOTS: Semaphore = Semaphore::const_new(SYNC_SLOTS);
 )]
 pub(super) async fn sync(
     State(s): State<AppState>,
-    _caller: SyncCaller,
+    SyncCaller(bound): SyncCaller,
     QueryParams(q): QueryParams<SyncQuery>,
     body: Request,
 ) -> ApiResult<Json<SyncResponse>> {
@@ -49,6 +49,22 @@ pub(super) async fn sync(
         .await
         .map_err(|_| ApiError::Unavailable("the controller is stopping".into()))?;
     let req: SyncRequest = json_body(body, &s).await?;
+    // A proxy's own token reports for that proxy alone.
+    if let Some(proxy) = bound
+        && proxy != req.proxy
+    {
+        s.controller
+            .metrics()
+            .sync_report(crate::metrics::SyncResult::Forged);
+        tracing::warn!(
+            "proxy {proxy:?}'s sync token used to report as {:?}: refused",
+            req.proxy
+        );
+        return Err(ApiError::Unauthorized(format!(
+            "this sync token belongs to proxy {proxy:?}; it cannot report as {:?}",
+            req.proxy
+        )));
+    }
     let wait = std::time::Duration::from_millis(q.wait_ms);
     Ok(Json(s.controller.sync_held(&req, wait, slot).await?))
 }

@@ -1,7 +1,6 @@
 //! Router tests: every endpoint's success and error cases, no socket.
 
 use super::*;
-use crate::auth::Secret;
 use crate::store::SqliteStore;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -30,14 +29,7 @@ const SYNC: &str = "sync-token";
 async fn app() -> Router {
     let store = Arc::new(SqliteStore::in_memory().await.unwrap());
     let controller = Controller::open(store, Default::default()).await.unwrap();
-    router(
-        controller,
-        Tokens {
-            operator: Some(Secret::new(OP)),
-            sync: Some(Secret::new(SYNC)),
-            feedback: None,
-        },
-    )
+    router(controller, Tokens::single(Some(OP), Some(SYNC), None))
 }
 
 async fn call(

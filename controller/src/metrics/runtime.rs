@@ -6,6 +6,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct RoleLabel {
+    pub(super) role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ReasonLabel {
     pub(super) reason: String,
 }
@@ -66,6 +71,16 @@ impl Metrics {
             "dropped_reports",
             "Parts of sync reports not counted, by reason",
             self.dropped_reports.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Calls with a wrong token, by the role it was presented for (missing tokens are not counted)",
+            self.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_rate_limited",
+            "Calls answered 429: their address presented too many wrong tokens in the window",
+            self.auth_limited.clone(),
         );
         registry.register(
             "leader",
@@ -144,6 +159,16 @@ impl Metrics {
         self.leader.set(i64::from(leads));
         self.leader_term
             .set(i64::try_from(term).unwrap_or(i64::MAX));
+    }
+
+    pub fn auth_failure(&self, role: &str) {
+        self.auth_failures
+            .get_or_create(&RoleLabel { role: role.into() })
+            .inc();
+    }
+
+    pub fn auth_limited(&self) {
+        self.auth_limited.inc();
     }
 
     pub fn took_over(&self) {

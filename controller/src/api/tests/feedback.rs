@@ -11,11 +11,7 @@ async fn app_with_feedback_token() -> Router {
     let controller = Controller::open(store, Default::default()).await.unwrap();
     let app = router(
         controller,
-        Tokens {
-            operator: Some(Secret::new(OP)),
-            sync: Some(Secret::new(SYNC)),
-            feedback: Some(Secret::new(FEEDBACK)),
-        },
+        Tokens::single(Some(OP), Some(SYNC), Some(FEEDBACK)),
     );
     let body = json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}});
     let created = call(&app, "POST", "/v1/deployments", Some(OP), Some(body)).await;
@@ -240,10 +236,7 @@ async fn without_a_feedback_token_only_the_operator_posts_feedback() {
 async fn a_given_feedback_token_is_checked_even_without_an_operator_token() {
     let store = Arc::new(SqliteStore::in_memory().await.unwrap());
     let controller = Controller::open(store, Default::default()).await.unwrap();
-    let tokens = Tokens {
-        feedback: Some(Secret::new(FEEDBACK)),
-        ..Tokens::default()
-    };
+    let tokens = Tokens::single(None, None, Some(FEEDBACK));
     let app = router(controller, tokens);
     let body = json!({"name": "heart-prod", "baseline": {"version": "v1", "cluster": "heart-v1"}});
     let created = call(&app, "POST", "/v1/deployments", None, Some(body)).await;

@@ -23,11 +23,7 @@ async fn open(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> (Router, Arc<Co
     let c = Controller::open_with(store, Settings::default(), services)
         .await
         .unwrap();
-    let tokens = Tokens {
-        operator: Some(Secret::new(OP)),
-        sync: Some(Secret::new(SYNC)),
-        feedback: None,
-    };
+    let tokens = Tokens::single(Some(OP), Some(SYNC), None);
     (router(c.clone(), tokens), c)
 }
 

@@ -1,0 +1,389 @@
+//! Named tokens on the real controller: two operators act under their own
+//! names, tokens rotate on SIGHUP without failing a call or a sync, a
+//! proxy's own sync token cannot report as another proxy, and wrong
+//! tokens are counted, logged once and limited per address.
+
+use anyhow::{Context as _, Result, ensure};
+use coalmine_client::Client;
+use coalmine_client::types::{CreateDeployment, RegisterVersion};
+use coalmine_e2e::{
+    ControllerProc, Envoy, EnvoyConfig, Load, Upstream, first_canary_response, kinds, plugin, poll,
+    prometheus_value,
+};
+use coalmine_protocol::Role;
+use coalmine_protocol::stats::RoleStats;
+use coalmine_protocol::sync::{RoleReport, SyncRequest};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const LEASE_MS: u64 = 30_000;
+const ALICE: &str = "alice-operator-token-1";
+const ALICE_NEW: &str = "alice-operator-token-2";
+const BOB: &str = "bob-operator-token-0001";
+const PROXY_A: &str = "proxy-a-sync-token-0001";
+const PROXY_A_NEW: &str = "proxy-a-sync-token-0002";
+const PROXY_B: &str = "proxy-b-sync-token-0001";
+
+type Entries<'a> = &'a [(&'a str, &'a [&'a str])];
+
+fn write_tokens(path: &Path, operators: Entries, sync: Entries) -> Result<()> {
+    let map = |entries: Entries| -> serde_json::Map<String, serde_json::Value> {
+        entries
+            .iter()
+            .map(|(n, t)| (n.to_string(), json!(t)))
+            .collect()
+    };
+    let file = json!({"operator": map(operators), "sync": map(sync)});
+    // Written whole, then renamed: a reload never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// SIGHUP, then waits until the controller logged the reload.
+async fn reload(c: &ControllerProc) -> Result<()> {
+    let before = c.log().matches("tokens reloaded").count();
+    c.hangup()?;
+    poll("the tokens to reload", Duration::from_secs(10), || async {
+        Ok((c.log().matches("tokens reloaded").count() > before).then_some(()))
+    })
+    .await
+}
+
+fn operator(c: &ControllerProc, token: &str) -> Client {
+    Client::new(&c.url("")).operator_token(Some(token.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens.json");
+    write_tokens(
+        &file,
+        &[("alice", &[ALICE]), ("bob", &[BOB])],
+        &[("proxy-a", &[PROXY_A])],
+    )?;
+    let path = file.display().to_string();
+    let c = ControllerProc::start_with(LEASE_MS, &["--tokens-file", &path]).await?;
+    let (v1, v2) = (
+        Upstream::start("heart-v1").await?,
+        Upstream::start("heart-v2").await?,
+    );
+
+    // Two operators, each under their own name.
+    let policy = serde_json::from_value(json!({"check_interval_seconds": 1, "min_requests": 20}))?;
+    operator(&c, ALICE)
+        .create_deployment(&CreateDeployment::new(
+            "heart-prod",
+            "v1",
+            "heart-v1",
+            Some(policy),
+        ))
+        .await?;
+    let v2_version = RegisterVersion {
+        version: "v2".into(),
+        cluster: "heart-v2".into(),
+        metadata: None,
+    };
+    operator(&c, BOB)
+        .register_version("heart-prod", &v2_version)
+        .await?;
+    let events = c.events_after(0).await?;
+    let actors: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.event.kind.as_str(), e.event.actor.as_str()))
+        .collect();
+    println!("timeline: {actors:?}");
+    ensure!(
+        actors
+            == [
+                ("deployment_created", "alice"),
+                ("version_registered", "alice"),
+                ("version_registered", "bob")
+            ],
+        "{actors:?}"
+    );
+    let log = c.log();
+    ensure!(
+        log.contains("actor=\"alice\"") || log.contains("actor=alice"),
+        "no access log line names alice:\n{log}"
+    );
+    ensure!(
+        !log.contains(ALICE) && !log.contains(PROXY_A),
+        "a token in the log"
+    );
+
+    // A proxy syncing with its own token, under load, on a canary.
+    let mut p = plugin(LEASE_MS)?;
+    p["controller"]["token"] = json!(PROXY_A);
+    let config = |p: &serde_json::Value| -> Result<EnvoyConfig> {
+        EnvoyConfig::shipped("envoy.yaml")?
+            .upstream("heart-v1", v1.addr)?
+            .upstream("heart-v2", v2.addr)?
+            .upstream("coalmine_controller", c.addr)?
+            .plugin_config(p)
+    };
+    let envoy = Envoy::start_as(config(&p)?, "proxy-a").await?;
+    operator(&c, ALICE)
+        .start_canary(
+            "heart-prod",
+            &coalmine_client::types::StartCanary {
+                version: "v2".into(),
+                percent: Some(20.0),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let load = Load::start(envoy.url("/predict/heart"), 40);
+    first_canary_response(&load, Instant::now())
+        .await
+        .with_context(|| format!("controller log:\n{}\nenvoy log:\n{}", c.log(), envoy.log()))?;
+
+    // Rotation while an operator calls without pause: add the new tokens,
+    // reload, switch the callers to them, remove the old ones, reload.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let token = std::sync::Arc::new(std::sync::Mutex::new(ALICE.to_string()));
+    let caller = {
+        let (url, token) = (c.url(""), token.clone());
+        tokio::spawn(async move {
+            let mut calls = 0u32;
+            while !*stopped.borrow_and_update() {
+                let t = token.lock().map(|t| t.clone()).unwrap_or_default();
+                let client = Client::new(&url).operator_token(Some(t));
+                // An authenticated call that changes nothing: registering
+                // a version twice is refused with 409, after the token.
+                let v = RegisterVersion {
+                    version: "v2".into(),
+                    cluster: "heart-v2".into(),
+                    metadata: None,
+                };
+                match client.register_version("heart-prod", &v).await {
+                    Err(e) if e.status() == Some(409) => calls += 1,
+                    other => {
+                        return Err(anyhow::anyhow!("call {calls} during rotation: {other:?}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(calls)
+        })
+    };
+    let both: &[&str] = &[ALICE, ALICE_NEW];
+    write_tokens(
+        &file,
+        &[("alice", both), ("bob", &[BOB])],
+        &[("proxy-a", &[PROXY_A])],
+    )?;
+    reload(&c).await?;
+    *token.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = ALICE_NEW.to_string();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    write_tokens(
+        &file,
+        &[("alice", &[ALICE_NEW]), ("bob", &[BOB])],
+        &[("proxy-a", &[PROXY_A])],
+    )?;
+    reload(&c).await?;
+    // The proxy's token: the new one added, the proxy given it (a config
+    // push: here a new Envoy with the same node id), the old one removed.
+    let both: &[&str] = &[PROXY_A, PROXY_A_NEW];
+    write_tokens(
+        &file,
+        &[("alice", &[ALICE_NEW]), ("bob", &[BOB])],
+        &[("proxy-a", both)],
+    )?;
+    reload(&c).await?;
+    p["controller"]["token"] = json!(PROXY_A_NEW);
+    let renewed = Envoy::start_as(config(&p)?, "proxy-a").await?;
+    drop(load);
+    drop(envoy);
+    write_tokens(
+        &file,
+        &[("alice", &[ALICE_NEW]), ("bob", &[BOB])],
+        &[("proxy-a", &[PROXY_A_NEW])],
+    )?;
+    reload(&c).await?;
+    let accepted = |text: &str| {
+        prometheus_value(
+            text,
+            "coalmine_controller_sync_reports_total",
+            &[("result", "accepted")],
+        )
+    };
+    let before = accepted(&c.metrics_text().await?);
+    poll(
+        "the renewed proxy to sync",
+        Duration::from_secs(10),
+        || async { Ok((accepted(&c.metrics_text().await?) >= before + 2.0).then_some(())) },
+    )
+    .await?;
+    let _ = stop.send(true);
+    let calls = caller.await??;
+    println!("{calls} operator calls during the rotation, none refused");
+    ensure!(calls > 10, "only {calls} calls");
+    ensure!(
+        operator(&c, ALICE)
+            .register_version("heart-prod", &v2_version)
+            .await
+            .err()
+            .and_then(|e| e.status())
+            == Some(401),
+        "the removed token still works"
+    );
+    let metrics = c.metrics_text().await?;
+    let unauthorized = prometheus_value(
+        &metrics,
+        "coalmine_controller_sync_reports_total",
+        &[("result", "unauthorized")],
+    );
+    ensure!(
+        unauthorized == 0.0,
+        "syncs refused during the rotation: {unauthorized}"
+    );
+    // The name stays the actor across its tokens.
+    operator(&c, ALICE_NEW)
+        .act("heart-prod", coalmine_client::Action::Pause, None)
+        .await?;
+    let events = c.events_after(0).await?;
+    let last = events.last().context("no events")?;
+    ensure!(
+        (last.event.kind.as_str(), last.event.actor.as_str()) == ("paused", "alice"),
+        "{:?}",
+        kinds(&events)
+    );
+    drop(renewed);
+    drop(dir);
+    Ok(())
+}
+
+/// Ten failing canary requests in one report.
+fn failing_report() -> Result<Vec<RoleReport>> {
+    let mut canary = RoleStats::try_new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for _ in 0..10 {
+        canary.record(coalmine_protocol::Outcome::ServerError, 3_000);
+    }
+    let baseline = RoleStats::try_new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(vec![
+        RoleReport::from_stats("heart-prod", Role::Canary, "v2", &canary),
+        RoleReport::from_stats("heart-prod", Role::Baseline, "v1", &baseline),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_cannot_report_as_another() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens.json");
+    write_tokens(
+        &file,
+        &[("alice", &[ALICE])],
+        &[("proxy-a", &[PROXY_A]), ("proxy-b", &[PROXY_B])],
+    )?;
+    let path = file.display().to_string();
+    let c = ControllerProc::start_with(LEASE_MS, &["--tokens-file", &path]).await?;
+    c.heart_prod(json!({"check_interval_seconds": 1, "min_requests": 10}))
+        .await?;
+    c.start_canary(Some(20.0)).await?;
+    let b = Client::new(&c.url("")).sync_token(Some(PROXY_B.to_string()));
+    let forged = SyncRequest {
+        proxy: "proxy-a".into(),
+        instance: "worker-0".into(),
+        seq: 1,
+        epoch: 0,
+        reports: failing_report()?,
+        shadow: Vec::new(),
+    };
+    let refused = b
+        .sync(&forged, 0)
+        .await
+        .err()
+        .context("a forged report was taken")?;
+    ensure!(refused.status() == Some(401), "{refused}");
+    println!("forged report refused: {refused}");
+    // Its own name works (an empty report).
+    let own = SyncRequest {
+        proxy: "proxy-b".into(),
+        reports: Vec::new(),
+        ..forged.clone()
+    };
+    b.sync(&own, 0).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = c.client().deployment("heart-prod").await?;
+    ensure!(
+        d.canary.is_some(),
+        "the canary was rolled back on a forged report"
+    );
+    let metrics = c.metrics_text().await?;
+    let counted = prometheus_value(
+        &metrics,
+        "coalmine_controller_sync_reports_total",
+        &[("result", "forged")],
+    );
+    ensure!(counted == 1.0, "forged reports counted: {counted}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_tokens_are_counted_logged_once_and_limited() -> Result<()> {
+    let c = ControllerProc::start(LEASE_MS).await?;
+    c.heart_prod(json!({})).await?;
+    let wrong = operator(&c, "not-the-operator-token");
+    let v = RegisterVersion {
+        version: "v3".into(),
+        cluster: "heart-v3".into(),
+        metadata: None,
+    };
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..100 {
+        let status = wrong
+            .register_version("heart-prod", &v)
+            .await
+            .err()
+            .and_then(|e| e.status());
+        statuses.push(status.unwrap_or(0));
+    }
+    let took = started.elapsed();
+    let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    println!("100 wrong tokens in {took:?}: {unauthorized} × 401, then {limited} × 429");
+    ensure!(unauthorized == 20 && limited == 80, "{statuses:?}");
+    ensure!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    // The right token from the same address waits for the window too.
+    let right = c.client().register_version("heart-prod", &v).await.err();
+    ensure!(
+        right.and_then(|e| e.status()) == Some(429),
+        "the limited address got through"
+    );
+    let metrics = c.metrics_text().await?;
+    let failures = prometheus_value(
+        &metrics,
+        "coalmine_controller_auth_failures_total",
+        &[("role", "operator")],
+    );
+    let rate_limited =
+        prometheus_value(&metrics, "coalmine_controller_auth_rate_limited_total", &[]);
+    ensure!(
+        failures == 20.0 && rate_limited == 81.0,
+        "{failures} {rate_limited}"
+    );
+    let log = c.log();
+    ensure!(
+        log.matches("a wrong operator token from 127.0.0.1").count() == 1,
+        "{log}"
+    );
+    ensure!(
+        log.matches("20 wrong tokens from 127.0.0.1").count() == 1,
+        "{log}"
+    );
+    ensure!(
+        !log.contains("not-the-operator-token"),
+        "the wrong token in the log"
+    );
+    // After the window, the right token works again.
+    poll("the window to end", Duration::from_secs(15), || async {
+        Ok(c.client().register_version("heart-prod", &v).await.ok())
+    })
+    .await?;
+    Ok(())
+}
