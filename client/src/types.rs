@@ -220,6 +220,7 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    TooManyRequests,
     Unavailable,
 }
 
