@@ -23,6 +23,7 @@ mod ingest;
 mod leader;
 mod reads;
 mod retention;
+mod volume;
 
 pub use failsafe::{STALLED_AFTER, STORE_TIMEOUT};
 pub use history::HISTORY_SAMPLES;

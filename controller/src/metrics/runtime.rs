@@ -31,6 +31,8 @@ pub enum Dropped {
     BadShadowReport,
     /// The instance table was full; the oldest instance was forgotten.
     InstanceEvicted,
+    /// A report far above its proxy's usual volume (`service/volume.rs`).
+    OverVolumeCap,
 }
 
 impl Metrics {
@@ -146,6 +148,7 @@ impl Metrics {
             Dropped::NotShadow => "not_shadow",
             Dropped::BadShadowReport => "bad_shadow_report",
             Dropped::InstanceEvicted => "instance_evicted",
+            Dropped::OverVolumeCap => "over_volume_cap",
         };
         self.dropped_reports
             .get_or_create(&ReasonLabel {

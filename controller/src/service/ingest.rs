@@ -56,6 +56,8 @@ pub(crate) struct Ingest {
     /// The deployments reports may be about: others are dropped, so made-up
     /// names cannot grow the windows.
     known: RwLock<HashMap<String, Known>>,
+    /// Each proxy's usual report volume: a report far above it is capped.
+    volumes: super::volume::Volumes,
 }
 
 impl Default for Ingest {
@@ -66,6 +68,7 @@ impl Default for Ingest {
                 NonZeroUsize::new(MAX_INSTANCES).unwrap_or(NonZeroUsize::MIN),
             )),
             known: RwLock::default(),
+            volumes: Default::default(),
         }
     }
 }
@@ -80,6 +83,7 @@ impl Ingest {
         if let Ok(mut i) = self.instances.lock() {
             i.clear();
         }
+        self.volumes.forget();
     }
 
     /// Learns the deployments as they are now (after every change). A
@@ -192,6 +196,14 @@ impl Ingest {
             metrics.dropped(Dropped::BadShadowReport, bad_shadow);
         }
         drop(instances);
+        let requests: u64 = decoded.iter().map(|(_, c, _)| c.total()).sum();
+        if let super::volume::Admitted::Capped { requests, cap } =
+            self.volumes.admit(&req.proxy, requests)
+        {
+            metrics.dropped(Dropped::OverVolumeCap, 1);
+            tracing::debug!(proxy = %req.proxy, "report of {requests} requests not counted: above this proxy's cap of {cap}");
+            return Ok(());
+        }
         let (Ok(known), Ok(mut windows)) = (self.known.read(), self.windows.lock()) else {
             return Ok(());
         };
