@@ -5,8 +5,17 @@ const pct = (x) => x == null ? "–" : (x * 100).toFixed(2) + " %";
 const ms = (x) => x == null ? "–" : x.toFixed(1) + " ms";
 const time = (t) => new Date(t).toLocaleTimeString();
 const tokenInput = $("#token");
-tokenInput.value = localStorage.getItem("coalmine.token") || "";
-tokenInput.addEventListener("change", () => localStorage.setItem("coalmine.token", tokenInput.value.trim()));
+// The operator token lives in this tab's sessionStorage only: gone when the
+// tab closes, never in localStorage (which outlives it, for any later user
+// of the browser profile) nor in a URL. Older pages kept it in
+// localStorage: it is removed from there.
+const TOKEN_KEY = "coalmine.token";
+localStorage.removeItem(TOKEN_KEY);
+tokenInput.value = sessionStorage.getItem(TOKEN_KEY) || "";
+tokenInput.addEventListener("input", () => {
+  const token = tokenInput.value.trim();
+  if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+});
 
 function say(text, kind) { const m = $("#message"); m.textContent = text; m.className = kind || ""; }
 

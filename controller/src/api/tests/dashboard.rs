@@ -61,6 +61,8 @@ async fn the_dashboard_is_served_with_its_policy() {
     let (_, _, page) = get(&app, "/").await;
     assert!(!page.contains("<script>") && !page.contains("<style"));
     let (_, _, script) = get(&app, "/dashboard.js").await;
+    // The token is kept for the tab only; localStorage is only cleared.
+    assert!(script.contains("sessionStorage.setItem") && !script.contains("localStorage.setItem"));
     for inline in [&page, &script] {
         assert!(!inline.contains("style=\""));
         assert!(!inline.contains(" onclick=\"") && !inline.contains(" onchange=\""));
