@@ -26,10 +26,13 @@ async function get(path) {
   return body;
 }
 
+// Every change the page can make goes through here, and only after the
+// operator confirmed a question naming the deployment and what changes;
+// cancelling sends nothing.
 async function act(path, method, body, question) {
-  if (question && !confirm(question)) return;
   const token = tokenInput.value.trim();
   if (!token) { say("Enter the operator token (top right) to act.", "error"); return; }
+  if (!question || !confirm(question)) { say("Cancelled: nothing was changed."); return; }
   try {
     const r = await fetch(path, { method, headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token },
                                   body: JSON.stringify(body || {}) });
@@ -252,19 +255,37 @@ async function deployment(name) {
   <section><h2>Versions</h2><table id="versions"><tr><th>version</th><th>cluster</th><th>state</th><th>healthy</th><th>pinned</th><th>metadata</th></tr>
     ${versions.map((v) => `<tr><td>${esc(v.version)}</td><td>${esc(v.cluster)}</td><td>${esc(v.state)}</td><td>${v.healthy ? "yes" : "<b>no</b>"}</td>
       <td>${v.pinned ? '<span class="pinned">★ last known good</span>' : ""}</td><td><code>${esc(JSON.stringify(v.metadata))}</code></td></tr>`).join("")}</table></section>`);
-  const go = (suffix, method, body, q) => act(p + suffix, method, body, q);
-  $("#step").onclick = () => go("/traffic", "PUT", { canary_percent: next }, `Move ${d.name}'s canary to ${next} %?`);
-  $("#set-traffic").onclick = () => go("/traffic", "PUT", { canary_percent: +$("#percent").value }, `Set ${d.name}'s canary to ${$("#percent").value} %?`);
-  $("#pause").onclick = () => go("/pause", "POST", { reason: "paused from the dashboard" });
-  $("#resume").onclick = () => go("/resume", "POST", { reason: "resumed from the dashboard" });
-  $("#promote").onclick = () => go("/promote", "POST", { reason: "promoted from the dashboard" }, `Promote ${c && c.version} to baseline of ${d.name}?`);
-  $("#rollback").onclick = () => go("/rollback", "POST", { reason: "rolled back from the dashboard" },
-    c ? `Roll back canary ${c.version} of ${d.name}? It gets 0 % and is marked unhealthy.` : `Revert ${d.name} to its pinned version?`);
-  $("#shadow-start").onclick = () => {
-    const version = $("#shadow-version").value, percent = +$("#shadow-percent").value;
-    go("/shadow", "POST", { version, percent }, `Copy ${percent} % of ${d.name}'s baseline requests to ${version} as a shadow?`);
-  };
-  $("#shadow-stop").onclick = () => go("/shadow", "DELETE", null, `Stop the shadow ${d.shadow && d.shadow.version} of ${d.name}?`);
+  // Each button asks what exactly it changes (the page as drawn is what
+  // the operator saw) before anything is sent.
+  const go = (suffix, method, body, question) => act(p + suffix, method, body, question);
+  const on = (id, f) => $(id).addEventListener("click", f);
+  const canary = c && `canary ${c.version} at ${c.percent} %`;
+  on("#step", () => go("/traffic", "PUT", { canary_percent: next }, `Step ${d.name}: ${canary} → ${next} %?`));
+  on("#set-traffic", () => {
+    const percent = $("#percent").valueAsNumber;
+    if (!(percent >= 0 && percent <= 100)) { say("The canary's share is a number from 0 to 100.", "error"); return; }
+    go("/traffic", "PUT", { canary_percent: percent }, `Set the traffic of ${d.name}: ${canary} → ${percent} %?`);
+  });
+  on("#pause", () => go("/pause", "POST", { reason: "paused from the dashboard" },
+    `Pause ${d.name}: ${canary} stays there and stops stepping up (an automatic rollback still happens)?`));
+  on("#resume", () => go("/resume", "POST", { reason: "resumed from the dashboard" },
+    `Resume ${d.name}: ${canary} bakes again from the start, then steps up as planned?`));
+  on("#promote", () => go("/promote", "POST", { reason: "promoted from the dashboard" },
+    `Promote on ${d.name}: ${canary} → baseline at 100 %, replacing baseline ${d.baseline.version}?`));
+  on("#rollback", () => go("/rollback", "POST", { reason: "rolled back from the dashboard" },
+    c ? `Roll back ${d.name}: ${canary} → 0 %, marked unhealthy?`
+      : d.pinned ? `Roll back ${d.name}: baseline ${d.baseline.version} → pinned ${d.pinned.version} at 100 %?`
+        : `Roll back ${d.name} to its pinned version (baseline now ${d.baseline.version})?`));
+  on("#shadow-start", () => {
+    const version = $("#shadow-version").value, percent = $("#shadow-percent").valueAsNumber;
+    if (!(percent > 0 && percent <= 100)) { say("The shadow's share is a number above 0, at most 100.", "error"); return; }
+    const v = d.shadow;
+    go("/shadow", "POST", { version, percent }, v
+      ? `Change the shadow of ${d.name}: ${v.version} at ${v.percent} % → ${version} at ${percent} %?`
+      : `Start a shadow on ${d.name}: copy ${percent} % of its baseline ${d.baseline.version}'s requests to ${version} (never answering users)?`);
+  });
+  on("#shadow-stop", () => go("/shadow", "DELETE", null,
+    `Stop the shadow of ${d.name}: ${d.shadow && d.shadow.version} at ${d.shadow && d.shadow.percent} % → no shadow?`));
 }
 
 let busy = false;
