@@ -30,12 +30,14 @@ pub use feedback::FEEDBACK_BODY_LIMIT;
 use crate::auth::{AuthGuard, LiveTokens, Tokens};
 use crate::service::Controller;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use coalmine_client::types::ErrorBody;
 use schemas::BodySchemas;
 use serde::Deserialize;
 use std::sync::{Arc, OnceLock};
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
@@ -99,6 +101,16 @@ pub fn router_live(controller: Arc<Controller>, tokens: Arc<LiveTokens>) -> Rout
         .fallback(|| async {
             ApiError::NotFound("no such endpoint; see /v1/openapi.json for the API".into())
         })
+        // Nothing the controller answers is to be framed or read as
+        // another type than it says (the dashboard sets more).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
 }
 
 fn routes(
@@ -136,6 +148,8 @@ fn routes(
         .with_state(proxies);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(dashboard))
+        .routes(routes!(dashboard_js))
+        .routes(routes!(dashboard_css))
         .routes(routes!(metrics).with_state(metrics_state.clone()))
         .routes(routes!(readyz).with_state(metrics_state.clone()))
         .routes(routes!(healthz))

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use utoipa::ToSchema;
 
+mod dashboard;
 mod events;
 mod feedback;
 mod lifecycle;

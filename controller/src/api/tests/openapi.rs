@@ -19,6 +19,8 @@ async fn the_openapi_document_covers_every_route() {
     documented.sort();
     let mut expected = vec![
         "GET /",
+        "GET /dashboard.js",
+        "GET /dashboard.css",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
