@@ -257,17 +257,34 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
     Ok(())
 }
 
+/// `canary` canary requests (failing or not) and `baseline` good baseline
+/// ones, in one report.
+fn report(canary: u64, failing: bool, baseline: u64) -> Result<Vec<RoleReport>> {
+    let stats = |n: u64, outcome| -> Result<RoleStats> {
+        let mut s = RoleStats::try_new().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for _ in 0..n {
+            s.record(outcome, 3_000);
+        }
+        Ok(s)
+    };
+    let outcome = match failing {
+        true => coalmine_protocol::Outcome::ServerError,
+        false => coalmine_protocol::Outcome::Success,
+    };
+    Ok(vec![
+        RoleReport::from_stats("heart-prod", Role::Canary, "v2", &stats(canary, outcome)?),
+        RoleReport::from_stats(
+            "heart-prod",
+            Role::Baseline,
+            "v1",
+            &stats(baseline, coalmine_protocol::Outcome::Success)?,
+        ),
+    ])
+}
+
 /// Ten failing canary requests in one report.
 fn failing_report() -> Result<Vec<RoleReport>> {
-    let mut canary = RoleStats::try_new().map_err(|e| anyhow::anyhow!("{e}"))?;
-    for _ in 0..10 {
-        canary.record(coalmine_protocol::Outcome::ServerError, 3_000);
-    }
-    let baseline = RoleStats::try_new().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(vec![
-        RoleReport::from_stats("heart-prod", Role::Canary, "v2", &canary),
-        RoleReport::from_stats("heart-prod", Role::Baseline, "v1", &baseline),
-    ])
+    report(10, true, 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -320,6 +337,39 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
         &[("result", "forged")],
     );
     ensure!(counted == 1.0, "forged reports counted: {counted}");
+
+    // proxy-b, under its own name: its usual volume (100 requests a
+    // report), then ten times that, all failing canary requests.
+    for seq in 1..=8 {
+        let usual = SyncRequest {
+            seq,
+            instance: "worker-1".into(),
+            reports: report(20, false, 80)?,
+            ..own.clone()
+        };
+        b.sync(&usual, 0).await?;
+    }
+    let flood = SyncRequest {
+        seq: 9,
+        instance: "worker-1".into(),
+        reports: report(1_000, true, 0)?,
+        ..own.clone()
+    };
+    b.sync(&flood, 0).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = c.client().deployment("heart-prod").await?;
+    ensure!(
+        d.canary.is_some(),
+        "a healthy canary rolled back on one proxy's flood"
+    );
+    let metrics = c.metrics_text().await?;
+    let capped = prometheus_value(
+        &metrics,
+        "coalmine_controller_dropped_reports_total",
+        &[("reason", "over_volume_cap")],
+    );
+    ensure!(capped == 1.0, "capped reports counted: {capped}");
+    println!("one proxy's report of 10x its usual volume: capped, counted, canary kept");
     Ok(())
 }
 
