@@ -197,7 +197,8 @@ pub async fn serve_with(
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, handshake).await {
                         Ok(Ok(tls)) => {
-                            let connection = http.serve_connection(TokioIo::new(tls), service);
+                            let io = TokioIo::new(tls::Lingering::new(tls));
+                            let connection = http.serve_connection(io, service);
                             let _ = watcher.watch(connection).await;
                         }
                         Ok(Err(e)) => {

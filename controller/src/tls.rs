@@ -2,8 +2,13 @@
 //! (`--tls-cert`, `--tls-key`), read and checked before the controller
 //! serves, so a bad file stops it at start with the file's name.
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
@@ -64,6 +69,81 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsFileErr
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// How long, and how much, a closing connection reads on ([`Lingering`]).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// A connection that, when HTTP closes it, sends its close (TLS
+/// close_notify, then FIN) and reads on for at most [`LINGER`] and
+/// [`LINGER_BYTES`], discarding, before letting go. An answer given
+/// without reading the request's body (a refused token) is then read by
+/// a client still sending that body, instead of being lost to a reset:
+/// over TLS, clients report that reset as a protocol violation.
+#[derive(Debug)]
+pub struct Lingering<T> {
+    inner: T,
+    /// Set once the close is sent: until when, and how much more, to read.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+impl<T> Lingering<T> {
+    pub fn new(inner: T) -> Lingering<T> {
+        Lingering {
+            inner,
+            linger: None,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some((Box::pin(tokio::time::sleep(LINGER)), LINGER_BYTES));
+        }
+        let Some((deadline, left)) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() && buf.filled().len() < *left => {
+                    *left -= buf.filled().len();
+                }
+                // The client's end (or error, or too much): done.
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

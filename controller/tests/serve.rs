@@ -66,10 +66,14 @@ async fn tls_controller(
         header_timeout,
         ..Limits::default()
     };
+    let tokens = Tokens {
+        sync: Some(coalmine_controller::auth::Secret::new("sync-token")),
+        ..Tokens::default()
+    };
     tokio::spawn(serve_with(
         listener,
         controller.clone(),
-        Tokens::default(),
+        tokens,
         limits,
         Transport::Tls(acceptor),
         std::future::pending(),
@@ -110,6 +114,21 @@ async fn over_tls_plain_http_gets_no_answer_and_a_trusting_client_does() {
     assert_eq!(handshake_failures(&controller, "error"), 1);
 
     // A client trusting the certificate is served, over HTTP/1.1.
+    let mut tls = tls_connect(addr, &key).await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(handshake_failures(&controller, "error"), 1);
+}
+
+/// A TLS connection to `addr`, trusting `key`'s certificate.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    key: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.add(key.cert.der().clone()).unwrap();
     let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -122,14 +141,35 @@ async fn over_tls_plain_http_gets_no_answer_and_a_trusting_client_does() {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    let _ = tls.read_to_string(&mut out).await;
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert_eq!(handshake_failures(&controller, "error"), 1);
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// A request refused before its body is read (no token) closes the
+/// connection; a client still sending that body must get the answer, not a
+/// reset (over TLS, clients report the reset as a protocol violation).
+#[tokio::test]
+async fn over_tls_an_answer_given_before_the_body_is_read_reaches_the_client() {
+    let (addr, _controller, key, _dir) = tls_controller(Duration::from_secs(10)).await;
+    let body = vec![b'a'; 1 << 20];
+    let mut tls = tls_connect(addr, &key).await;
+    let head = format!(
+        "POST /v1/sync HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    // As a client on a slower link: the answer comes while it sends.
+    for chunk in body.chunks(64 * 1024) {
+        tls.write_all(chunk)
+            .await
+            .expect("the body could not be sent to the end");
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tls.flush().await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 401"), "{read:?}: {text}");
 }
 
 #[tokio::test]
