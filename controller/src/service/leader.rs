@@ -119,13 +119,13 @@ impl Controller {
             match answer {
                 Ok(Ok(leader)) if leader.holder == claim.holder => {
                     renewed = Some(sent);
-                    if !self.leads() || leader.term != claim.term {
-                        if let Err(e) = self.take_over(leader.term).await {
-                            tracing::warn!(
-                                "took the lease (term {}) but could not load the state: {e}",
-                                leader.term
-                            );
-                        }
+                    if (!self.leads() || leader.term != claim.term)
+                        && let Err(e) = self.take_over(leader.term).await
+                    {
+                        tracing::warn!(
+                            "took the lease (term {}) but could not load the state: {e}",
+                            leader.term
+                        );
                     }
                 }
                 Ok(Ok(leader)) => self.follow(Some(leader.url), leader.term),
