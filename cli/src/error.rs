@@ -10,7 +10,8 @@ pub enum CliError {
     #[error("{0}")]
     Invalid(String),
     #[error(
-        "cannot reach the controller at {url}: {cause}; is it running? (set --url or COALMINE_URL)"
+        "cannot reach the controller at {url}: {cause}; {}",
+        unreachable_hint(cause)
     )]
     Unreachable { url: String, cause: String },
     #[error(
@@ -55,6 +56,16 @@ impl CliError {
     }
 }
 
+/// What to check when the controller cannot be reached: a certificate
+/// not trusted wants its CA, anything else the URL.
+fn unreachable_hint(cause: &str) -> &'static str {
+    if cause.contains("certificate") {
+        "is it signed by a private CA? (trust it with --ca-file or COALMINE_CA_FILE)"
+    } else {
+        "is it running? (set --url or COALMINE_URL)"
+    }
+}
+
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
         match e {
@@ -78,6 +89,24 @@ impl From<ClientError> for CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untrusted_certificate_points_at_the_ca_file() {
+        let e = CliError::Unreachable {
+            url: "https://c:8700".into(),
+            cause: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        let text = e.to_string();
+        assert!(text.contains("--ca-file or COALMINE_CA_FILE"), "{text}");
+        let e = CliError::Unreachable {
+            url: "http://c:8700".into(),
+            cause: "Connection refused (os error 111)".into(),
+        };
+        assert!(
+            e.to_string()
+                .ends_with("is it running? (set --url or COALMINE_URL)")
+        );
+    }
 
     #[test]
     fn exit_codes_are_distinct() {

@@ -10,7 +10,8 @@
 //!   `/metrics`, and the dashboard (`dashboard/`, embedded);
 //! - [`metrics`]: the controller's Prometheus metrics;
 //! - [`notify`]: webhooks for the events operators must not miss;
-//! - [`auth`]: which tokens the API checks.
+//! - [`auth`]: which tokens the API checks;
+//! - [`tls`]: the certificate and key HTTPS serves with.
 //!
 //! The API's types live in `coalmine-client`, which the CLI, the demo, the
 //! tests and the benchmarks use to call it.
@@ -22,15 +23,18 @@ pub mod metrics;
 pub mod notify;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 pub use service::{Controller, Services};
 
 use auth::{ClientAddr, LiveTokens, Tokens};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// In-flight requests get this long to finish after shutdown is requested.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +50,36 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// A request's body must arrive within this long.
     pub body_timeout: Duration,
+}
+
+/// How connections are spoken to: plain HTTP, or HTTPS only.
+#[derive(Clone, Default)]
+pub enum Transport {
+    /// HTTP in clear (loopback development, or behind a mesh's TLS).
+    #[default]
+    Plain,
+    /// Every connection completes a TLS handshake (within the header
+    /// timeout) before HTTP; one that fails is closed and counted.
+    Tls(TlsAcceptor),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Plain => "Plain",
+            Transport::Tls(_) => "Tls",
+        })
+    }
+}
+
+impl Transport {
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Plain => "http",
+            Transport::Tls(_) => "https",
+        }
+    }
 }
 
 impl Default for Limits {
@@ -72,16 +106,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tokens = Arc::new(LiveTokens::new(tokens));
-    serve_with(listener, controller, tokens, Limits::default(), shutdown).await
+    let (limits, transport) = (Limits::default(), Transport::Plain);
+    serve_with(listener, controller, tokens, limits, transport, shutdown).await
 }
 
-/// Serves the API and runs the evaluation loop until `shutdown` resolves,
-/// then drains in-flight requests for at most [`DRAIN_TIMEOUT`].
+/// Serves the API over `transport` and runs the evaluation loop until
+/// `shutdown` resolves, then drains in-flight requests for at most
+/// [`DRAIN_TIMEOUT`].
 pub async fn serve_with(
     listener: TcpListener,
     controller: Arc<Controller>,
     tokens: Arc<LiveTokens>,
     limits: Limits,
+    transport: Transport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -134,21 +171,53 @@ pub async fn serve_with(
         // Who is calling, for the limit on wrong tokens and the access log.
         let app = tower::Layer::layer(&axum::Extension(ClientAddr(peer.ip())), app.clone());
         let service = hyper_util::service::TowerToHyperService::new(app);
-        let connection = hyper::server::conn::http1::Builder::new()
+        let http = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             // A connection buffers little of a body nobody reads yet (a
             // sync waiting for its slot).
             .max_buf_size(64 * 1024)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+            .to_owned();
         let c = controller.clone();
         c.metrics().connection(true);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            c.metrics().connection(false);
-            drop(slot);
-        });
+        match &transport {
+            Transport::Plain => {
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    c.metrics().connection(false);
+                    drop(slot);
+                });
+            }
+            Transport::Tls(acceptor) => {
+                // The handshake runs in the connection's own task, bounded
+                // like a request's headers: a client that sends nothing,
+                // or not TLS, holds its slot no longer than that.
+                let handshake = acceptor.accept(stream);
+                let watcher = graceful.watcher();
+                let timeout = limits.header_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(tls)) => {
+                            let io = TokioIo::new(tls::Lingering::new(tls));
+                            let connection = http.serve_connection(io, service);
+                            let _ = watcher.watch(connection).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake failed: {e}");
+                            c.metrics().tls_handshake_failed(false);
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake not done within {timeout:?}");
+                            c.metrics().tls_handshake_failed(true);
+                        }
+                    }
+                    c.metrics().connection(false);
+                    drop(slot);
+                });
+            }
+        }
     }
     tokio::select! {
         () = graceful.shutdown() => {}

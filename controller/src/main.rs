@@ -9,7 +9,7 @@ use coalmine_controller::notify::{
 };
 use coalmine_controller::service::{Retention, Services, Settings};
 use coalmine_controller::store::{self, Store};
-use coalmine_controller::{Controller, Limits, raise_open_files_limit, serve_with};
+use coalmine_controller::{Controller, Limits, Transport, raise_open_files_limit, serve_with};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,7 +68,14 @@ struct Args {
     /// may be signed by, besides the system's roots.
     #[arg(long, env = "COALMINE_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// The controller's URL as operators and proxies reach it (links in webhooks; on PostgreSQL, followers name the leader by it); default http://<listen>.
+    /// Serve HTTPS only, with this PEM certificate chain (the server's
+    /// certificate first); needs --tls-key.
+    #[arg(long, env = "COALMINE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC); needs --tls-cert.
+    #[arg(long, env = "COALMINE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The controller's URL as operators and proxies reach it (links in webhooks; on PostgreSQL, followers name the leader by it); default http://<listen>, or https://<listen> with TLS.
     #[arg(long, env = "COALMINE_PUBLIC_URL")]
     public_url: Option<String>,
     /// Events each deployment keeps in the database; older ones are archived (--events-archive) or dropped.
@@ -136,7 +143,7 @@ fn tokens(args: &Args) -> Result<Tokens> {
 /// serves: the URLs must be http(s), the CA file must hold certificates.
 async fn notifier(
     args: &Args,
-    addr: SocketAddr,
+    public_url: String,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Notifier>> {
@@ -153,7 +160,7 @@ async fn notifier(
     let shown: Vec<&str> = receivers.iter().map(|r| r.redacted()).collect();
     tracing::info!("webhooks: {}", shown.join(", "));
     let settings = WebhookSettings {
-        public_url: public_url(args, addr),
+        public_url,
         retry: RetryPolicy::default(),
         roots,
     };
@@ -164,10 +171,37 @@ async fn notifier(
 }
 
 /// Where operators reach this controller.
-fn public_url(args: &Args, addr: SocketAddr) -> String {
+fn public_url(args: &Args, addr: SocketAddr, transport: &Transport) -> String {
     args.public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"))
+        .unwrap_or_else(|| format!("{}://{addr}", transport.scheme()))
+}
+
+/// HTTPS with --tls-cert and --tls-key (both or neither; the files read
+/// and checked now), else plain HTTP, with a warning off loopback.
+fn transport(args: &Args) -> Result<Transport> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let acceptor = coalmine_controller::tls::acceptor(cert, key)
+                .map_err(|e| anyhow!("--tls-cert/--tls-key: {e}"))?;
+            Ok(Transport::Tls(acceptor))
+        }
+        (Some(_), None) => {
+            bail!("--tls-cert needs --tls-key (COALMINE_TLS_KEY): the certificate's private key")
+        }
+        (None, Some(_)) => {
+            bail!("--tls-key needs --tls-cert (COALMINE_TLS_CERT): the certificate chain")
+        }
+        (None, None) => {
+            if !args.listen.ip().is_loopback() {
+                tracing::warn!(
+                    "listening on {} without TLS: tokens cross the network in clear; give --tls-cert and --tls-key unless a mesh encrypts this hop",
+                    args.listen
+                );
+            }
+            Ok(Transport::Plain)
+        }
+    }
 }
 
 /// The database as logs may show it: a URL without its password.
@@ -243,6 +277,7 @@ async fn main() -> Result<()> {
     if args.lease_ms < 1000 {
         bail!("--lease-ms must be at least 1000, got {}", args.lease_ms);
     }
+    let transport = transport(&args)?;
     let store = store::open(&args.db)
         .await
         .with_context(|| format!("opening the database {}", shown_db(&args.db)))?;
@@ -251,10 +286,11 @@ async fn main() -> Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
-    let notifier = notifier(&args, addr, store.clone(), metrics.clone()).await?;
+    let url = public_url(&args, addr, &transport);
+    let notifier = notifier(&args, url.clone(), store.clone(), metrics.clone()).await?;
     let settings = Settings {
         leader_lease_ms: args.leader_lease_ms,
-        url: public_url(&args, addr),
+        url,
         lease_ms: args.lease_ms,
         retention: Some(Retention {
             keep: args.events_keep,
@@ -274,7 +310,8 @@ async fn main() -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(
-        "coalmine controller listening on http://{addr} (dashboard at /, database {}, {} deployment(s))",
+        "coalmine controller listening on {}://{addr} (dashboard at /, database {}, {} deployment(s))",
+        transport.scheme(),
         shown_db(&args.db),
         controller.deployments().await.len()
     );
@@ -297,7 +334,15 @@ async fn main() -> Result<()> {
         None => tracing::warn!("the open-files limit could not be read or raised"),
     }
     reload_tokens_on_sighup(args, tokens.clone());
-    serve_with(listener, controller, tokens, limits, shutdown_signal()).await?;
+    serve_with(
+        listener,
+        controller,
+        tokens,
+        limits,
+        transport,
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! that break the schema on purpose — and sends them to a real controller.
 //! The run fails on any 5xx, on a response that breaks the documented schema
 //! or status codes, on bad input that is accepted, and on a secured call that
-//! works without its token.
+//! works without its token. It runs over plain HTTP, and over HTTPS against
+//! a controller serving TLS with a certificate of the test's own CA.
 
 use anyhow::{Context, Result, ensure};
 use coalmine_client::paths;
@@ -17,15 +18,43 @@ const EXAMPLES: &str = "100";
 /// Fixed, so a failure reproduces; `COALMINE_SCHEMATHESIS_SEED` explores.
 const SEED: &str = "20261123";
 
+/// Over HTTPS, fewer: the contract is the same, what is new is the
+/// transport under every call.
+const TLS_EXAMPLES: &str = "25";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_keeps_its_openapi_contract() -> Result<()> {
     let controller = ControllerProc::start(30_000).await?;
+    let generated = keeps_its_contract(&controller, EXAMPLES).await?;
+    ensure!(generated >= 1000, "only {generated} test cases ran");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_keeps_its_openapi_contract_over_tls() -> Result<()> {
+    let controller = ControllerProc::start_tls(30_000, &[]).await?;
+    ensure!(controller.url("").starts_with("https://"));
+    let generated = keeps_its_contract(&controller, TLS_EXAMPLES).await?;
+    ensure!(generated >= 1000, "only {generated} test cases ran");
+    let metrics = controller.metrics_text().await?;
+    ensure!(
+        !metrics.contains("coalmine_controller_tls_handshake_failures_total"),
+        "a handshake of schemathesis failed:\n{metrics}"
+    );
+    Ok(())
+}
+
+/// Runs schemathesis against `controller` (over HTTPS trusting its CA when
+/// it serves TLS) with `examples` per operation; fails on any problem it
+/// finds. Returns how many test cases it generated.
+async fn keeps_its_contract(controller: &ControllerProc, examples: &str) -> Result<u64> {
     // The deployment schemathesis.toml names in every path.
     controller.heart_prod(json!({})).await?;
     let root = workspace_root();
     let dir = root.join("tests/schemathesis");
     let seed = std::env::var("COALMINE_SCHEMATHESIS_SEED").unwrap_or_else(|_| SEED.into());
-    let output = tokio::process::Command::new(root.join(".venv/bin/schemathesis"))
+    let mut command = tokio::process::Command::new(root.join(".venv/bin/schemathesis"));
+    command
         .arg("--config-file")
         .arg(dir.join("schemathesis.toml"))
         .arg("run")
@@ -43,7 +72,7 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
         ])
         .args([
             "--max-examples",
-            EXAMPLES,
+            examples,
             "--seed",
             &seed,
             "--workers",
@@ -55,7 +84,12 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
         .env("COALMINE_SYNC_TOKEN", SYNC_TOKEN)
         .env("COALMINE_FEEDBACK_TOKEN", FEEDBACK_TOKEN)
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    if let Some(ca) = controller.ca_file() {
+        // The schema and every call are checked against the test's CA.
+        command.arg("--tls-verify").arg(ca);
+    }
+    let output = command
         .output()
         .await
         .context("running schemathesis from .venv (make setup installs it)")?;
@@ -76,7 +110,6 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
         .find_map(|l| l.trim().split_once(" generated")?.0.parse::<u64>().ok())
         .context("schemathesis printed no test case count")?;
     println!("schemathesis: {generated} test cases, no failures");
-    ensure!(generated >= 1000, "only {generated} test cases ran");
     ensure!(
         !controller.log().contains("panicked"),
         "the controller panicked:\n{}",
@@ -84,5 +117,5 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
     );
     // Still serving after all of it.
     controller.client().healthz().await?;
-    Ok(())
+    Ok(generated)
 }

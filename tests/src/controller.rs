@@ -1,6 +1,6 @@
 //! The real `coalmine-controller` binary as a test process.
 
-use crate::poll;
+use crate::{TlsFiles, poll};
 use anyhow::{Context as _, Result, anyhow, bail};
 use coalmine_client::Client;
 use coalmine_client::types::{
@@ -8,7 +8,7 @@ use coalmine_client::types::{
 };
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ pub struct ControllerProc {
     env: Vec<(String, String)>,
     operator_token: String,
     sync_token: String,
+    /// Serving HTTPS with these files (its own CA's certificate among them).
+    tls: Option<TlsFiles>,
     /// The typed API client, pointed at the running controller.
     api: Client,
 }
@@ -76,6 +78,17 @@ impl ControllerProc {
     ) -> Result<ControllerProc> {
         let mut c = ControllerProc::unstarted(bin, lease_ms)?;
         c.cpus = cpus.map(str::to_string);
+        c.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        c.spawn().await?;
+        Ok(c)
+    }
+
+    /// Starts serving HTTPS only (`--tls-cert`, `--tls-key`) with a
+    /// certificate for `localhost` and `127.0.0.1` signed by a fresh CA of
+    /// its own ([`ControllerProc::ca_file`]), which its client trusts.
+    pub async fn start_tls(lease_ms: u64, extra_args: &[&str]) -> Result<ControllerProc> {
+        let mut c = ControllerProc::unstarted(controller_bin()?, lease_ms)?;
+        c.tls = Some(TlsFiles::generate(c.dir.path())?);
         c.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         c.spawn().await?;
         Ok(c)
@@ -144,6 +157,7 @@ impl ControllerProc {
             env: Vec::new(),
             operator_token: OPERATOR_TOKEN.to_string(),
             sync_token: SYNC_TOKEN.to_string(),
+            tls: None,
             api: Client::new("http://127.0.0.1:0"),
         })
     }
@@ -183,6 +197,13 @@ impl ControllerProc {
                 .env("COALMINE_LISTEN", self.addr.to_string())
                 .env("COALMINE_DB", self.db_path());
         }
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key);
+        }
         let child = command
             .arg("--address-file")
             .arg(&address_file)
@@ -214,7 +235,12 @@ impl ControllerProc {
             true => Some(FEEDBACK_TOKEN.to_string()),
             false => None,
         };
-        self.api = Client::new(&self.url(""))
+        let mut api = Client::builder(&self.url(""));
+        if let Some(tls) = &self.tls {
+            api = api.ca_file(&tls.ca)?;
+        }
+        self.api = api
+            .build()?
             .operator_token(Some(self.operator_token.clone()))
             .sync_token(Some(self.sync_token.clone()))
             .feedback_token(feedback_token);
@@ -301,8 +327,16 @@ impl ControllerProc {
         std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
     }
 
+    /// `http://` or (with TLS) `https://` + its address + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// The PEM file of the CA that signed its certificate, when it serves
+    /// HTTPS.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca.as_path())
     }
 
     /// The typed API client, with the operator and sync tokens.

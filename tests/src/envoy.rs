@@ -124,6 +124,26 @@ impl EnvoyConfig {
         Ok(self)
     }
 
+    /// Has the named cluster's TLS (a shipped `envoy-tls.yaml`) trust the
+    /// CA in the PEM file `ca_file` and expect `server_name` on the
+    /// certificate (sent as SNI and matched against its names).
+    pub fn upstream_tls(
+        mut self,
+        cluster: &str,
+        ca_file: &std::path::Path,
+        server_name: &str,
+    ) -> Result<EnvoyConfig> {
+        let tls = &mut self.cluster(cluster)?["transport_socket"]["typed_config"];
+        tls["sni"] = Value::from(server_name);
+        let validation = &mut tls["common_tls_context"]["validation_context"];
+        validation["trusted_ca"]["filename"] = Value::from(ca_file.display().to_string());
+        let names = validation["match_typed_subject_alt_names"].as_sequence_mut();
+        for n in names.ok_or_else(|| anyhow!("cluster {cluster} has no TLS matching a name"))? {
+            n["matcher"]["exact"] = Value::from(server_name);
+        }
+        Ok(self)
+    }
+
     /// Renames a cluster (as a control plane would name it).
     pub fn rename_cluster(mut self, from: &str, to: &str) -> Result<EnvoyConfig> {
         let c = self.cluster(from)?;

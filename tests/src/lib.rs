@@ -21,6 +21,8 @@
 //!   and bad model answers, chunked, huge, compressed).
 //! - [`Browser`]: Debian's headless Chromium driven through chromedriver.
 //! - [`Postgres`]: a real PostgreSQL server in a temporary directory.
+//! - [`TlsFiles`]: a CA of the test's own and a certificate it signed for
+//!   `localhost` and `127.0.0.1` (a controller serving HTTPS).
 //! - [`poll`]: wait for a condition with a deadline; tests never sleep a
 //!   fixed time.
 
@@ -39,6 +41,7 @@ pub mod models;
 mod postgres;
 mod receiver;
 mod stack;
+mod tls;
 mod upstream;
 pub use answers::{AnswerServer, answer_body};
 pub use browser::Browser;
@@ -55,6 +58,7 @@ pub use stack::{
     INTERVAL_MS, Stack, canary_traffic_stops, first_canary_response, is_canary, plugin,
     plugin_reading_outputs, role_counts, settled_role_counts,
 };
+pub use tls::{SERVER_NAME, TlsFiles};
 pub use upstream::{SeenHeaders, Upstream};
 
 /// A TCP port free on loopback right now (for servers that cannot be

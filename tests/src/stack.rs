@@ -2,8 +2,8 @@
 //! and a canary upstream, and Envoys with the shipped config pointed at them.
 
 use crate::{
-    ControllerProc, Envoy, EnvoyConfig, Load, SYNC_TOKEN, Sample, Upstream, poll, prometheus_value,
-    without_outputs,
+    ControllerProc, Envoy, EnvoyConfig, Load, SERVER_NAME, SYNC_TOKEN, Sample, Upstream, poll,
+    prometheus_value, without_outputs,
 };
 use anyhow::Result;
 use coalmine_client::types::DeploymentView;
@@ -56,9 +56,28 @@ impl Stack {
         })
     }
 
-    /// The shipped Envoy config pointed at this stack.
+    /// With a controller serving HTTPS ([`ControllerProc::start_tls`]);
+    /// the Envoys sync with it over TLS (`envoy-tls.yaml`).
+    pub async fn start_tls(lease_ms: u64) -> Result<Stack> {
+        Ok(Stack {
+            controller: ControllerProc::start_tls(lease_ms, &[]).await?,
+            v1: Upstream::start("heart-v1").await?,
+            v2: Upstream::start("heart-v2").await?,
+        })
+    }
+
+    /// The shipped Envoy config pointed at this stack: `envoy-tls.yaml`
+    /// trusting the controller's CA when it serves HTTPS, else `envoy.yaml`.
     pub fn envoy_config(&self, lease_ms: u64) -> Result<EnvoyConfig> {
-        EnvoyConfig::shipped("envoy.yaml")?
+        let config = match self.controller.ca_file() {
+            Some(ca) => EnvoyConfig::shipped("envoy-tls.yaml")?.upstream_tls(
+                "coalmine_controller",
+                ca,
+                SERVER_NAME,
+            )?,
+            None => EnvoyConfig::shipped("envoy.yaml")?,
+        };
+        config
             .upstream("heart-v1", self.v1.addr)?
             .upstream("heart-v2", self.v2.addr)?
             .upstream("coalmine_controller", self.controller.addr)?

@@ -70,6 +70,11 @@ impl Metrics {
             self.refused_connections.clone(),
         );
         registry.register(
+            "tls_handshake_failures",
+            "Connections closed because their TLS handshake failed (error: not TLS, or a client that does not trust the certificate) or was not done within the header timeout (timeout)",
+            self.tls_handshake_failures.clone(),
+        );
+        registry.register(
             "dropped_reports",
             "Parts of sync reports not counted, by reason",
             self.dropped_reports.clone(),
@@ -139,6 +144,16 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.refused_connections.inc();
+    }
+
+    /// A TLS handshake failed, or (`timed_out`) did not end in time.
+    pub fn tls_handshake_failed(&self, timed_out: bool) {
+        let reason = if timed_out { "timeout" } else { "error" };
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn dropped(&self, why: Dropped, n: u64) {
