@@ -338,13 +338,14 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
     );
     ensure!(counted == 1.0, "forged reports counted: {counted}");
 
-    // proxy-b, under its own name: its usual volume (100 requests a
-    // report), then ten times that, all failing canary requests.
+    // proxy-b, under its own name: its usual volume (2 000 requests a
+    // report, a busy worker's second), then ten times that, all failing
+    // canary requests.
     for seq in 1..=8 {
         let usual = SyncRequest {
             seq,
             instance: "worker-1".into(),
-            reports: report(20, false, 80)?,
+            reports: report(400, false, 1_600)?,
             ..own.clone()
         };
         b.sync(&usual, 0).await?;
@@ -352,7 +353,7 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
     let flood = SyncRequest {
         seq: 9,
         instance: "worker-1".into(),
-        reports: report(1_000, true, 0)?,
+        reports: report(20_000, true, 0)?,
         ..own.clone()
     };
     b.sync(&flood, 0).await?;
