@@ -145,8 +145,9 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
     // reload, switch the callers to them, remove the old ones, reload.
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let token = std::sync::Arc::new(std::sync::Mutex::new(ALICE.to_string()));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let caller = {
-        let (url, token) = (c.url(""), token.clone());
+        let (url, token, made) = (c.url(""), token.clone(), made.clone());
         tokio::spawn(async move {
             let mut calls = 0u32;
             while !*stopped.borrow_and_update() {
@@ -160,7 +161,10 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
                     metadata: None,
                 };
                 match client.register_version("heart-prod", &v).await {
-                    Err(e) if e.status() == Some(409) => calls += 1,
+                    Err(e) if e.status() == Some(409) => {
+                        calls += 1;
+                        made.store(calls, std::sync::atomic::Ordering::SeqCst);
+                    }
                     other => {
                         return Err(anyhow::anyhow!("call {calls} during rotation: {other:?}"));
                     }
@@ -178,7 +182,17 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
     )?;
     reload(&c).await?;
     *token.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = ALICE_NEW.to_string();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two more calls: the one under way may carry the old token, the next
+    // carries the new one.
+    let switched = made.load(std::sync::atomic::Ordering::SeqCst);
+    poll(
+        "a call with the new token",
+        Duration::from_secs(10),
+        || async {
+            Ok((made.load(std::sync::atomic::Ordering::SeqCst) >= switched + 2).then_some(()))
+        },
+    )
+    .await?;
     write_tokens(
         &file,
         &[("alice", &[ALICE_NEW]), ("bob", &[BOB])],

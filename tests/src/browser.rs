@@ -121,3 +121,26 @@ impl Drop for Browser {
             .status();
     }
 }
+
+/// Clicks the element with `id`, found again if the page redrew it
+/// between finding and clicking (a stale element).
+pub async fn click(b: &Client, id: &str) -> Result<()> {
+    poll("a button to click", Duration::from_secs(5), || async {
+        let Ok(button) = b.find(fantoccini::Locator::Id(id)).await else {
+            return Ok(None);
+        };
+        Ok(button.click().await.ok().map(|_| ()))
+    })
+    .await
+}
+
+/// The text of the element with `id`; none while it is missing or the
+/// page redraws it (a stale element).
+pub async fn element_text(b: &Client, id: &str) -> Option<String> {
+    b.find(fantoccini::Locator::Id(id))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}

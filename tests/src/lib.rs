@@ -44,7 +44,7 @@ mod stack;
 mod tls;
 mod upstream;
 pub use answers::{AnswerServer, answer_body};
-pub use browser::Browser;
+pub use browser::{Browser, click, element_text};
 pub use controller::{
     ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin,
 };
