@@ -39,6 +39,10 @@ pub fn encode_histogram(h: &Histogram<u64>) -> String {
 /// significant digits, lowest, highest, int-to-double ratio.
 const V2_HEADER: usize = 40;
 
+/// The first four bytes of HdrHistogram's uncompressed V2 encoding (the
+/// compressed form, `…9314`, is not coalmine's and is refused).
+const V2_COOKIE: u32 = 0x1c84_9313;
+
 /// Decodes a report's histogram, accepting only coalmine's own parameters
 /// (1 µs .. 1 h, two significant digits) and a payload that is really there.
 pub fn decode_histogram(encoded: &str) -> Result<Histogram<u64>, HistogramError> {
@@ -76,6 +80,11 @@ fn check_header(bytes: &[u8]) -> Result<(), HistogramError> {
             .and_then(|b| b.try_into().ok())
             .map_or(0, u64::from_be_bytes)
     };
+    if be_u32(0) != V2_COOKIE {
+        return Err(HistogramError::Invalid(
+            "unexpected cookie (want HdrHistogram's uncompressed V2 encoding)".into(),
+        ));
+    }
     let payload = be_u32(4) as usize;
     if payload != bytes.len() - V2_HEADER {
         return Err(HistogramError::Invalid(format!(
@@ -87,6 +96,28 @@ fn check_header(bytes: &[u8]) -> Result<(), HistogramError> {
         return Err(HistogramError::Invalid(
             "unexpected range or precision (want 1 µs .. 1 h, 2 significant digits)".into(),
         ));
+    }
+    check_counts(&bytes[V2_HEADER..])
+}
+
+/// No count or run of zeros is 2^56 or more: coalmine's own counts are
+/// below 2^40 ([`MAX_REPORT_REQUESTS`](crate::sync::MAX_REPORT_REQUESTS)).
+///
+/// The payload is LEB128 varints of at most nine bytes, where the ninth
+/// byte is taken whole. Eight bytes in a row with the high bit set can only
+/// be a nine-byte varint (a shorter one ends on a byte without it), and
+/// refusing them keeps away the one value hdrhistogram 7.6's decoder
+/// cannot take: 2^64 - 1, which zigzag-decodes to `i64::MIN` and
+/// overflows when negated as a run of zeros.
+fn check_counts(payload: &[u8]) -> Result<(), HistogramError> {
+    let mut run = 0;
+    for &b in payload {
+        run = if b & 0x80 != 0 { run + 1 } else { 0 };
+        if run == 8 {
+            return Err(HistogramError::Invalid(
+                "a count or run of zeros of 2^56 or more".into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -141,6 +172,50 @@ mod tests {
             Err(HistogramError::TooLarge(_))
         ));
         assert_eq!(decode_histogram("").unwrap().len(), 0);
+    }
+
+    /// The bytes of a histogram with coalmine's parameters and `payload`.
+    fn with_payload(payload: &[u8]) -> String {
+        let mut bytes = BASE64
+            .decode(encode_histogram(stats(&[]).latency_us()))
+            .unwrap();
+        bytes.truncate(V2_HEADER);
+        bytes[4..8].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(payload);
+        BASE64.encode(bytes)
+    }
+
+    #[test]
+    fn a_nine_byte_count_is_refused_before_the_decoder_sees_it() {
+        // Nine 0xFF bytes are the varint 2^64 - 1, which zigzag-decodes to
+        // i64::MIN: the decoder negates it as a run of zeros and overflows.
+        for payload in [
+            &[0xFF; 9][..],
+            &[0xFF; 10],
+            &[
+                0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F, 0x02,
+            ],
+        ] {
+            assert!(
+                matches!(decode_histogram(&with_payload(payload)), Err(HistogramError::Invalid(m)) if m.contains("2^56")),
+                "{payload:?}"
+            );
+        }
+        // The compressed form is not coalmine's: its payload would be inflated
+        // to whatever length it claims.
+        let mut bytes = BASE64.decode(with_payload(&[0x02])).unwrap();
+        bytes[3] = 0x14;
+        assert!(matches!(
+            decode_histogram(&BASE64.encode(bytes)),
+            Err(HistogramError::Invalid(m)) if m.contains("cookie")
+        ));
+        // Counts up to coalmine's own bound decode as before.
+        assert_eq!(
+            decode_histogram(&with_payload(&[0x04, 0x02]))
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     proptest! {
