@@ -132,6 +132,15 @@ pub enum VersionsCmd {
         #[arg(long)]
         metadata: Option<String>,
     },
+    /// Let a rolled-back version be a canary or a shadow again (the
+    /// deployment's cooldown still holds).
+    Unbar {
+        deployment: String,
+        version: String,
+        /// Why it may be tried again; goes into the timeline.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

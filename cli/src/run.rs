@@ -7,7 +7,7 @@ use crate::args::{
 use crate::error::CliError;
 use crate::{feedback, render};
 use clap::CommandFactory;
-use coalmine_client::types::{CreateDeployment, RegisterVersion, StartCanary};
+use coalmine_client::types::{CreateDeployment, RegisterVersion, StartCanary, UnbarVersion};
 use coalmine_client::{Action, Client};
 use coalmine_protocol::Target;
 use serde::Serialize;
@@ -231,6 +231,16 @@ async fn versions(client: &Client, cmd: VersionsCmd, json: bool) -> Result<Strin
                 metadata,
             };
             let v = client.register_version(&deployment, &body).await?;
+            Ok(shown(&vec![v], json, |l| render::versions(l)))
+        }
+        VersionsCmd::Unbar {
+            deployment,
+            version,
+            reason,
+        } => {
+            let v = client
+                .unbar_version(&deployment, &UnbarVersion { version, reason })
+                .await?;
             Ok(shown(&vec![v], json, |l| render::versions(l)))
         }
     }

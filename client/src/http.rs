@@ -4,7 +4,7 @@ use crate::paths;
 use crate::roots::{CaFileError, error_chain, read_ca_file};
 use crate::types::{
     CreateDeployment, DeploymentView, ErrorBody, FeedbackAccepted, FeedbackBatch, ReasonBody,
-    RegisterVersion, Sample, SetTraffic, StartCanary, StartShadow, StoredEvent,
+    RegisterVersion, Sample, SetTraffic, StartCanary, StartShadow, StoredEvent, UnbarVersion,
 };
 use coalmine_decide::engine::Version;
 use coalmine_decide::policy::Policy;
@@ -251,6 +251,16 @@ impl Client {
         body: &RegisterVersion,
     ) -> Result<Version, ClientError> {
         self.change(Method::POST, &paths::of(name, "versions"), body)
+            .await
+    }
+
+    /// Lifts the bar on a rolled-back version, with the reason.
+    pub async fn unbar_version(
+        &self,
+        name: &str,
+        body: &UnbarVersion,
+    ) -> Result<Version, ClientError> {
+        self.change(Method::POST, &paths::of(name, "unbar"), body)
             .await
     }
 

@@ -20,7 +20,8 @@ pub fn deployment(name: &str) -> String {
 }
 
 /// A deployment's sub-resource: `versions`, `canary`, `shadow`, `traffic`,
-/// `pause`, `resume`, `promote`, `rollback`, `health`, `policy`, `feedback`.
+/// `pause`, `resume`, `promote`, `rollback`, `unbar`, `health`, `policy`,
+/// `feedback`.
 pub fn of(name: &str, what: &str) -> String {
     format!("{DEPLOYMENTS}/{name}/{what}")
 }

@@ -51,6 +51,19 @@ pub struct RegisterVersion {
     pub metadata: Option<Value>,
 }
 
+/// `POST /v1/deployments/{name}/unbar`: a rolled-back version may be a
+/// canary or a shadow again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UnbarVersion {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[!-~]{1,256}$"))]
+    pub version: String,
+    /// Why it may be tried again (required; it goes into the timeline).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    pub reason: String,
+}
+
 /// `POST /v1/deployments/{name}/canary`; what is left out comes from the
 /// deployment's policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -125,6 +125,7 @@ fn routes(
         .routes(routes!(list_deployments, create_deployment))
         .routes(routes!(get_deployment))
         .routes(routes!(list_versions, register_version))
+        .routes(routes!(unbar_version))
         .routes(routes!(start_canary))
         .routes(routes!(shadow::start_shadow, shadow::stop_shadow))
         .routes(routes!(set_traffic))

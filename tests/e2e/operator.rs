@@ -206,6 +206,36 @@ async fn the_cli_drives_a_canary_and_reports_errors_clearly() -> Result<()> {
     ensure!(ok(&cli(&c, None, &["completions", "bash"])?)?.contains("coalmine"));
     watch_redraws_until_interrupted(&c).await?;
 
+    // The reverted v2 is barred until an operator lifts the bar, with a reason.
+    let unbar = ["versions", "unbar", "heart-prod", "v2"];
+    let no_reason = cli(&c, t, &unbar)?;
+    ensure!(
+        no_reason.status.code() == Some(2)
+            && String::from_utf8_lossy(&no_reason.stderr).contains("--reason <REASON>"),
+        "{no_reason:?}"
+    );
+    let reason = ["--reason", "retrained on clean data"];
+    let versions = ok(&cli(&c, t, &[&unbar[..], &reason].concat())?)?;
+    ensure!(versions.contains("registered"), "{versions}");
+    fails(
+        &cli(&c, t, &[&unbar[..], &reason].concat())?,
+        6,
+        "not barred",
+    )?;
+    let events = json_of(&cli(&c, None, &["-o", "json", "events", "heart-prod"])?)?;
+    let last = events
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        last["kind"] == "version_unbarred"
+            && last["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("retrained")),
+        "{last}"
+    );
+
     // Each error class: one sentence, its own exit code.
     fails(
         &cli(&c, t, &["status", "ghost"])?,

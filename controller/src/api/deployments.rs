@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use coalmine_client::types::{
     CanaryView, CreateDeployment, DeploymentView, Phase, ReasonBody, RegisterVersion, SetTraffic,
-    ShadowView, StartCanary,
+    ShadowView, StartCanary, UnbarVersion,
 };
 use coalmine_decide::engine::{Canary, Command, Deployment, Shadow, Version};
 use coalmine_decide::policy::Policy;
@@ -162,6 +162,30 @@ pub(super) async fn register_version(
         .cloned()
         .ok_or_else(|| ApiError::Unavailable("the version was not recorded".into()))?;
     Ok((StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(
+    post, path = "/deployments/{name}/unbar", tag = "versions", params(DeploymentName), security(("operator_token" = [])),
+    request_body = UnbarVersion,
+    responses((status = 200, description = "the version, registered and healthy again; the deployment's cooldown is kept", body = Version))
+)]
+pub(super) async fn unbar_version(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Operator(actor): Operator,
+    JsonBody(body): JsonBody<UnbarVersion>,
+) -> ApiResult<Json<Version>> {
+    let version = body.version.clone();
+    let cmd = Command::UnbarVersion {
+        version: body.version,
+        reason: body.reason,
+    };
+    let d = s.controller.command(&name, cmd, &actor).await?;
+    let v = d
+        .version(&version)
+        .cloned()
+        .ok_or_else(|| ApiError::Unavailable("the version was not recorded".into()))?;
+    Ok(Json(v))
 }
 
 pub(super) async fn run(

@@ -54,6 +54,13 @@ pub enum Command {
         percent: Option<f64>,
     },
     StopShadow,
+    /// Lift the bar on a version that was rolled back (or marked unhealthy
+    /// when a promotion was reverted), so it may be a canary or a shadow
+    /// again; the reason is required and goes into the timeline.
+    UnbarVersion {
+        version: String,
+        reason: String,
+    },
 }
 
 fn check_target_names(version: &str, cluster: &str) -> Result<(), Refusal> {
@@ -163,6 +170,9 @@ pub fn command(
             start_shadow(&mut next, &version, percent, actor, now)?
         }
         Command::StopShadow => vec![stop_shadow(&mut next, actor)?],
+        Command::UnbarVersion { version, reason } => {
+            vec![unbar_version(&mut next, &version, &reason, actor)?]
+        }
     };
     let mut events = events;
     // A shadow whose version now serves every user (a revert to the
@@ -283,11 +293,7 @@ fn refuse_canary(d: &Deployment, version: &str, now: Millis) -> Result<Target, R
             d.name
         )));
     }
-    if v.state == VersionState::RolledBack || !v.healthy {
-        return Err(Refusal::Conflict(format!(
-            "{version} was rolled back and is marked unhealthy; register a fixed build under a new version"
-        )));
-    }
+    v.refuse_barred()?;
     Ok(v.target())
 }
 
@@ -423,6 +429,42 @@ fn rollback(
         .ok_or_else(|| Refusal::Conflict(format!("{} has no canary in progress", d.name)))
 }
 
+/// A barred version back to `registered` and healthy. The cooldown after
+/// a rollback is not lifted: it protects the deployment, not the version.
+fn unbar_version(
+    d: &mut Deployment,
+    version: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<Event, Refusal> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(Refusal::Invalid(
+            "reason: say why the version may be tried again (it goes into the timeline)".into(),
+        ));
+    }
+    let v = d.version(version).ok_or_else(|| {
+        Refusal::NotFound(format!(
+            "version {version} is not registered for {}",
+            d.name
+        ))
+    })?;
+    if !v.barred() {
+        return Err(Refusal::Conflict(format!(
+            "{version} is not barred (it is {} and healthy)",
+            v.state.as_str()
+        )));
+    }
+    let was = v.state;
+    d.set_version_state(version, VersionState::Registered, true);
+    Ok(event(
+        EventKind::VersionUnbarred,
+        actor,
+        format!("{version} may be a canary again: {reason}"),
+        json!({"version": version, "was": was.as_str()}),
+    ))
+}
+
 fn set_policy(d: &mut Deployment, policy: Policy, actor: &str) -> Result<Event, Refusal> {
     policy.validate()?;
     d.policy = policy;
@@ -485,6 +527,66 @@ mod tests {
         .deployment;
         assert!(
             matches!(command(&d, again, OPERATOR, T0 + 999_000), Err(Refusal::Conflict(m)) if m.contains("rolled back"))
+        );
+    }
+
+    #[test]
+    fn an_operator_lifts_the_bar_with_a_reason() {
+        let d = with_canary(Policy::default());
+        let d = step(&d, &stats(1000, 0, 50.0), &stats(100, 25, 50.0), T0)
+            .transition
+            .deployment;
+        assert!(d.version("v2").unwrap().barred());
+        let unbar = |reason: &str, version: &str| Command::UnbarVersion {
+            version: version.into(),
+            reason: reason.into(),
+        };
+        let err = command(&d, unbar("  ", "v2"), "alice", T0).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Invalid(m) if m.contains("reason")),
+            "{err}"
+        );
+        let err = command(&d, unbar("fixed", "v9"), "alice", T0).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::NotFound(m) if m.contains("v9")),
+            "{err}"
+        );
+        let err = command(&d, unbar("fixed", "v1"), "alice", T0).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(m) if m.contains("not barred")),
+            "{err}"
+        );
+        let t = command(&d, unbar("the feature store was down", "v2"), "alice", T0).unwrap();
+        assert_eq!(kinds(&t), ["version_unbarred"]);
+        let e = &t.events[0];
+        assert_eq!(e.actor, "alice");
+        assert!(
+            e.reason.contains("the feature store was down"),
+            "{}",
+            e.reason
+        );
+        assert_eq!(e.numbers["was"], "rolled_back");
+        let v = t.deployment.version("v2").unwrap();
+        assert_eq!((v.state, v.healthy), (VersionState::Registered, true));
+        // The bar is lifted; the deployment's cooldown is not.
+        let start = Command::StartCanary {
+            version: "v2".into(),
+            percent: Some(5.0),
+            steps: None,
+            bake_seconds: None,
+            schedule: None,
+        };
+        let err = command(&t.deployment, start.clone(), OPERATOR, T0 + 1).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(m) if m.contains("cooling down")),
+            "{err}"
+        );
+        let t = command(&t.deployment, start, OPERATOR, T0 + 120_000).unwrap();
+        assert_eq!(kinds(&t), ["canary_started"]);
+        let err = command(&t.deployment, unbar("again", "v2"), OPERATOR, T0).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Conflict(m) if m.contains("not barred")),
+            "{err}"
         );
     }
 

@@ -71,6 +71,23 @@ impl Version {
             cluster: self.cluster.clone(),
         }
     }
+
+    /// Rolled back, or marked unhealthy: not a canary or a shadow again
+    /// until an operator lifts the bar.
+    pub fn barred(&self) -> bool {
+        self.state == VersionState::RolledBack || !self.healthy
+    }
+
+    /// Refuses a barred version, saying how to go on.
+    pub(crate) fn refuse_barred(&self) -> Result<(), Refusal> {
+        if self.barred() {
+            return Err(Refusal::Conflict(format!(
+                "{0} was rolled back and is marked unhealthy; register a fixed build under a new version, or lift the bar with a reason (coalmine versions unbar <deployment> {0} --reason …)",
+                self.version
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Which health events have been emitted for the running canary, so that
@@ -181,6 +198,7 @@ pub enum EventKind {
     ShadowStarted,
     ShadowStopped,
     ShadowDisagrees,
+    VersionUnbarred,
 }
 
 impl EventKind {
@@ -205,6 +223,7 @@ impl EventKind {
             EventKind::ShadowStarted => "shadow_started",
             EventKind::ShadowStopped => "shadow_stopped",
             EventKind::ShadowDisagrees => "shadow_disagrees",
+            EventKind::VersionUnbarred => "version_unbarred",
         }
     }
 }

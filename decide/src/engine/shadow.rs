@@ -12,7 +12,7 @@
 //! users are served by, and no fail-safe applies to it.
 
 use super::model::{
-    Deployment, ENGINE, Event, EventKind, Millis, Refusal, Shadow, Transition, VersionState, event,
+    Deployment, ENGINE, Event, EventKind, Millis, Refusal, Shadow, Transition, event,
 };
 use crate::rules::shadow::{ShadowHealth, ShadowJudgement, judge};
 use crate::window::ShadowWindowStats;
@@ -144,11 +144,7 @@ pub(super) fn start_shadow(
             d.name
         )));
     }
-    if v.state == VersionState::RolledBack || !v.healthy {
-        return Err(Refusal::Conflict(format!(
-            "{version} was rolled back and is marked unhealthy; register a fixed build under a new version"
-        )));
-    }
+    v.refuse_barred()?;
     let target = v.target();
     let baseline = d.baseline.version.clone();
     let mut events = Vec::new();

@@ -192,3 +192,94 @@ async fn the_canary_lifecycle() {
         "ghost",
     );
 }
+
+#[tokio::test]
+async fn an_operator_lifts_the_bar_on_a_rolled_back_version() {
+    let app = with_deployment().await;
+    let post = |path: &'static str, body: Value| {
+        let app = app.clone();
+        async move {
+            let uri = format!("/v1/deployments/heart-prod/{path}");
+            call(&app, "POST", &uri, Some(OP), Some(body)).await
+        }
+    };
+    let (status, _) = post("canary", json!({"version": "v2", "percent": 10})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post("rollback", json!({"reason": "bad outputs"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &post("shadow", json!({"version": "v2"})).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "lift the bar",
+    );
+    let unbar = json!({"version": "v2", "reason": "the feature store was down"});
+    assert_error(
+        &call(
+            &app,
+            "POST",
+            "/v1/deployments/heart-prod/unbar",
+            None,
+            Some(unbar.clone()),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "operator token",
+    );
+    for (body, contains) in [
+        (json!({"version": "v2"}), "reason"),
+        (json!({"version": "v2", "reason": ""}), "/reason"),
+        (json!({"version": "v2", "reason": "  "}), "reason"),
+    ] {
+        assert_error(
+            &post("unbar", body).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            contains,
+        );
+    }
+    assert_error(
+        &post("unbar", json!({"version": "v9", "reason": "x"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "v9 is not registered",
+    );
+    assert_error(
+        &post("unbar", json!({"version": "v1", "reason": "x"})).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "not barred",
+    );
+    let (status, v) = post("unbar", unbar.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["healthy"].as_bool()),
+        (Some("registered"), Some(true))
+    );
+    assert_error(
+        &post("unbar", unbar).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "not barred",
+    );
+    // The cooldown after the rollback still holds.
+    assert_error(
+        &post("canary", json!({"version": "v2"})).await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "cooling down",
+    );
+    let (_, events) = call(&app, "GET", "/v1/deployments/heart-prod/events", None, None).await;
+    let last = events.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "version_unbarred");
+    assert_eq!(last["actor"], "operator");
+    assert_eq!(last["numbers"]["was"], "rolled_back");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the feature store was down"),
+        "{last}"
+    );
+}

@@ -37,6 +37,7 @@ async fn the_openapi_document_covers_every_route() {
         "POST /v1/deployments/{name}/resume",
         "POST /v1/deployments/{name}/promote",
         "POST /v1/deployments/{name}/rollback",
+        "POST /v1/deployments/{name}/unbar",
         "GET /v1/deployments/{name}/health",
         "GET /v1/deployments/{name}/events",
         "GET /v1/deployments/{name}/history",
