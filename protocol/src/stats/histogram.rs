@@ -97,7 +97,7 @@ fn check_header(bytes: &[u8]) -> Result<(), HistogramError> {
             "unexpected range or precision (want 1 µs .. 1 h, 2 significant digits)".into(),
         ));
     }
-    check_counts(&bytes[V2_HEADER..])
+    check_counts(bytes.get(V2_HEADER..).unwrap_or_default())
 }
 
 /// No count or run of zeros is 2^56 or more: coalmine's own counts are
