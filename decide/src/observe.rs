@@ -11,7 +11,7 @@ pub use watch::{Watched, watched};
 
 use crate::engine::Deployment;
 use crate::engine::Millis;
-use crate::window::{RoleWindowStats, Windows};
+use crate::window::{Loudest, RoleWindowStats, Windows};
 use coalmine_protocol::Role;
 
 /// Seconds after a change of share before the observed split is compared
@@ -34,6 +34,18 @@ pub struct Observations {
     pub configured_share: f64,
     /// During a post-promotion watch: the new baseline since its promotion.
     pub watched: Option<Watched>,
+    /// When two or more proxies reported canary requests in the window:
+    /// the same window without the one that reported the most.
+    pub others: Option<Box<Others>>,
+}
+
+/// The window read again without the proxy that reported the most canary
+/// requests (feedback is not a proxy's, and is the same in both).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Others {
+    pub without: Loudest,
+    /// Both roles without it; no split check.
+    pub obs: Observations,
 }
 
 impl Observations {
@@ -126,6 +138,7 @@ pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
         let k = windows.stats(&d.name, Role::Canary, v, to, span, classes);
         (k.requests, k.requests.saturating_add(b.requests))
     };
+    let others = others(windows, d, now, &baseline, &canary);
     Observations {
         baseline,
         canary,
@@ -134,5 +147,41 @@ pub fn observe(windows: &Windows, d: &Deployment, now: Millis) -> Observations {
         step_requests: step_all,
         configured_share: c.bps.as_percent() / 100.0,
         watched: None,
+        others,
     }
+}
+
+/// During a canary, the window without the proxy that reported the most
+/// canary requests, when two or more reported some.
+fn others(
+    windows: &Windows,
+    d: &Deployment,
+    now: Millis,
+    baseline: &RoleWindowStats,
+    canary: &RoleWindowStats,
+) -> Option<Box<Others>> {
+    let c = d.canary.as_ref()?;
+    let (second, window, classes) = (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
+    let v = &c.target.version;
+    let p = &windows.proxies;
+    let loudest = p.loudest(&d.name, v, second, window)?;
+    let without = loudest.proxy.as_str();
+    let b = &d.baseline.version;
+    let mut others_baseline =
+        p.stats_without(&d.name, Role::Baseline, b, without, second, window, classes);
+    let mut others_canary =
+        p.stats_without(&d.name, Role::Canary, v, without, second, window, classes);
+    others_baseline.feedback = baseline.feedback.clone();
+    others_canary.feedback = canary.feedback.clone();
+    let canary_slow = others_baseline.p95_ms.map_or(0, |p95| {
+        let threshold = p95 + d.policy.critical.p95_delta_ms;
+        p.count_slower_without(&d.name, Role::Canary, v, without, second, window, threshold)
+    });
+    Some(Box::new(Others {
+        without: loudest,
+        obs: Observations {
+            canary_slow,
+            ..Observations::of(others_baseline, others_canary)
+        },
+    }))
 }

@@ -14,6 +14,11 @@
 //!    DEGRADED thresholds;
 //! 8. [`promotion`]: whether a healthy canary may advance.
 //!
+//! When two or more proxies reported canary requests, [`evaluate`] reads
+//! the window again without the one that reported the most, and holds a
+//! rollback or an advance that the others' reports contradict
+//! (`rules/proxies.rs`).
+//!
 //! Apart from the canary's verdict, [`shadow::judge`] judges a shadow's
 //! agreement with the answers users got (`rules/shadow.rs`); it never
 //! changes the canary's verdict. After a promotion, [`watch::judge`]
@@ -21,6 +26,7 @@
 
 mod feedback;
 mod outputs;
+mod proxies;
 pub mod shadow;
 pub mod watch;
 
@@ -44,8 +50,18 @@ pub const SLOW_SHARE: f64 = 0.05;
 /// The sample-ratio check's level when the guard is off.
 const SRM_ALPHA: f64 = 0.01;
 
-/// Compares canary and baseline over the same window.
+/// Compares canary and baseline over the same window; one proxy's reports
+/// cannot alone roll back or advance the canary when the others' disagree.
 pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
+    let whole = judge(policy, obs);
+    match &obs.others {
+        Some(others) => proxies::corroborate(whole, others, |o| judge(policy, o)),
+        None => whole,
+    }
+}
+
+/// The verdict on every report in the window.
+pub(crate) fn judge(policy: &Policy, obs: &Observations) -> Verdict {
     if let Some(r) = overwhelming_failure(&obs.canary) {
         return verdict(VerdictKind::Critical, Recommendation::Rollback, vec![r]);
     }
@@ -746,7 +762,7 @@ pub(crate) mod tests {
                 step_requests: step_all,
                 step_canary_requests: (step_all as f64 * step_share) as u64,
                 configured_share: share,
-                watched: None,
+                ..Observations::default()
             };
             let p = if guard { Policy::default() } else { seed() };
             let v = evaluate(&p, &obs);

@@ -109,6 +109,9 @@ pub enum ReasonCode {
     FeedbackUnproven,
     /// The baseline has feedback, the canary too little yet: promotion waits.
     FeedbackCollecting,
+    /// One proxy's reports alone would roll back or advance the canary;
+    /// without them the other proxies' reports say otherwise: hold.
+    ProxiesDisagree,
     /// Within thresholds, too few canary requests to advance yet.
     HealthyCollecting,
     /// Within thresholds, but more canary errors than baseline errors.
@@ -121,7 +124,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 25] = [
+    pub const ALL: [ReasonCode; 26] = [
         ReasonCode::OverwhelmingFailure,
         ReasonCode::SampleRatioMismatch,
         ReasonCode::InsufficientData,
@@ -142,6 +145,7 @@ impl ReasonCode {
         ReasonCode::FeedbackDegraded,
         ReasonCode::FeedbackUnproven,
         ReasonCode::FeedbackCollecting,
+        ReasonCode::ProxiesDisagree,
         ReasonCode::HealthyCollecting,
         ReasonCode::HealthyNotBetter,
         ReasonCode::HealthyNotYetNonInferior,
@@ -172,6 +176,7 @@ impl ReasonCode {
             ReasonCode::FeedbackDegraded => "feedback_degraded",
             ReasonCode::FeedbackUnproven => "feedback_unproven",
             ReasonCode::FeedbackCollecting => "feedback_collecting",
+            ReasonCode::ProxiesDisagree => "proxies_disagree",
             ReasonCode::HealthyCollecting => "healthy_collecting",
             ReasonCode::HealthyNotBetter => "healthy_not_better",
             ReasonCode::HealthyNotYetNonInferior => "healthy_not_yet_non_inferior",

@@ -11,9 +11,11 @@
 //! answers, latencies and per-field agreement with the answers users got.
 
 mod feedback;
+mod proxies;
 mod shadow;
 
 pub use feedback::{FeedbackSeries, FeedbackStats, MAX_BUCKETS, Tally, tally};
+pub use proxies::{LUMPED, Loudest, MAX_PROXIES, PROXY_BUCKETS, ProxySeries, proxy_bucket_seconds};
 pub use shadow::{Agreement, ShadowReported, ShadowRun, ShadowSeries, ShadowWindowStats};
 
 use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};
@@ -200,6 +202,8 @@ pub struct Windows {
     pub feedback: FeedbackSeries,
     /// What each deployment's shadow answered.
     pub shadow: ShadowSeries,
+    /// Each proxy's part of the baseline and canary series.
+    pub proxies: ProxySeries,
 }
 
 impl Windows {
@@ -266,43 +270,8 @@ impl Windows {
         window_seconds: u64,
         error_classes: &[Outcome],
     ) -> RoleWindowStats {
-        let mut counts = OutcomeCounts::default();
-        let Ok(mut merged) = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
-        else {
-            return RoleWindowStats::default();
-        };
-        let mut outputs = BTreeMap::new();
-        let mut outputs_skipped = Skips::default();
-        for b in self.buckets_in(deployment, role, version, now_second, window_seconds) {
-            counts.merge(&b.counts);
-            for (&v, &c) in &b.latency_us {
-                merged.saturating_record_n(v, c);
-            }
-            let fields = b.outputs.iter().map(|(f, c)| (f.as_str(), c));
-            merge_outputs(&mut outputs, fields, usize::MAX);
-            outputs_skipped.merge(&b.skipped);
-        }
-        let outputs = outputs
-            .into_iter()
-            .map(|(f, c)| (f, most_frequent(c)))
-            .collect();
-        let requests = counts.total();
-        let errors = error_classes
-            .iter()
-            .fold(0u64, |a, &o| a.saturating_add(counts.get(o)));
-        let quantile =
-            |q: f64| (!merged.is_empty()).then(|| merged.value_at_quantile(q) as f64 / 1000.0);
-        RoleWindowStats {
-            requests,
-            errors,
-            error_rate: error_rate(errors, requests),
-            p50_ms: quantile(0.50),
-            p95_ms: quantile(0.95),
-            p99_ms: quantile(0.99),
-            outputs,
-            outputs_skipped,
-            feedback: BTreeMap::new(),
-        }
+        let buckets = self.buckets_in(deployment, role, version, now_second, window_seconds);
+        stats_of(buckets, error_classes)
     }
 
     /// How many requests of the series in the window took longer than
@@ -316,20 +285,15 @@ impl Windows {
         window_seconds: u64,
         threshold_ms: f64,
     ) -> u64 {
-        let threshold_us = (threshold_ms * 1000.0).max(0.0) as u64;
-        self.buckets_in(deployment, role, version, now_second, window_seconds)
-            .flat_map(|b| {
-                b.latency_us
-                    .range(threshold_us.saturating_add(1)..)
-                    .map(|(_, c)| *c)
-            })
-            .fold(0u64, u64::saturating_add)
+        let buckets = self.buckets_in(deployment, role, version, now_second, window_seconds);
+        slower_of(buckets, threshold_ms)
     }
 
     /// Forgets buckets older than `keep_seconds` before `now_second`, and
     /// series left empty.
     pub fn prune(&mut self, now_second: u64, keep_seconds: u64) {
         self.shadow.prune(now_second, keep_seconds);
+        self.proxies.prune(now_second, keep_seconds);
         let oldest = now_second.saturating_sub(keep_seconds);
         prune_buckets(&mut self.series, oldest, |b| b.second);
     }
@@ -337,8 +301,66 @@ impl Windows {
     /// Drops every series of a deployment.
     pub fn forget(&mut self, deployment: &str) {
         self.shadow.forget(deployment);
+        self.proxies.forget(deployment);
         self.series.retain(|k, _| k.deployment != deployment);
     }
+}
+
+/// The statistics of `buckets` merged: counts, percentiles from one
+/// HdrHistogram, outputs cut to the most frequent labels.
+fn stats_of<'a>(
+    buckets: impl Iterator<Item = &'a Bucket>,
+    error_classes: &[Outcome],
+) -> RoleWindowStats {
+    let mut counts = OutcomeCounts::default();
+    let Ok(mut merged) = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
+    else {
+        return RoleWindowStats::default();
+    };
+    let mut outputs = BTreeMap::new();
+    let mut outputs_skipped = Skips::default();
+    for b in buckets {
+        counts.merge(&b.counts);
+        for (&v, &c) in &b.latency_us {
+            merged.saturating_record_n(v, c);
+        }
+        let fields = b.outputs.iter().map(|(f, c)| (f.as_str(), c));
+        merge_outputs(&mut outputs, fields, usize::MAX);
+        outputs_skipped.merge(&b.skipped);
+    }
+    let outputs = outputs
+        .into_iter()
+        .map(|(f, c)| (f, most_frequent(c)))
+        .collect();
+    let requests = counts.total();
+    let errors = error_classes
+        .iter()
+        .fold(0u64, |a, &o| a.saturating_add(counts.get(o)));
+    let quantile =
+        |q: f64| (!merged.is_empty()).then(|| merged.value_at_quantile(q) as f64 / 1000.0);
+    RoleWindowStats {
+        requests,
+        errors,
+        error_rate: error_rate(errors, requests),
+        p50_ms: quantile(0.50),
+        p95_ms: quantile(0.95),
+        p99_ms: quantile(0.99),
+        outputs,
+        outputs_skipped,
+        feedback: BTreeMap::new(),
+    }
+}
+
+/// How many requests in `buckets` took longer than `threshold_ms`.
+fn slower_of<'a>(buckets: impl Iterator<Item = &'a Bucket>, threshold_ms: f64) -> u64 {
+    let threshold_us = (threshold_ms * 1000.0).max(0.0) as u64;
+    buckets
+        .flat_map(|b| {
+            b.latency_us
+                .range(threshold_us.saturating_add(1)..)
+                .map(|(_, c)| *c)
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Drops the buckets of each series older than `oldest` (buckets are in

@@ -385,6 +385,65 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
     );
     ensure!(capped == 1.0, "capped reports counted: {capped}");
     println!("one proxy's report of 10x its usual volume: capped, counted, canary kept");
+
+    // Within its cap, proxy-b alone claims 2 000 failing canary requests
+    // while proxy-a serves the canary without errors: the verdict without
+    // proxy-b (the proxy with the most canary requests) is HEALTHY, so the
+    // canary holds instead of rolling back.
+    let a = Client::new(&c.url("")).sync_token(Some(PROXY_A.to_string()));
+    let from_a = |seq, reports| SyncRequest {
+        proxy: "proxy-a".into(),
+        instance: "worker-0".into(),
+        seq,
+        epoch: 0,
+        reports,
+        shadow: Vec::new(),
+    };
+    for seq in 1..=8 {
+        a.sync(&from_a(seq, report(400, false, 1_600)?), 0).await?;
+    }
+    let claim = SyncRequest {
+        seq: 10,
+        instance: "worker-1".into(),
+        reports: report(2_000, true, 0)?,
+        ..own.clone()
+    };
+    b.sync(&claim, 0).await?;
+    let held = poll(
+        "a hold on proxy-b's claim",
+        Duration::from_secs(10),
+        || async {
+            let h = c.client().health("heart-prod").await?;
+            let disagree = h
+                .reasons
+                .iter()
+                .find(|r| r.code.as_str() == "proxies_disagree");
+            Ok(disagree.map(|r| (h.verdict, r.message.clone())))
+        },
+    )
+    .await?;
+    println!("{} : {}", held.0.as_str(), held.1);
+    ensure!(
+        held.0.as_str() == "DEGRADED" && held.1.starts_with("proxy proxy-b "),
+        "{held:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        c.client().deployment("heart-prod").await?.canary.is_some(),
+        "one proxy's claim rolled the canary back"
+    );
+    // When proxy-a sees the canary fail too, the proxies agree: rolled back.
+    a.sync(&from_a(9, report(2_000, true, 0)?), 0).await?;
+    poll("the rollback", Duration::from_secs(10), || async {
+        Ok(c.client()
+            .deployment("heart-prod")
+            .await?
+            .canary
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    println!("both proxies see the canary fail: rolled back");
     Ok(())
 }
 

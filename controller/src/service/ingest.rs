@@ -11,6 +11,7 @@ use coalmine_decide::engine::Deployment;
 use coalmine_decide::observe::{Observations, observe};
 use coalmine_decide::window::{
     Reported, ShadowReported, ShadowRun, ShadowWindowStats, Tally, Windows, bucket_seconds,
+    proxy_bucket_seconds,
 };
 use coalmine_protocol::SplitTable;
 use coalmine_protocol::sync::{SyncRequest, SyncResponse};
@@ -35,6 +36,8 @@ pub(super) const MAX_INSTANCES: usize = 65_536;
 struct Known {
     versions: HashSet<String>,
     bucket_seconds: u64,
+    /// The width of each proxy's own buckets (`window::proxies`).
+    proxy_bucket_seconds: u64,
     /// The shadow's run (version, started at): the only one whose shadow
     /// reports count, into its own series.
     shadow: Option<(String, Millis)>,
@@ -101,6 +104,7 @@ impl Ingest {
                     Known {
                         versions,
                         bucket_seconds: bucket,
+                        proxy_bucket_seconds: proxy_bucket_seconds(d.policy.window_seconds),
                         shadow: d
                             .shadow
                             .as_ref()
@@ -225,6 +229,11 @@ impl Ingest {
             };
             let bucket = second - second % k.bucket_seconds;
             windows.add(&r.deployment, r.role, &r.version, bucket, &reported);
+            let bucket = second - second % k.proxy_bucket_seconds;
+            let (d, v) = (&r.deployment, &r.version);
+            windows
+                .proxies
+                .add(d, r.role, v, &req.proxy, bucket, &reported);
         }
         for (r, counts, h) in &shadow {
             let Some(k) = known.get(&r.deployment) else {
