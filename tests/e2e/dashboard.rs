@@ -37,7 +37,7 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
             .upstream("heart-v1", v1.addr)?
             .upstream("heart-v2", v2.addr)?
             .upstream("heart-v3", v3.addr)?
-            .upstream("coalmine_controller", c.addr)?
+            .controller(&c)?
             .plugin_config(&plugin)?,
     )
     .await?;

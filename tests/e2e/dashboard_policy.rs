@@ -56,7 +56,7 @@ async fn the_dashboard_keeps_to_its_policy_and_asks_before_a_pause() -> Result<(
 
     // The page, its script and its styles: each with its type, a policy
     // that allows only the controller's own and no frame around it.
-    let http = reqwest::Client::new();
+    let http = c.http()?;
     for (path, content_type) in [
         ("/", "text/html"),
         ("/dashboard.js", "text/javascript"),

@@ -147,13 +147,13 @@ async fn made_up_reports_huge_bodies_and_slow_clients_stay_bounded() -> Result<(
     // 300 clients that never finish their headers.
     let mut slow = Vec::new();
     for _ in 0..300 {
-        let mut socket = tokio::net::TcpStream::connect(s.controller.addr).await?;
+        let mut socket = s.controller.connect().await?;
         socket
             .write_all(b"POST /v1/sync HTTP/1.1\r\nhost: coalmine\r\n")
             .await?;
         slow.push(socket);
     }
-    let http = reqwest::Client::new();
+    let http = s.controller.http()?;
     // 64 bodies of 4 MiB at once.
     let big: Vec<_> = (0..64)
         .map(|n| {

@@ -8,7 +8,7 @@
 
 use anyhow::{Context as _, Result, ensure};
 use coalmine_client::types::StartCanary;
-use coalmine_client::{Action, Auth, Client, paths};
+use coalmine_client::{Action, Auth, paths};
 use coalmine_demo::{Labels, Plan, Traffic};
 use coalmine_e2e::models::Training;
 use coalmine_e2e::{
@@ -37,7 +37,7 @@ async fn received(c: &ControllerProc) -> Result<f64> {
 
 /// A feedback call with `token` and `body`, as sent: (status, answer).
 async fn post(c: &ControllerProc, token: &str, body: &Value) -> Result<(u16, Value)> {
-    let client = Client::new(&c.url("")).feedback_token(Some(token.into()));
+    let client = c.bare_client()?.feedback_token(Some(token.into()));
     Ok(client
         .send_json(
             Method::POST,
@@ -52,7 +52,7 @@ async fn post(c: &ControllerProc, token: &str, body: &Value) -> Result<(u16, Val
 async fn truncated(c: &ControllerProc) -> Result<(u16, String)> {
     let body =
         json!({"metric": "accuracy", "observations": [{"version": "v1", "value": 1}]}).to_string();
-    let mut stream = tokio::net::TcpStream::connect(c.addr).await?;
+    let mut stream = c.connect().await?;
     let head = format!(
         "POST /v1/deployments/heart-prod/feedback HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {FEEDBACK_TOKEN}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -110,7 +110,7 @@ async fn refusals(c: &ControllerProc) -> Result<()> {
     );
     ensure!(status == 400, "a truncated body: {answer}");
     // The feedback token opens no other call.
-    let other = Client::new(&c.url("")).operator_token(Some(FEEDBACK_TOKEN.into()));
+    let other = c.bare_client()?.operator_token(Some(FEEDBACK_TOKEN.into()));
     for action in [Action::Rollback, Action::Pause] {
         let e = other
             .act("heart-prod", action, None)
@@ -150,14 +150,8 @@ async fn refusals(c: &ControllerProc) -> Result<()> {
 /// with exit code 2, naming the line, after what came before was posted.
 fn cli(c: &ControllerProc, lines: &str) -> Result<std::process::Output> {
     let mut child = Command::new(package_bin("coalmine")?)
-        .args([
-            "--url",
-            &c.url(""),
-            "feedback",
-            "heart-prod",
-            "--metric",
-            "accuracy",
-        ])
+        .args(c.cli_args())
+        .args(["feedback", "heart-prod", "--metric", "accuracy"])
         .env("COALMINE_FEEDBACK_TOKEN", FEEDBACK_TOKEN)
         .env_remove("COALMINE_TOKEN")
         .current_dir(std::env::temp_dir())
@@ -188,7 +182,7 @@ async fn a_less_accurate_model_is_rolled_back_on_its_labels_and_a_good_one_promo
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v2", v2.addr)?
         .upstream("heart-v3", v3.addr)?
-        .upstream("coalmine_controller", c.addr)?
+        .controller(&c)?
         .plugin_config(&plugin)?;
     let envoy = Envoy::start(config).await?;
     c.heart_prod(json!({

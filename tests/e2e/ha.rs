@@ -26,6 +26,9 @@ struct Replicas {
     controllers: [ControllerProc; 2],
     v1: Upstream,
     v2: Upstream,
+    /// Both replicas' CAs in one PEM file: the proxies sync over TLS with
+    /// whichever leads.
+    cas: tempfile::NamedTempFile,
 }
 
 impl Replicas {
@@ -36,8 +39,14 @@ impl Replicas {
         let args = ["--leader-lease-ms", lease.as_str()];
         let a = ControllerProc::start_on(&url, LEASE_MS, &args).await?;
         let b = ControllerProc::start_on(&url, LEASE_MS, &args).await?;
+        let mut cas = tempfile::NamedTempFile::new()?;
+        for c in [&a, &b] {
+            let ca = c.ca_file().context("the replicas serve HTTPS")?;
+            std::io::Write::write_all(&mut cas, &std::fs::read(ca)?)?;
+        }
         Ok(Replicas {
             pg,
+            cas,
             controllers: [a, b],
             v1: Upstream::start("heart-v1").await?,
             v2: Upstream::start("heart-v2").await?,
@@ -69,6 +78,7 @@ impl Replicas {
             .upstream("heart-v1", self.v1.addr)?
             .upstream("heart-v2", self.v2.addr)?
             .upstreams("coalmine_controller", &addrs)?
+            .controller_tls(Some(self.cas.path()))?
             .plugin_config(&plugin(LEASE_MS)?)?;
         Envoy::start_as(config, node).await
     }

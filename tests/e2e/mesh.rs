@@ -709,6 +709,7 @@ async fn the_istio_manifests_route_each_version_on_a_real_envoy() -> Result<()> 
         .without_header_strip()?
         .rename_cluster("heart-v1", &v1)?
         .rename_cluster("heart-v2", &v2)?
+        .controller_tls(s.controller.ca_file())?
         .rename_cluster("coalmine_controller", &controller_cluster)?
         .upstream(&v1, s.v1.addr)?
         .upstream(&v2, s.v2.addr)?

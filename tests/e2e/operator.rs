@@ -10,8 +10,7 @@ use std::time::Duration;
 /// Runs `coalmine` against the controller with `args`.
 fn cli(c: &ControllerProc, token: Option<&str>, args: &[&str]) -> Result<Output> {
     let mut cmd = std::process::Command::new(package_bin("coalmine")?);
-    cmd.arg("--url")
-        .arg(c.url(""))
+    cmd.args(c.cli_args())
         .args(args)
         .env_remove("COALMINE_TOKEN")
         .env_remove("COALMINE_URL");
@@ -283,14 +282,8 @@ async fn watch_redraws_until_interrupted(c: &ControllerProc) -> Result<()> {
     use std::io::Read;
     use std::sync::{Arc, Mutex};
     let mut child = std::process::Command::new(package_bin("coalmine")?)
-        .args([
-            "--url",
-            &c.url(""),
-            "watch",
-            "heart-prod",
-            "--interval",
-            "0.2",
-        ])
+        .args(c.cli_args())
+        .args(["watch", "heart-prod", "--interval", "0.2"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut stdout = child.stdout.take().context("no stdout")?;

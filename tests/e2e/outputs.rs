@@ -27,7 +27,7 @@ async fn a_wrong_model_is_rolled_back_by_its_outputs_and_a_retrained_one_is_prom
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v2", v2.addr)?
         .upstream("heart-v3", v3.addr)?
-        .upstream("coalmine_controller", c.addr)?
+        .controller(&c)?
         .plugin_config(&plugin_reading_outputs(LEASE_MS)?)?;
     let envoy = Envoy::start_as(config, "proxy-a").await?;
     // Short bakes: a canary judged by errors and latency alone would be

@@ -24,7 +24,7 @@ async fn a_healthy_canary_climbs_the_exponential_ramp_and_is_promoted() -> Resul
     let config = EnvoyConfig::shipped("envoy.yaml")?
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v2", v2.addr)?
-        .upstream("coalmine_controller", c.addr)?
+        .controller(&c)?
         .plugin_config(&plugin(LEASE_MS)?)?;
     let envoy = Envoy::start_as(config, "proxy-a").await?;
     // At 1 % of 200 requests/s the canary sees about two requests a second.

@@ -38,7 +38,7 @@ async fn no_payload_user_key_or_secret_reaches_a_log() -> Result<()> {
 
     // User traffic with personal data in the body, the sticky key, a wrong
     // and a right tester override, and a query string.
-    let client = reqwest::Client::new();
+    let client = s.controller.http()?;
     for i in 0..50 {
         let mut req = client
             .post(envoy.url(&format!("/predict/heart?patient={MARKER}-{i}")))

@@ -97,7 +97,7 @@ async fn a_shadow_is_judged_by_how_often_it_agrees_with_production() -> Result<(
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v2", v2.addr)?
         .upstream("heart-v3", v3.addr)?
-        .upstream("coalmine_controller", c.addr)?
+        .controller(&c)?
         .plugin_config(&plugin_reading_outputs(LEASE_MS)?)?;
     let envoy = Envoy::start_as(config, "proxy-a").await?;
     // A retrained model's probabilities often differ by more than the
@@ -214,7 +214,7 @@ async fn copies_reach_the_shadow_marked_and_without_routing_headers() -> Result<
     let config = EnvoyConfig::shipped("envoy.yaml")?
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v3", v3.addr)?
-        .upstream("coalmine_controller", c.addr)?
+        .controller(&c)?
         .plugin_config(&plugin_reading_outputs(LEASE_MS)?)?;
     let envoy = Envoy::start_as(config, "proxy-a").await?;
     c.heart_prod(json!({"check_interval_seconds": 1})).await?;
@@ -358,7 +358,7 @@ async fn a_slow_or_failing_shadow_changes_nothing_for_users() -> Result<()> {
     let config = EnvoyConfig::shipped("envoy.yaml")?
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v3", v3.addr)?
-        .upstream("coalmine_controller", c.addr)?
+        .controller(&c)?
         .plugin_config(&plugin_reading_outputs(LEASE_MS)?)?;
     let envoy = Envoy::start_as(config, "proxy-a").await?;
     c.heart_prod(json!({"check_interval_seconds": 1, "window_seconds": 600}))

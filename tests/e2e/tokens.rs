@@ -52,8 +52,8 @@ async fn reload(c: &ControllerProc) -> Result<()> {
     .await
 }
 
-fn operator(c: &ControllerProc, token: &str) -> Client {
-    Client::new(&c.url("")).operator_token(Some(token.to_string()))
+fn operator(c: &ControllerProc, token: &str) -> Result<Client> {
+    Ok(c.bare_client()?.operator_token(Some(token.to_string())))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,7 +74,7 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
 
     // Two operators, each under their own name.
     let policy = serde_json::from_value(json!({"check_interval_seconds": 1, "min_requests": 20}))?;
-    operator(&c, ALICE)
+    operator(&c, ALICE)?
         .create_deployment(&CreateDeployment::new(
             "heart-prod",
             "v1",
@@ -87,7 +87,7 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
         cluster: "heart-v2".into(),
         metadata: None,
     };
-    operator(&c, BOB)
+    operator(&c, BOB)?
         .register_version("heart-prod", &v2_version)
         .await?;
     let events = c.events_after(0).await?;
@@ -122,11 +122,11 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
         EnvoyConfig::shipped("envoy.yaml")?
             .upstream("heart-v1", v1.addr)?
             .upstream("heart-v2", v2.addr)?
-            .upstream("coalmine_controller", c.addr)?
+            .controller(&c)?
             .plugin_config(p)
     };
     let envoy = Envoy::start_as(config(&p)?, "proxy-a").await?;
-    operator(&c, ALICE)
+    operator(&c, ALICE)?
         .start_canary(
             "heart-prod",
             &coalmine_client::types::StartCanary {
@@ -147,12 +147,12 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
     let token = std::sync::Arc::new(std::sync::Mutex::new(ALICE.to_string()));
     let made = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let caller = {
-        let (url, token, made) = (c.url(""), token.clone(), made.clone());
+        let (bare, token, made) = (c.bare_client()?, token.clone(), made.clone());
         tokio::spawn(async move {
             let mut calls = 0u32;
             while !*stopped.borrow_and_update() {
                 let t = token.lock().map(|t| t.clone()).unwrap_or_default();
-                let client = Client::new(&url).operator_token(Some(t));
+                let client = bare.clone().operator_token(Some(t));
                 // An authenticated call that changes nothing: registering
                 // a version twice is refused with 409, after the token.
                 let v = RegisterVersion {
@@ -237,7 +237,7 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
     println!("{calls} operator calls during the rotation, none refused");
     ensure!(calls > 10, "only {calls} calls");
     ensure!(
-        operator(&c, ALICE)
+        operator(&c, ALICE)?
             .register_version("heart-prod", &v2_version)
             .await
             .err()
@@ -256,7 +256,7 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
         "syncs refused during the rotation: {unauthorized}"
     );
     // The name stays the actor across its tokens.
-    operator(&c, ALICE_NEW)
+    operator(&c, ALICE_NEW)?
         .act("heart-prod", coalmine_client::Action::Pause, None)
         .await?;
     let events = c.events_after(0).await?;
@@ -315,7 +315,7 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
     c.heart_prod(json!({"check_interval_seconds": 1, "min_requests": 10}))
         .await?;
     c.start_canary(Some(20.0)).await?;
-    let b = Client::new(&c.url("")).sync_token(Some(PROXY_B.to_string()));
+    let b = c.bare_client()?.sync_token(Some(PROXY_B.to_string()));
     let forged = SyncRequest {
         proxy: "proxy-a".into(),
         instance: "worker-0".into(),
@@ -390,7 +390,7 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
     // while proxy-a serves the canary without errors: the verdict without
     // proxy-b (the proxy with the most canary requests) is HEALTHY, so the
     // canary holds instead of rolling back.
-    let a = Client::new(&c.url("")).sync_token(Some(PROXY_A.to_string()));
+    let a = c.bare_client()?.sync_token(Some(PROXY_A.to_string()));
     let from_a = |seq, reports| SyncRequest {
         proxy: "proxy-a".into(),
         instance: "worker-0".into(),
@@ -451,7 +451,7 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
 async fn wrong_tokens_are_counted_logged_once_and_limited() -> Result<()> {
     let c = ControllerProc::start(LEASE_MS).await?;
     c.heart_prod(json!({})).await?;
-    let wrong = operator(&c, "not-the-operator-token");
+    let wrong = operator(&c, "not-the-operator-token")?;
     let v = RegisterVersion {
         version: "v3".into(),
         cluster: "heart-v3".into(),

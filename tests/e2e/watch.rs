@@ -37,7 +37,7 @@ async fn promoted(watch_seconds: u64) -> Result<Promoted> {
     let config = EnvoyConfig::shipped("envoy.yaml")?
         .upstream("heart-v1", v1.addr)?
         .upstream("heart-v2", v2.addr)?
-        .upstream("coalmine_controller", c.addr)?
+        .controller(&c)?
         .plugin_config(&plugin(LEASE_MS)?)?;
     let envoy = Envoy::start_as(config, "proxy-a").await?;
     c.heart_prod(json!({

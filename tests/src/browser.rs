@@ -68,6 +68,9 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--window-size=1400,1100",
+            // The controller under test serves HTTPS with a certificate of
+            // the test's own CA, which this profile does not know.
+            "--ignore-certificate-errors",
         ]
         .iter()
         .map(|a| a.to_string())

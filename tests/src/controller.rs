@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const OPERATOR_TOKEN: &str = "e2e-operator-token";
@@ -32,6 +33,10 @@ pub fn package_bin(name: &str) -> Result<PathBuf> {
 pub fn controller_bin() -> Result<PathBuf> {
     package_bin("coalmine-controller")
 }
+
+/// A byte stream to the controller ([`ControllerProc::connect`]).
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
 
 /// A running controller with its own database; killed on drop.
 #[derive(Debug)]
@@ -58,18 +63,27 @@ pub struct ControllerProc {
 }
 
 impl ControllerProc {
-    /// Starts on a free port with a fresh database.
+    /// Starts on a free port with a fresh database, serving HTTPS as
+    /// [`ControllerProc::start_tls`] does: the end-to-end suite runs over
+    /// TLS.
     pub async fn start(lease_ms: u64) -> Result<ControllerProc> {
         ControllerProc::start_with(lease_ms, &[]).await
     }
 
-    /// Starts with extra command-line arguments (e.g. `--webhook URL`).
+    /// Starts with extra command-line arguments (e.g. `--webhook URL`),
+    /// serving HTTPS.
     pub async fn start_with(lease_ms: u64, extra_args: &[&str]) -> Result<ControllerProc> {
+        ControllerProc::start_tls(lease_ms, extra_args).await
+    }
+
+    /// Starts serving plain HTTP on loopback, as `make demo` runs it (the
+    /// browser tests, and the API contract's plain run).
+    pub async fn start_plain(lease_ms: u64, extra_args: &[&str]) -> Result<ControllerProc> {
         ControllerProc::start_from(controller_bin()?, None, lease_ms, extra_args).await
     }
 
-    /// Starts the given controller binary (e.g. a release build), optionally
-    /// confined to `cpus` (a `taskset` list).
+    /// Starts the given controller binary (e.g. a release build) serving
+    /// plain HTTP, optionally confined to `cpus` (a `taskset` list).
     pub async fn start_from(
         bin: PathBuf,
         cpus: Option<&str>,
@@ -95,17 +109,22 @@ impl ControllerProc {
     }
 
     /// Starts on the PostgreSQL database at `db_url`, which other
-    /// controllers may share (one of them leads).
+    /// controllers may share (one of them leads), serving HTTPS.
     pub async fn start_on(
         db_url: &str,
         lease_ms: u64,
         extra_args: &[&str],
     ) -> Result<ControllerProc> {
-        ControllerProc::start_from_on(controller_bin()?, None, db_url, lease_ms, extra_args).await
+        let mut c = ControllerProc::unstarted(controller_bin()?, lease_ms)?;
+        c.tls = Some(TlsFiles::generate(c.dir.path())?);
+        c.db_url = Some(db_url.to_string());
+        c.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        c.spawn().await?;
+        Ok(c)
     }
 
-    /// [`ControllerProc::start_on`] with the given binary, optionally
-    /// confined to `cpus`.
+    /// [`ControllerProc::start_on`] with the given binary serving plain
+    /// HTTP, optionally confined to `cpus`.
     pub async fn start_from_on(
         bin: PathBuf,
         cpus: Option<&str>,
@@ -342,6 +361,60 @@ impl ControllerProc {
     /// The typed API client, with the operator and sync tokens.
     pub fn client(&self) -> &Client {
         &self.api
+    }
+
+    /// A typed API client without tokens, trusting the controller's CA
+    /// when it serves HTTPS.
+    pub fn bare_client(&self) -> Result<Client> {
+        let mut b = Client::builder(&self.url(""));
+        if let Some(ca) = self.ca_file() {
+            b = b.ca_file(ca)?;
+        }
+        Ok(b.build()?)
+    }
+
+    /// A plain HTTP client (for what the typed client cannot send),
+    /// trusting the controller's CA when it serves HTTPS.
+    pub fn http(&self) -> Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder();
+        if let Some(ca) = self.ca_file() {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+        }
+        Ok(b.build()?)
+    }
+
+    /// A connection to the controller to write raw HTTP on: TCP, inside
+    /// TLS (trusting its CA) when it serves HTTPS.
+    pub async fn connect(&self) -> Result<Box<dyn RawStream>> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let Some(ca) = self.ca_file() else {
+            return Ok(Box::new(tcp));
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)? {
+            roots.add(cert?)?;
+        }
+        let provider = Arc::new(crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from(crate::SERVER_NAME)?;
+        Ok(Box::new(connector.connect(name, tcp).await?))
+    }
+
+    /// `--url` and, with TLS, `--ca-file`: what the `coalmine` CLI needs
+    /// to reach this controller.
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec!["--url".to_string(), self.url("")];
+        if let Some(ca) = self.ca_file() {
+            args.extend(["--ca-file".to_string(), ca.display().to_string()]);
+        }
+        args
     }
 
     /// heart-prod on v1 (cluster heart-v1) with `policy`, and v2 (heart-v2)

@@ -27,6 +27,9 @@ fn remove_named(list: &mut Vec<Value>, name: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The cluster the filter syncs with the controller through.
+const CONTROLLER: &str = "coalmine_controller";
+
 /// The shipped configs' strip of the clients' role and cluster headers.
 const STRIP: &str = "coalmine.strip_client_headers";
 
@@ -122,6 +125,27 @@ impl EnvoyConfig {
             .collect();
         *endpoints = Value::Sequence(list);
         Ok(self)
+    }
+
+    /// Points the `coalmine_controller` cluster at `c`; when it serves
+    /// HTTPS, with the transport socket `envoy-tls.yaml` ships, trusting
+    /// its CA.
+    pub fn controller(self, c: &crate::ControllerProc) -> Result<EnvoyConfig> {
+        self.upstream(CONTROLLER, c.addr)?
+            .controller_tls(c.ca_file())
+    }
+
+    /// The `coalmine_controller` cluster syncing over TLS (the transport
+    /// socket of `envoy-tls.yaml`) and trusting the CA in `ca_file`; as it
+    /// is without one.
+    pub fn controller_tls(mut self, ca_file: Option<&std::path::Path>) -> Result<EnvoyConfig> {
+        let Some(ca) = ca_file else {
+            return Ok(self);
+        };
+        let mut tls = EnvoyConfig::shipped("envoy-tls.yaml")?;
+        let socket = tls.cluster(CONTROLLER)?["transport_socket"].clone();
+        self.cluster(CONTROLLER)?["transport_socket"] = socket;
+        self.upstream_tls(CONTROLLER, ca, crate::SERVER_NAME)
     }
 
     /// Has the named cluster's TLS (a shipped `envoy-tls.yaml`) trust the

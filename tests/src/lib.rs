@@ -46,7 +46,8 @@ mod upstream;
 pub use answers::{AnswerServer, answer_body};
 pub use browser::{Browser, click, element_text};
 pub use controller::{
-    ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin,
+    ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, RawStream, SYNC_TOKEN, controller_bin,
+    package_bin,
 };
 pub use dblock::DbLock;
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, without_outputs};

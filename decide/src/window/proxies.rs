@@ -76,7 +76,12 @@ impl ProxySeries {
         } else {
             LUMPED
         };
-        let buckets = proxies.entry(name.to_string()).or_default();
+        if !proxies.contains_key(name) {
+            proxies.insert(name.to_string(), VecDeque::new());
+        }
+        let Some(buckets) = proxies.get_mut(name) else {
+            return;
+        };
         let new = |second| Bucket {
             second,
             ..Bucket::default()
