@@ -43,8 +43,19 @@ pub fn plugin_reading_outputs(lease_ms: u64) -> Result<Value> {
 }
 
 impl Stack {
+    /// The controller serving HTTPS (as every `ControllerProc::start*`
+    /// but `start_plain`), the two model versions.
     pub async fn start(lease_ms: u64) -> Result<Stack> {
         Stack::start_with(lease_ms, &[]).await
+    }
+
+    /// With a controller serving plain HTTP on loopback.
+    pub async fn start_plain(lease_ms: u64) -> Result<Stack> {
+        Ok(Stack {
+            controller: ControllerProc::start_plain(lease_ms, &[]).await?,
+            v1: Upstream::start("heart-v1").await?,
+            v2: Upstream::start("heart-v2").await?,
+        })
     }
 
     /// With extra controller arguments (e.g. `--webhook URL`).
