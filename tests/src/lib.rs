@@ -32,10 +32,12 @@ use std::time::{Duration, Instant};
 
 mod answers;
 mod browser;
+mod clients;
 pub mod compose;
 mod controller;
 mod dblock;
 mod envoy;
+mod envoy_tls;
 mod load;
 pub mod models;
 mod postgres;
@@ -45,9 +47,9 @@ mod tls;
 mod upstream;
 pub use answers::{AnswerServer, answer_body};
 pub use browser::{Browser, click, element_text};
+pub use clients::RawStream;
 pub use controller::{
-    ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, RawStream, SYNC_TOKEN, controller_bin,
-    package_bin,
+    ControllerProc, FEEDBACK_TOKEN, OPERATOR_TOKEN, SYNC_TOKEN, controller_bin, package_bin,
 };
 pub use dblock::DbLock;
 pub use envoy::{Envoy, EnvoyConfig, EnvoyOptions, without_outputs};

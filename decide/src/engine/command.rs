@@ -443,8 +443,10 @@ fn unbar_version(
             "reason: say why the version may be tried again (it goes into the timeline)".into(),
         ));
     }
+    // 409 as for a canary of an unregistered version: the deployment
+    // exists, the call does not fit its registry.
     let v = d.version(version).ok_or_else(|| {
-        Refusal::NotFound(format!(
+        Refusal::Conflict(format!(
             "version {version} is not registered for {}",
             d.name
         ))
@@ -548,7 +550,7 @@ mod tests {
         );
         let err = command(&d, unbar("fixed", "v9"), "alice", T0).unwrap_err();
         assert!(
-            matches!(&err, Refusal::NotFound(m) if m.contains("v9")),
+            matches!(&err, Refusal::Conflict(m) if m.contains("v9")),
             "{err}"
         );
         let err = command(&d, unbar("fixed", "v1"), "alice", T0).unwrap_err();

@@ -241,8 +241,8 @@ async fn an_operator_lifts_the_bar_on_a_rolled_back_version() {
     }
     assert_error(
         &post("unbar", json!({"version": "v9", "reason": "x"})).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
+        StatusCode::CONFLICT,
+        "conflict",
         "v9 is not registered",
     );
     assert_error(
