@@ -306,6 +306,19 @@ impl Windows {
     }
 }
 
+/// `ok` successes and `errors` server errors, all taking 20 ms: a
+/// report's counts and latencies in tests.
+#[cfg(test)]
+pub(crate) fn twenty_ms(ok: u64, errors: u64) -> (OutcomeCounts, Histogram<u64>) {
+    let mut counts = OutcomeCounts::default();
+    counts.add(Outcome::Success, ok);
+    counts.add(Outcome::ServerError, errors);
+    let mut h = Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.saturating_record_n(20_000, ok + errors);
+    (counts, h)
+}
+
 /// The statistics of `buckets` merged: counts, percentiles from one
 /// HdrHistogram, outputs cut to the most frequent labels.
 fn stats_of<'a>(

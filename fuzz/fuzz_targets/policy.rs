@@ -1,16 +1,18 @@
 //! The policy on arbitrary numbers: any policy the API would accept (parsed
 //! from the fuzz input's JSON, or the default) and any statistics, including
 //! counts at the limits, NaN and infinite latencies, and shares outside 0..1.
-//! `evaluate` never panics, always gives at least one reason, and only
-//! recommends a rollback with a CRITICAL verdict.
+//! With or without the same window read without one proxy (any numbers:
+//! the rule that one proxy cannot decide alone). `evaluate` never panics,
+//! always gives at least one reason, and only recommends a rollback with a
+//! CRITICAL verdict.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use coalmine_decide::observe::Observations;
+use coalmine_decide::observe::{Observations, Others};
 use coalmine_decide::policy::Policy;
 use coalmine_decide::rules::evaluate;
 use coalmine_decide::verdict::{Recommendation, VerdictKind};
-use coalmine_decide::window::{RoleWindowStats, error_rate};
+use coalmine_decide::window::{Loudest, RoleWindowStats, error_rate};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -46,6 +48,36 @@ struct Input {
     step_canary_requests: u64,
     step_requests: u64,
     configured_share: f64,
+    others: Option<Without>,
+}
+
+/// The window without the proxy that reported the most canary requests.
+#[derive(Debug, Arbitrary)]
+struct Without {
+    proxy: String,
+    requests: u64,
+    total: u64,
+    proxies: usize,
+    baseline: Role,
+    canary: Role,
+    canary_slow: u64,
+}
+
+impl Without {
+    fn others(&self) -> Box<Others> {
+        Box::new(Others {
+            without: Loudest {
+                proxy: self.proxy.clone(),
+                requests: self.requests,
+                total: self.total,
+                proxies: self.proxies,
+            },
+            obs: Observations {
+                canary_slow: self.canary_slow,
+                ..Observations::of(self.baseline.stats(), self.canary.stats())
+            },
+        })
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -67,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
         step_requests: input.step_requests,
         configured_share: input.configured_share,
         watched: None,
+        others: input.others.as_ref().map(Without::others),
     };
     let verdict = evaluate(&policy, &obs);
     assert!(!verdict.reasons.is_empty());

@@ -45,7 +45,7 @@ pub(super) fn corroborate(
         return whole;
     }
     let l = &others.without;
-    let rest = l.proxies - 1;
+    let rest = l.proxies.saturating_sub(1);
     let message = format!(
         "proxy {} ({} of {} canary requests) alone would {acts} the canary ({}: {}); \
          {} {} ({}): holding until they agree",
@@ -84,20 +84,13 @@ mod tests {
     use crate::observe::observe;
     use crate::policy::Policy;
     use crate::verdict::{ReasonCode, VerdictKind};
-    use crate::window::{Reported, Windows, bucket_seconds, proxy_bucket_seconds};
-    use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
-    use coalmine_protocol::sync::OutcomeCounts;
-    use coalmine_protocol::{Outcome, Role};
-    use hdrhistogram::Histogram;
+    use crate::window::{Reported, Windows, bucket_seconds, proxy_bucket_seconds, twenty_ms};
+    use coalmine_protocol::Role;
 
     /// One report of `proxy`, counted as the controller counts it: into the
     /// whole window and into the proxy's own series.
     fn report(w: &mut Windows, proxy: &str, role: Role, second: u64, ok: u64, errors: u64) {
-        let mut counts = OutcomeCounts::default();
-        counts.add(Outcome::Success, ok);
-        counts.add(Outcome::ServerError, errors);
-        let mut h = Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG).unwrap();
-        h.record_n(20_000, ok + errors).unwrap();
+        let (counts, h) = twenty_ms(ok, errors);
         let r = Reported::requests(&counts, &h);
         let version = if role == Role::Canary { "v2" } else { "v1" };
         let window = Policy::default().window_seconds;

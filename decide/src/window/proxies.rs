@@ -239,17 +239,10 @@ impl ProxySeries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::Windows;
-    use coalmine_protocol::stats::{LATENCY_MAX_US, LATENCY_SIGFIG};
-    use coalmine_protocol::sync::OutcomeCounts;
-    use hdrhistogram::Histogram;
+    use crate::window::{Windows, twenty_ms};
 
     fn report(w: &mut Windows, proxy: &str, role: Role, second: u64, ok: u64, errors: u64) {
-        let mut counts = OutcomeCounts::default();
-        counts.add(Outcome::Success, ok);
-        counts.add(Outcome::ServerError, errors);
-        let mut h = Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG).unwrap();
-        h.record_n(20_000, ok + errors).unwrap();
+        let (counts, h) = twenty_ms(ok, errors);
         let r = Reported::requests(&counts, &h);
         let version = if role == Role::Canary { "v2" } else { "v1" };
         let at = second - second % proxy_bucket_seconds(300);
