@@ -394,7 +394,8 @@ async fn a_controller_answering_garbage_leaves_the_last_good_table() -> Result<(
     let fake = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let s = Stack::start(LEASE_MS).await?;
+    // The fake controller speaks plain HTTP.
+    let s = Stack::start_plain(LEASE_MS).await?;
     let config = s
         .envoy_config(LEASE_MS)?
         .upstream("coalmine_controller", fake)?;
