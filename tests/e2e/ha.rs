@@ -26,9 +26,6 @@ struct Replicas {
     controllers: [ControllerProc; 2],
     v1: Upstream,
     v2: Upstream,
-    /// Both replicas' CAs in one PEM file: the proxies sync over TLS with
-    /// whichever leads.
-    cas: tempfile::NamedTempFile,
 }
 
 impl Replicas {
@@ -38,15 +35,9 @@ impl Replicas {
         let lease = LEADER_LEASE_MS.to_string();
         let args = ["--leader-lease-ms", lease.as_str()];
         let a = ControllerProc::start_on(&url, LEASE_MS, &args).await?;
-        let b = ControllerProc::start_on(&url, LEASE_MS, &args).await?;
-        let mut cas = tempfile::NamedTempFile::new()?;
-        for c in [&a, &b] {
-            let ca = c.ca_file().context("the replicas serve HTTPS")?;
-            std::io::Write::write_all(&mut cas, &std::fs::read(ca)?)?;
-        }
+        let b = ControllerProc::start_replica(&a, &url, &args).await?;
         Ok(Replicas {
             pg,
-            cas,
             controllers: [a, b],
             v1: Upstream::start("heart-v1").await?,
             v2: Upstream::start("heart-v2").await?,
@@ -78,7 +69,7 @@ impl Replicas {
             .upstream("heart-v1", self.v1.addr)?
             .upstream("heart-v2", self.v2.addr)?
             .upstreams("coalmine_controller", &addrs)?
-            .controller_tls(Some(self.cas.path()))?
+            .controller_tls(self.controllers[0].ca_file())?
             .plugin_config(&plugin(LEASE_MS)?)?;
         Envoy::start_as(config, node).await
     }

@@ -118,6 +118,23 @@ impl ControllerProc {
         Ok(c)
     }
 
+    /// Another replica of `peer` on the database at `db_url`: the same
+    /// certificate and key (copied), as replicas mounting one Secret.
+    pub async fn start_replica(
+        peer: &ControllerProc,
+        db_url: &str,
+        extra_args: &[&str],
+    ) -> Result<ControllerProc> {
+        let mut c = ControllerProc::unstarted(controller_bin()?, peer.lease_ms)?;
+        if let Some(tls) = &peer.tls {
+            c.tls = Some(tls.copy_to(c.dir.path())?);
+        }
+        c.db_url = Some(db_url.to_string());
+        c.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        c.spawn().await?;
+        Ok(c)
+    }
+
     /// [`ControllerProc::start_on`] with the given binary serving plain
     /// HTTP, optionally confined to `cpus`.
     pub async fn start_from_on(

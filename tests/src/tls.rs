@@ -22,6 +22,20 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The same files, copied into `dir`.
+    pub fn copy_to(&self, dir: &Path) -> Result<TlsFiles> {
+        let copy = |from: &Path, name: &str| -> Result<PathBuf> {
+            let to = dir.join(name);
+            std::fs::copy(from, &to)?;
+            Ok(to)
+        };
+        Ok(TlsFiles {
+            ca: copy(&self.ca, "ca.pem")?,
+            cert: copy(&self.cert, "cert.pem")?,
+            key: copy(&self.key, "key.pem")?,
+        })
+    }
+
     /// A fresh CA and a server certificate it signed, written to `dir`.
     pub fn generate(dir: &Path) -> Result<TlsFiles> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
