@@ -103,12 +103,21 @@ impl<'a> Reported<'a> {
     }
 }
 
+/// A report's latencies as (highest equivalent value, count): read once
+/// from its histogram (a walk of every slot) for every bucket it joins.
+fn recorded(latency: &Histogram<u64>) -> Vec<(u64, u64)> {
+    latency
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
 impl Bucket {
-    fn add(&mut self, r: &Reported<'_>) {
+    fn add(&mut self, r: &Reported<'_>, recorded: &[(u64, u64)]) {
         self.counts.merge(r.counts);
-        for v in r.latency.iter_recorded() {
-            let c = self.latency_us.entry(v.value_iterated_to()).or_default();
-            *c = c.saturating_add(v.count_at_value());
+        for &(v, n) in recorded {
+            let c = self.latency_us.entry(v).or_default();
+            *c = c.saturating_add(n);
         }
         let fields = r.outputs.iter().map(|f| (f.field.as_str(), &f.counts));
         merge_outputs(&mut self.outputs, fields, BUCKET_LABELS);
@@ -217,6 +226,43 @@ impl Windows {
         second: u64,
         reported: &Reported<'_>,
     ) {
+        self.add_recorded(
+            deployment,
+            role,
+            version,
+            second,
+            reported,
+            &recorded(reported.latency),
+        );
+    }
+
+    /// Adds one of `proxy`'s reports to the bucket of `seconds.0` and to
+    /// the proxy's own bucket of `seconds.1` (see [`proxy_bucket_seconds`]).
+    pub fn add_from(
+        &mut self,
+        proxy: &str,
+        deployment: &str,
+        role: Role,
+        version: &str,
+        seconds: (u64, u64),
+        reported: &Reported<'_>,
+    ) {
+        let recorded = recorded(reported.latency);
+        self.add_recorded(deployment, role, version, seconds.0, reported, &recorded);
+        let series = (deployment, role, version);
+        self.proxies
+            .add_recorded(series, proxy, seconds.1, reported, &recorded);
+    }
+
+    fn add_recorded(
+        &mut self,
+        deployment: &str,
+        role: Role,
+        version: &str,
+        second: u64,
+        reported: &Reported<'_>,
+        recorded: &[(u64, u64)],
+    ) {
         let key = SeriesKey {
             deployment: deployment.to_string(),
             role,
@@ -232,7 +278,7 @@ impl Windows {
                 ..Bucket::default()
             },
         ) {
-            b.add(reported);
+            b.add(reported, recorded);
         }
     }
 

@@ -227,13 +227,12 @@ impl Ingest {
                 outputs: &r.outputs,
                 skipped: r.outputs_skipped,
             };
-            let bucket = second - second % k.bucket_seconds;
-            windows.add(&r.deployment, r.role, &r.version, bucket, &reported);
-            let bucket = second - second % k.proxy_bucket_seconds;
+            let seconds = (
+                second - second % k.bucket_seconds,
+                second - second % k.proxy_bucket_seconds,
+            );
             let (d, v) = (&r.deployment, &r.version);
-            windows
-                .proxies
-                .add(d, r.role, v, &req.proxy, bucket, &reported);
+            windows.add_from(&req.proxy, d, r.role, v, seconds, &reported);
         }
         for (r, counts, h) in &shadow {
             let Some(k) = known.get(&r.deployment) else {
