@@ -18,7 +18,7 @@
 
 use super::Bench;
 use super::machine::cpu_seconds;
-use super::stats::{median, round};
+use super::stats::{median, round, round_order};
 use super::wrk::{Wrk, WrkRun};
 use anyhow::Result;
 use coalmine_e2e::{Envoy, EnvoyConfig, EnvoyOptions, Upstream};
@@ -145,7 +145,8 @@ pub(crate) fn saturate(
 /// (requests/s, Envoy CPU µs per request) of one wrk run, or their medians.
 pub(crate) type Load = (f64, f64);
 
-/// `reps` interleaved rounds of saturating each named Envoy in turn, after
+/// `reps` interleaved rounds of saturating each named Envoy in turn (each
+/// round starting at another, [`round_order`]), after
 /// warming them up: per Envoy, the median requests/s and Envoy CPU µs per
 /// request, and every run's (requests/s, CPU µs per request).
 pub(crate) fn interleaved(
@@ -157,7 +158,10 @@ pub(crate) fn interleaved(
     warm_up(b, envoys.iter().map(|e| e.1), connections)?;
     let mut runs: Vec<Vec<Load>> = vec![Vec::new(); envoys.len()];
     for rep in 0..reps {
-        for ((name, envoy), r) in envoys.iter().zip(runs.iter_mut()) {
+        for i in round_order(envoys.len(), rep, reps) {
+            let (Some((name, envoy)), Some(r)) = (envoys.get(i), runs.get_mut(i)) else {
+                continue;
+            };
             let (w, cpu) = saturate(b, envoy, connections, secs)?;
             let rps = w.requests_per_s();
             let cpu_us = cpu * 1e6 / w.requests.max(1) as f64;
@@ -293,7 +297,10 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
     warm_up(b, variants.iter().map(|v| &v.2), connections)?;
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
     for rep in 0..reps {
-        for (i, (name, _, envoy)) in variants.iter().enumerate() {
+        for i in round_order(variants.len(), rep, reps) {
+            let Some((name, _, envoy)) = variants.get(i) else {
+                continue;
+            };
             let url = envoy.url(PATH);
             let (w, cpu) = saturate(b, envoy, connections, secs)?;
             let one: WrkRun = Wrk {

@@ -265,7 +265,7 @@ impl Perf {
         let d = &self.dataplane;
         let _ = writeln!(
             o,
-            "\n### Data plane\n\nwrk, 1 thread; per configuration {} × ({} s with {} connections for requests/s and CPU, then {} connection for latency), interleaved; Envoy with {} worker on its own core; medians.\n",
+            "\n### Data plane\n\nwrk, 1 thread; per configuration {} × ({} s with {} connections for requests/s and CPU, then {} connection for latency), interleaved, each round starting at another configuration; Envoy with {} worker on its own core; medians.\n",
             d.repetitions, d.seconds_per_run, d.connections, d.latency_connections, d.envoy_workers
         );
         let _ = writeln!(
@@ -313,7 +313,7 @@ impl Perf {
         let k = &self.calibration;
         let _ = writeln!(
             o,
-            "\n### What one host call costs\n\nThe empty filter in coalmine's place, making {} calls of one kind per request (none: {:.0} requests/s, {:.1} µs Envoy CPU per request); {} × {} s with {} connections each, interleaved; medians. Per call: the difference in CPU per request, and in the worker's time per request (from requests/s), divided by {}.\n",
+            "\n### What one host call costs\n\nThe empty filter in coalmine's place, making {} calls of one kind per request (none: {:.0} requests/s, {:.1} µs Envoy CPU per request); {} × {} s with {} connections each, interleaved, each round starting at another call; medians. Per call: the difference in CPU per request, and in the worker's time per request (from requests/s), divided by {}.\n",
             k.per_request,
             k.empty_requests_per_s,
             k.empty_cpu_us_per_request,
