@@ -7,9 +7,11 @@
 //! outputs, and (e, f) the same reading the answers' outputs (prediction
 //! and probability) of every request and of 10 %, and (g, h) (e) with a
 //! shadow version getting a copy of 10 % and of 100 % of the baseline's
-//! requests (each on a deployment of its own in the same controller).
-//! Repetitions are interleaved (a b c c' d e f g h a b …) so drift of the
-//! machine hits all alike; medians are reported.
+//! requests (each on a deployment of its own in the same controller),
+//! and (i) the empty filter making the host calls coalmine makes in (d)
+//! and nothing else (the floor of any filter making those calls).
+//! Repetitions are interleaved (a b c c' d e f g h i a b …) so drift of
+//! the machine hits all alike; medians are reported.
 //!
 //! Each repetition has two wrk runs per variant: throughput and CPU per
 //! request from `connections` connections saturating the one Envoy worker,
@@ -72,6 +74,15 @@ pub struct DataPlane {
     pub throughput_ratio_filter_vs_lean_empty_wasm: f64,
     /// What the callbacks coalmine does not export cost an empty filter.
     pub throughput_ratio_lean_vs_empty_wasm: f64,
+    /// What coalmine's host calls cost an otherwise empty filter.
+    pub throughput_ratio_calls_vs_empty_wasm: f64,
+    /// coalmine against the empty filter making the same host calls: what
+    /// its own code costs beyond them.
+    pub throughput_ratio_filter_vs_its_calls: f64,
+    pub p50_added_vs_its_calls_us: f64,
+    /// coalmine ÷ the empty filter in each round (their runs are at most
+    /// two runs apart), in round order: the spread behind the median.
+    pub filter_vs_empty_wasm_per_round: Vec<f64>,
     /// What reading outputs costs: reading every answer (and 10 % of them)
     /// against coalmine without outputs.
     pub throughput_ratio_outputs_100_vs_filter: f64,
@@ -235,6 +246,9 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
     let lean = base()?
         .plugin_config(&b.plugin_config())?
         .wasm_module(coalmine_e2e::lean_empty_filter_wasm()?);
+    let calls = base()?
+        .plugin_config(&json!({"calibrate": {"call": "coalmine", "per_request": 1}}))?
+        .wasm_module(coalmine_e2e::empty_filter_wasm()?);
 
     let opts = EnvoyOptions {
         node_id: "bench-dataplane".into(),
@@ -287,12 +301,18 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
             "outputs_100 with a shadow getting a copy of every baseline request",
             Envoy::start_with(shadow_100, &opts).await?,
         ),
+        (
+            "coalmine_calls",
+            "the empty filter making coalmine's host calls (as in coalmine, 20 % to the canary) and nothing else",
+            Envoy::start_with(calls, &opts).await?,
+        ),
     ];
     const COALMINE: usize = 4;
     b.wait_share(&variants[COALMINE].2, 2000).await?;
-    for shadowed in &variants[COALMINE + 3..] {
+    for shadowed in &variants[COALMINE + 3..COALMINE + 5] {
         b.wait_shadow(&shadowed.2, &v3).await?;
     }
+    b.check_calls(&variants[COALMINE + 5].2, &v2).await?;
 
     warm_up(b, variants.iter().map(|v| &v.2), connections)?;
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
@@ -353,6 +373,13 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         summarize(COALMINE + 2),
     );
     let (shadow_10, shadow_100) = (summarize(COALMINE + 3), summarize(COALMINE + 4));
+    let calls = summarize(COALMINE + 5);
+    let per_round = filter
+        .runs
+        .iter()
+        .zip(&empty.runs)
+        .map(|(f, e)| round(f.requests_per_s / e.requests_per_s.max(1.0), 3))
+        .collect();
     let ratio = |a: f64, b: f64| if b > 0.0 { round(a / b, 3) } else { 0.0 };
     let figures = DataPlane {
         connections,
@@ -369,6 +396,10 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
             lean.requests_per_s,
         ),
         throughput_ratio_lean_vs_empty_wasm: ratio(lean.requests_per_s, empty.requests_per_s),
+        throughput_ratio_calls_vs_empty_wasm: ratio(calls.requests_per_s, empty.requests_per_s),
+        throughput_ratio_filter_vs_its_calls: ratio(filter.requests_per_s, calls.requests_per_s),
+        p50_added_vs_its_calls_us: round(filter.p50_us - calls.p50_us, 1),
+        filter_vs_empty_wasm_per_round: per_round,
         throughput_ratio_outputs_100_vs_filter: ratio(all.requests_per_s, filter.requests_per_s),
         throughput_ratio_outputs_10_vs_filter: ratio(tenth.requests_per_s, filter.requests_per_s),
         throughput_ratio_outputs_10_vs_empty_wasm: ratio(
@@ -392,7 +423,7 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         p99_added_us: round(filter.p99_us - plain.p99_us, 1),
         cpu_us_added_per_request: round(filter.cpu_us_per_request - plain.cpu_us_per_request, 2),
         variants: vec![
-            plain, weighted, empty, lean, filter, all, tenth, shadow_10, shadow_100,
+            plain, weighted, empty, lean, filter, all, tenth, shadow_10, shadow_100, calls,
         ],
     };
     Ok((figures, vm_memory))

@@ -278,6 +278,34 @@ impl Bench {
         .await
     }
 
+    /// Checks that the empty filter making coalmine's calls does what
+    /// coalmine does with them: of 10 requests in a row, 2 reach the
+    /// canary's `upstream` and say so, and every answer names a version.
+    pub async fn check_calls(&self, envoy: &Envoy, canary: &Upstream) -> Result<()> {
+        let client = reqwest::Client::new();
+        let before = canary.count();
+        let mut said_canary = 0;
+        for _ in 0..10 {
+            let r = client
+                .post(envoy.url("/predict/heart"))
+                .body("{}")
+                .send()
+                .await?;
+            let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok());
+            if header("x-coalmine-version").is_none() {
+                bail!("the empty filter making coalmine's calls set no x-coalmine-version");
+            }
+            said_canary += usize::from(header("x-coalmine-role") == Some("canary"));
+        }
+        let reached = canary.count() - before;
+        if said_canary != 2 || reached != 2 {
+            bail!(
+                "the empty filter making coalmine's calls: {said_canary} of 10 answers said canary and {reached} reached it; 2 expected"
+            );
+        }
+        Ok(())
+    }
+
     /// The filter VM's linear memory as the filter last reported it.
     pub async fn vm_memory_bytes(&self, envoy: &Envoy) -> Result<u64> {
         let text = envoy.prometheus().await?;

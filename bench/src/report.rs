@@ -293,6 +293,19 @@ impl Perf {
             d.throughput_ratio_lean_vs_empty_wasm,
             d.throughput_ratio_filter_vs_lean_empty_wasm
         );
+        let per_round: Vec<String> = d
+            .filter_vs_empty_wasm_per_round
+            .iter()
+            .map(f64::to_string)
+            .collect();
+        let _ = writeln!(
+            o,
+            "\ncoalmine ÷ the empty filter per round: {}. The empty filter making coalmine's host calls and nothing else (`coalmine_calls`): × {} of the empty filter; coalmine against it, × {} (p50 {:+} µs), which is what coalmine's own code costs beyond its host calls.",
+            per_round.join(", "),
+            d.throughput_ratio_calls_vs_empty_wasm,
+            d.throughput_ratio_filter_vs_its_calls,
+            d.p50_added_vs_its_calls_us
+        );
         let _ = writeln!(
             o,
             "\nReading outputs (prediction and probability of each answer, no goal yet): every answer, throughput × {} of coalmine without outputs, p50 {:+} µs; 10 % of the answers, × {} (p50 {:+} µs), × {} of the empty filter.",

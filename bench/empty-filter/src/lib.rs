@@ -13,6 +13,15 @@
 //! `property` (`request.duration`), `counter` (an increment) and `histogram`
 //! (a value recorded) in `on_log`. A bad `calibrate` block is refused at
 //! load. The bench's `calibrate` section compares each with N = 0.
+//!
+//! The kind `coalmine` (with N = 1) makes, per request, the host calls that
+//! coalmine's shipped configuration makes without reading outputs, and
+//! nothing else: read `:path` and the clock; on every fifth request (the
+//! canary's 20 %) set the role and cluster request headers, so Envoy
+//! chooses the route again as it does for coalmine's canary; read
+//! `:status` and set the two response headers; in `on_log` read the clock
+//! and record a latency. The data-plane section runs it beside coalmine:
+//! the floor of any filter that makes those calls.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -27,6 +36,8 @@ enum Call {
     Property,
     Counter(u32),
     Histogram(u32),
+    /// coalmine's calls for one request; the histogram's id.
+    Coalmine(u32),
 }
 
 /// N calls of one kind per request.
@@ -63,9 +74,18 @@ impl Calibration {
             Some("histogram") => {
                 Call::Histogram(metric(MetricType::Histogram, "calibrate.histogram")?)
             }
+            Some("coalmine") if per_request <= 1 => {
+                Call::Coalmine(metric(MetricType::Histogram, "calibrate.latency_us")?)
+            }
+            Some("coalmine") => {
+                return Err(
+                    "calibrate.per_request: coalmine's calls are made once per request (0 or 1)"
+                        .into(),
+                );
+            }
             other => {
                 return Err(format!(
-                    "calibrate.call: {other:?} is not one of header_read, header_write, time, property, counter, histogram"
+                    "calibrate.call: {other:?} is not one of header_read, header_write, time, property, counter, histogram, coalmine"
                 ));
             }
         };
@@ -94,6 +114,42 @@ impl Calibration {
         }
     }
 
+    /// coalmine's calls when the request headers arrive: whether the
+    /// request went to the canary.
+    fn coalmine_request(self, nth: u32) -> bool {
+        if !matches!(self.call, Call::Coalmine(_)) || self.per_request == 0 {
+            return false;
+        }
+        let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
+        let canary = nth.is_multiple_of(5);
+        if canary {
+            for (name, value) in [
+                ("x-coalmine-role", "canary"),
+                ("x-coalmine-cluster", "heart-v2"),
+            ] {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+            }
+        }
+        let _ = hostcalls::get_current_time();
+        canary
+    }
+
+    /// coalmine's calls when the response headers arrive.
+    fn coalmine_response(self, canary: bool) {
+        if !matches!(self.call, Call::Coalmine(_)) || self.per_request == 0 {
+            return;
+        }
+        let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status");
+        let (role, version) = if canary {
+            ("canary", "v2")
+        } else {
+            ("baseline", "v1")
+        };
+        for (name, value) in [("x-coalmine-role", role), ("x-coalmine-version", version)] {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+        }
+    }
+
     /// The calls made when the request is logged.
     fn on_log(self) {
         for i in 0..self.per_request {
@@ -107,6 +163,10 @@ impl Calibration {
                 Call::Histogram(id) => {
                     let _ = hostcalls::record_metric(id, u64::from(i));
                 }
+                Call::Coalmine(id) => {
+                    let _ = hostcalls::get_current_time();
+                    let _ = hostcalls::record_metric(id, 250);
+                }
                 _ => return,
             }
         }
@@ -116,6 +176,8 @@ impl Calibration {
 #[derive(Default)]
 struct EmptyRoot {
     calibration: Option<Calibration>,
+    /// Requests seen (for coalmine's calls: every fifth is a canary's).
+    requests: std::cell::Cell<u32>,
 }
 
 impl Context for EmptyRoot {}
@@ -139,8 +201,12 @@ impl RootContext for EmptyRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let nth = self.requests.get().wrapping_add(1);
+        self.requests.set(nth);
         Some(Box::new(EmptyRequest {
             calibration: self.calibration,
+            nth,
+            canary: false,
         }))
     }
 
@@ -153,6 +219,8 @@ impl RootContext for EmptyRoot {
 /// (or, calibrating, the calls asked for).
 struct EmptyRequest {
     calibration: Option<Calibration>,
+    nth: u32,
+    canary: bool,
 }
 
 impl Context for EmptyRequest {}
@@ -161,11 +229,15 @@ impl HttpContext for EmptyRequest {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
         if let Some(c) = self.calibration {
             c.on_request_headers();
+            self.canary = c.coalmine_request(self.nth);
         }
         proxy_wasm::types::Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
+        if let Some(c) = self.calibration {
+            c.coalmine_response(self.canary);
+        }
         proxy_wasm::types::Action::Continue
     }
 
