@@ -7,11 +7,11 @@
 
 mod watch;
 
-pub use watch::{Watched, watched};
+pub use watch::{Watched, WatchedOthers, watched};
 
 use crate::engine::Deployment;
 use crate::engine::Millis;
-use crate::window::{Loudest, RoleWindowStats, Windows};
+use crate::window::{Loudest, RoleWindowStats, Span, Windows};
 use coalmine_protocol::Role;
 
 /// Seconds after a change of share before the observed split is compared
@@ -163,19 +163,17 @@ fn others(
     let c = d.canary.as_ref()?;
     let (second, window, classes) = (now / 1000, d.policy.window_seconds, &d.policy.error_classes);
     let v = &c.target.version;
-    let p = &windows.proxies;
-    let loudest = p.loudest(&d.name, v, second, window)?;
+    let (p, span) = (&windows.proxies, Span::window(second, window));
+    let loudest = p.loudest(&d.name, Role::Canary, v, span)?;
     let without = loudest.proxy.as_str();
-    let b = &d.baseline.version;
-    let mut others_baseline =
-        p.stats_without(&d.name, Role::Baseline, b, without, second, window, classes);
-    let mut others_canary =
-        p.stats_without(&d.name, Role::Canary, v, without, second, window, classes);
+    let (b, name) = (&d.baseline.version, d.name.as_str());
+    let mut others_baseline = p.stats_without((name, Role::Baseline, b), without, span, classes);
+    let mut others_canary = p.stats_without((name, Role::Canary, v), without, span, classes);
     others_baseline.feedback = baseline.feedback.clone();
     others_canary.feedback = canary.feedback.clone();
     let canary_slow = others_baseline.p95_ms.map_or(0, |p95| {
         let threshold = p95 + d.policy.critical.p95_delta_ms;
-        p.count_slower_without(&d.name, Role::Canary, v, without, second, window, threshold)
+        p.count_slower_without((name, Role::Canary, v), without, span, threshold)
     });
     Some(Box::new(Others {
         without: loudest,

@@ -21,7 +21,7 @@
 //!
 //! Apart from the canary's verdict, [`shadow::judge`] judges a shadow's
 //! agreement with the answers users got (`rules/shadow.rs`); it never
-//! changes the canary's verdict. After a promotion, [`watch::judge`]
+//! changes the canary's verdict. After a promotion, [`watch::evaluate`]
 //! judges the new baseline during its watch (`rules/watch.rs`).
 
 mod feedback;
@@ -55,7 +55,12 @@ const SRM_ALPHA: f64 = 0.01;
 pub fn evaluate(policy: &Policy, obs: &Observations) -> Verdict {
     let whole = judge(policy, obs);
     match &obs.others {
-        Some(others) => proxies::corroborate(whole, others, |o| judge(policy, o)),
+        Some(o) => proxies::corroborate(
+            whole,
+            proxies::Subject::Canary,
+            (&o.without, &o.obs),
+            |obs| judge(policy, obs),
+        ),
         None => whole,
     }
 }

@@ -15,7 +15,9 @@ mod proxies;
 mod shadow;
 
 pub use feedback::{FeedbackSeries, FeedbackStats, MAX_BUCKETS, Tally, tally};
-pub use proxies::{LUMPED, Loudest, MAX_PROXIES, PROXY_BUCKETS, ProxySeries, proxy_bucket_seconds};
+pub use proxies::{
+    LUMPED, Loudest, MAX_PROXIES, PROXY_BUCKETS, ProxySeries, Span, proxy_bucket_seconds,
+};
 pub use shadow::{Agreement, ShadowReported, ShadowRun, ShadowSeries, ShadowWindowStats};
 
 use coalmine_protocol::outputs::{FieldCounts, FieldReport, MAX_FIELDS, MAX_LABELS, Skips};

@@ -1,7 +1,9 @@
 //! Named tokens on the real controller: two operators act under their own
 //! names, tokens rotate on SIGHUP without failing a call or a sync, a
-//! proxy's own sync token cannot report as another proxy, and wrong
-//! tokens are counted, logged once and limited per address.
+//! proxy's own sync token cannot report as another proxy, one proxy's
+//! made-up numbers cannot alone roll back a canary or revert a promoted
+//! version, and wrong tokens are counted, logged once and limited per
+//! address.
 
 use anyhow::{Context as _, Result, ensure};
 use coalmine_client::Client;
@@ -271,16 +273,34 @@ async fn two_operators_act_under_their_names_and_rotation_fails_nothing() -> Res
     Ok(())
 }
 
+/// `n` requests with `outcome`, each taking 3 ms.
+fn stats(n: u64, outcome: coalmine_protocol::Outcome) -> Result<RoleStats> {
+    let mut s = RoleStats::try_new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for _ in 0..n {
+        s.record(outcome, 3_000);
+    }
+    Ok(s)
+}
+
+/// `n` requests of v2 serving as the baseline (after its promotion),
+/// failing or not, in one report.
+fn promoted_report(n: u64, failing: bool) -> Result<Vec<RoleReport>> {
+    let outcome = match failing {
+        true => coalmine_protocol::Outcome::ServerError,
+        false => coalmine_protocol::Outcome::Success,
+    };
+    let s = stats(n, outcome)?;
+    Ok(vec![RoleReport::from_stats(
+        "heart-prod",
+        Role::Baseline,
+        "v2",
+        &s,
+    )])
+}
+
 /// `canary` canary requests (failing or not) and `baseline` good baseline
 /// ones, in one report.
 fn report(canary: u64, failing: bool, baseline: u64) -> Result<Vec<RoleReport>> {
-    let stats = |n: u64, outcome| -> Result<RoleStats> {
-        let mut s = RoleStats::try_new().map_err(|e| anyhow::anyhow!("{e}"))?;
-        for _ in 0..n {
-            s.record(outcome, 3_000);
-        }
-        Ok(s)
-    };
     let outcome = match failing {
         true => coalmine_protocol::Outcome::ServerError,
         false => coalmine_protocol::Outcome::Success,
@@ -444,6 +464,102 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
     })
     .await?;
     println!("both proxies see the canary fail: rolled back");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_cannot_alone_revert_a_promoted_version() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens.json");
+    write_tokens(
+        &file,
+        &[("alice", &[ALICE])],
+        &[("proxy-a", &[PROXY_A]), ("proxy-b", &[PROXY_B])],
+    )?;
+    let path = file.display().to_string();
+    let c = ControllerProc::start_with(LEASE_MS, &["--tokens-file", &path]).await?;
+    c.heart_prod(json!({"check_interval_seconds": 1, "min_requests": 10}))
+        .await?;
+    c.start_canary(Some(20.0)).await?;
+    let sync = |token: &str, proxy: &str| -> Result<_> {
+        let client = c.bare_client()?.sync_token(Some(token.to_string()));
+        let proxy = proxy.to_string();
+        Ok(move |seq, reports| {
+            let client = client.clone();
+            let req = SyncRequest {
+                proxy: proxy.clone(),
+                instance: "worker-0".into(),
+                seq,
+                epoch: 0,
+                reports,
+                shadow: Vec::new(),
+            };
+            async move { client.sync(&req, 0).await }
+        })
+    };
+    let (a, b) = (sync(PROXY_A, "proxy-a")?, sync(PROXY_B, "proxy-b")?);
+    // Both proxies serve v1 and the canary without errors: v1's numbers
+    // are what the promoted v2 is compared with.
+    for seq in 1..=4 {
+        a(seq, report(400, false, 1_600)?).await?;
+        b(seq, report(400, false, 1_600)?).await?;
+    }
+    operator(&c, ALICE)?
+        .act("heart-prod", coalmine_client::Action::Promote, None)
+        .await?;
+    // The watch counts from the second after the promotion's.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // proxy-a serves v2 without errors; proxy-b alone claims 4 000 of its
+    // requests failed, more than proxy-a's 3 200 (it is the loudest).
+    for seq in 5..=12 {
+        a(seq, promoted_report(400, false)?).await?;
+    }
+    b(5, promoted_report(4_000, true)?).await?;
+    let held = poll(
+        "a hold on proxy-b's claim",
+        Duration::from_secs(10),
+        || async {
+            let h = c.client().health("heart-prod").await?;
+            let w = h.watch.context("no watch after the promotion")?;
+            let disagree = w
+                .reasons
+                .iter()
+                .find(|r| r.code.as_str() == "proxies_disagree");
+            Ok(disagree.map(|r| (w.verdict, r.message.clone())))
+        },
+    )
+    .await?;
+    println!("watch {} : {}", held.0.as_str(), held.1);
+    ensure!(
+        held.0.as_str() == "DEGRADED" && held.1.starts_with("proxy proxy-b (4000 of 7200 requests of v2 since its promotion) alone would revert v2"),
+        "{held:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = c.client().deployment("heart-prod").await?;
+    ensure!(
+        d.baseline.version == "v2",
+        "one proxy's claim reverted the promoted version: {:?}",
+        kinds(&c.events_after(0).await?)
+    );
+    // When proxy-a sees v2 fail too, the proxies agree: reverted.
+    a(13, promoted_report(4_000, true)?).await?;
+    poll("the revert", Duration::from_secs(10), || async {
+        let d = c.client().deployment("heart-prod").await?;
+        Ok((d.baseline.version == "v1").then_some(()))
+    })
+    .await?;
+    let events = c.events_after(0).await?;
+    ensure!(
+        kinds(&events)
+            .iter()
+            .filter(|k| **k == "reverted_to_pinned")
+            .count()
+            == 1,
+        "{:?}",
+        kinds(&events)
+    );
+    println!("both proxies see v2 fail: reverted to v1");
+    drop(dir);
     Ok(())
 }
 

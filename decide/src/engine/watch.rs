@@ -17,7 +17,7 @@ use super::model::{
     Deployment, ENGINE, Event, EventKind, Millis, Refusal, Step, Transition, event,
 };
 use crate::observe::Observations;
-use crate::rules::watch::{WatchHealth, WatchReference, judge};
+use crate::rules::watch::{WatchHealth, WatchReference, evaluate};
 use crate::verdict::{Verdict, VerdictKind};
 use crate::window::RoleWindowStats;
 use serde::{Deserialize, Serialize};
@@ -95,7 +95,7 @@ pub(crate) fn watch_step(d: &Deployment, obs: &Observations, now: Millis) -> Ste
     match (running(d, now), &obs.watched) {
         (None, _) => next.watch = None,
         (Some(w), Some(watched)) => {
-            let v = judge(&d.policy, &w.version, &w.reference, watched);
+            let v = evaluate(&d.policy, &w.version, &w.reference, watched);
             if v.verdict == VerdictKind::Critical {
                 events.extend(on_breach(&mut next, &v, now));
             }
@@ -145,7 +145,7 @@ fn on_breach(next: &mut Deployment, v: &Verdict, now: Millis) -> Option<Event> {
 /// A running watch as health shows it.
 pub fn watch_health(d: &Deployment, obs: &Observations, now: Millis) -> Option<WatchHealth> {
     let (w, watched) = (running(d, now)?, obs.watched.as_ref()?);
-    let v = judge(&d.policy, &w.version, &w.reference, watched);
+    let v = evaluate(&d.policy, &w.version, &w.reference, watched);
     Some(WatchHealth {
         version: w.version.clone(),
         since: w.since,
@@ -459,6 +459,78 @@ mod tests {
         old.as_object_mut().unwrap().remove("watch");
         let old: Deployment = serde_json::from_value(old).unwrap();
         assert!(old.watch.is_none());
+    }
+
+    /// One report of `proxy` on the new baseline v2 at `second`, counted as
+    /// the controller counts it: into the whole window and the proxy's own.
+    fn served(w: &mut crate::window::Windows, proxy: &str, second: u64, ok: u64, errors: u64) {
+        use crate::window::{Reported, bucket_seconds, proxy_bucket_seconds, twenty_ms};
+        let (counts, h) = twenty_ms(ok, errors);
+        let window = Policy::default().window_seconds;
+        let seconds = (
+            second - second % bucket_seconds(window),
+            second - second % proxy_bucket_seconds(window),
+        );
+        let r = Reported::requests(&counts, &h);
+        let role = coalmine_protocol::Role::Baseline;
+        w.add_from(proxy, "heart-prod", role, "v2", seconds, &r);
+    }
+
+    /// A minute after the promotion: `proxies` each serve v2 100 requests
+    /// a second, the given number of them failing (v1 failed 1 %), and
+    /// `forger` makes up 7 000 failing ones in the last second (more than
+    /// any other proxy's); the engine's step and the watch's health then.
+    fn minute_with(proxies: &[(&str, u64)], forger: Option<&str>) -> (Step, WatchHealth) {
+        let d = promoted(Policy::default());
+        let mut w = crate::window::Windows::default();
+        let first = PROMOTED / 1000 + 1;
+        for s in first..first + 60 {
+            for &(p, failing) in proxies {
+                served(&mut w, p, s, 100 - failing, failing);
+            }
+        }
+        if let Some(f) = forger {
+            served(&mut w, f, first + 59, 0, 7000);
+        }
+        let now = (first + 59) * 1000 + 500;
+        let obs = crate::observe::observe(&w, &d, now);
+        let health = watch_health(&d, &obs, now).unwrap();
+        (super::super::step(&d, &obs, now), health)
+    }
+
+    #[test]
+    fn one_proxy_cannot_alone_revert_a_promoted_version() {
+        let (s, health) = minute_with(&[("a", 1), ("b", 1)], Some("c"));
+        assert!(s.transition.events.is_empty(), "{:?}", kinds(&s.transition));
+        assert_eq!(s.transition.deployment.baseline.version, "v2");
+        assert!(s.transition.deployment.watch.is_some(), "still watched");
+        assert_eq!(health.verdict, VerdictKind::Degraded, "{health:?}");
+        let r = &health.reasons[0];
+        assert_eq!(r.code, crate::verdict::ReasonCode::ProxiesDisagree);
+        assert!(
+            r.message.starts_with(
+                "proxy c (7000 of 19000 requests of v2 since its promotion) alone would revert v2 (CRITICAL"
+            ) && r.message.contains("the other 2 proxies say HEALTHY"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.numbers["proxy_requests"], 7000);
+        assert_eq!(r.numbers["without_proxy"], "HEALTHY");
+    }
+
+    #[test]
+    fn a_breach_every_proxy_sees_or_the_only_proxy_reports_reverts() {
+        // The same failures from the only proxy serving v2.
+        let (s, health) = minute_with(&[], Some("c"));
+        assert_eq!(health.verdict, VerdictKind::Critical);
+        assert_eq!(kinds(&s.transition), ["reverted_to_pinned"]);
+        // 30 % failing on every proxy: they agree.
+        let (s, _) = minute_with(&[("a", 30), ("b", 30), ("c", 30)], None);
+        assert_eq!(kinds(&s.transition), ["reverted_to_pinned"]);
+        // Healthy everywhere: nothing to hold.
+        let (s, health) = minute_with(&[("a", 1), ("b", 1)], None);
+        assert_eq!(health.verdict, VerdictKind::Healthy);
+        assert!(s.transition.events.is_empty());
     }
 
     #[test]

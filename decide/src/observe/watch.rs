@@ -10,9 +10,15 @@
 //! buckets of several seconds; the bucket holding the promotion may then
 //! count a few seconds before it — of a version that was not serving as
 //! the baseline then, so only after a revert and a second promotion.)
+//!
+//! When two or more proxies reported the new baseline's requests since its
+//! promotion, the watch is also read without the proxy that reported the
+//! most of them (from the start of the proxy bucket the promotion's next
+//! second falls in: the promoted version served no baseline requests
+//! before it), so one proxy cannot alone revert it (`rules/watch.rs`).
 
 use crate::engine::{Deployment, Millis};
-use crate::window::{RoleWindowStats, Windows};
+use crate::window::{Loudest, RoleWindowStats, Span, Windows};
 use coalmine_protocol::Role;
 
 /// The new baseline during its watch.
@@ -27,6 +33,17 @@ pub struct Watched {
     pub slower_than_old: u64,
     /// Its requests slower than `slo.max_p95_ms` (0 without that SLO).
     pub slower_than_slo: u64,
+    /// When two or more proxies reported its requests since the promotion:
+    /// the same without the one that reported the most.
+    pub others: Option<Box<WatchedOthers>>,
+}
+
+/// The watch read again without the proxy that reported the most of the
+/// new baseline's requests (feedback is not a proxy's, and is the same).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchedOthers {
+    pub without: Loudest,
+    pub watched: Watched,
 }
 
 /// The watched baseline of `d` at `now`, if a watch runs and has begun.
@@ -66,11 +83,58 @@ pub fn watched(windows: &Windows, d: &Deployment, now: Millis) -> Option<Watched
         })
     };
     let old_p95 = w.reference.p95_ms;
+    let thresholds = [
+        old_p95.map(|p| p + policy.critical.p95_delta_ms),
+        policy.slo.max_p95_ms,
+    ];
+    let others = match since {
+        0 => None,
+        _ => others(
+            windows,
+            d,
+            Span::since(second + 1 - since, second, policy.window_seconds),
+            &stats,
+            thresholds,
+        ),
+    };
     Some(Watched {
+        slower_than_old: slower(thresholds[0]),
+        slower_than_slo: slower(thresholds[1]),
         stats,
-        slower_than_old: slower(old_p95.map(|p| p + policy.critical.p95_delta_ms)),
-        slower_than_slo: slower(policy.slo.max_p95_ms),
+        others,
     })
+}
+
+/// The watched baseline over `span` without the proxy that reported the
+/// most of its requests, when two or more reported some; `whole` gives
+/// the feedback, `thresholds` the latencies the old baseline's p95 and the
+/// SLO make slow.
+fn others(
+    windows: &Windows,
+    d: &Deployment,
+    span: Span,
+    whole: &RoleWindowStats,
+    thresholds: [Option<f64>; 2],
+) -> Option<Box<WatchedOthers>> {
+    let p = &windows.proxies;
+    let series = (d.name.as_str(), Role::Baseline, d.baseline.version.as_str());
+    let loudest = p.loudest(series.0, series.1, series.2, span)?;
+    let without = loudest.proxy.as_str();
+    let mut stats = p.stats_without(series, without, span, &d.policy.error_classes);
+    stats.feedback = whole.feedback.clone();
+    let slower = |threshold: Option<f64>| {
+        threshold.map_or(0, |ms| p.count_slower_without(series, without, span, ms))
+    };
+    let watched = Watched {
+        slower_than_old: slower(thresholds[0]),
+        slower_than_slo: slower(thresholds[1]),
+        stats,
+        others: None,
+    };
+    Some(Box::new(WatchedOthers {
+        without: loudest,
+        watched,
+    }))
 }
 
 #[cfg(test)]

@@ -16,24 +16,40 @@
 //! not disagree, and the whole window decides: a proxy that carries most
 //! of the canary's traffic is heard. DEGRADED and INSUFFICIENT_DATA hold
 //! anyway and are left as they are.
+//!
+//! The post-promotion watch likewise: a CRITICAL verdict (a revert) that is
+//! HEALTHY without the proxy that reported the most of the new baseline's
+//! requests since its promotion holds, as DEGRADED (a HEALTHY watch moves
+//! nothing, so it is left as it is).
 
-use crate::observe::{Observations, Others};
 use crate::verdict::{Reason, ReasonCode, Recommendation, Verdict, VerdictKind};
+use crate::window::Loudest;
 use serde_json::json;
 
-/// `whole`, or a hold when the verdict without the loudest proxy
-/// (`judge(&others.obs)`) contradicts it.
-pub(super) fn corroborate(
+/// What a verdict acts on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Subject<'a> {
+    /// A canary: CRITICAL rolls it back, HEALTHY advances it.
+    Canary,
+    /// The post-promotion watch of this version: CRITICAL reverts it.
+    Watch(&'a str),
+}
+
+/// `whole`, or a hold when the verdict without the loudest proxy `l`
+/// (`judge(others)`) contradicts it.
+pub(super) fn corroborate<T>(
     whole: Verdict,
-    others: &Others,
-    judge: impl FnOnce(&Observations) -> Verdict,
+    subject: Subject<'_>,
+    (l, others): (&Loudest, &T),
+    judge: impl FnOnce(&T) -> Verdict,
 ) -> Verdict {
-    let acts = match whole.verdict {
-        VerdictKind::Critical => "roll back",
-        VerdictKind::Healthy => "advance",
-        VerdictKind::Degraded | VerdictKind::InsufficientData => return whole,
+    let acts = match (whole.verdict, subject) {
+        (VerdictKind::Critical, Subject::Canary) => "roll back the canary".to_string(),
+        (VerdictKind::Healthy, Subject::Canary) => "advance the canary".to_string(),
+        (VerdictKind::Critical, Subject::Watch(version)) => format!("revert {version}"),
+        _ => return whole,
     };
-    let without = judge(&others.obs);
+    let without = judge(others);
     let disagree = match whole.verdict {
         VerdictKind::Critical => without.verdict == VerdictKind::Healthy,
         _ => matches!(
@@ -44,10 +60,13 @@ pub(super) fn corroborate(
     if !disagree {
         return whole;
     }
-    let l = &others.without;
     let rest = l.proxies.saturating_sub(1);
+    let requests = match subject {
+        Subject::Canary => "canary requests".to_string(),
+        Subject::Watch(version) => format!("requests of {version} since its promotion"),
+    };
     let message = format!(
-        "proxy {} ({} of {} canary requests) alone would {acts} the canary ({}: {}); \
+        "proxy {} ({} of {} {requests}) alone would {acts} ({}: {}); \
          {} {} ({}): holding until they agree",
         l.proxy,
         l.requests,
@@ -62,10 +81,14 @@ pub(super) fn corroborate(
         without.verdict.as_str(),
         without.summary(),
     );
+    let (theirs, all) = match subject {
+        Subject::Canary => ("proxy_canary_requests", "canary_requests"),
+        Subject::Watch(_) => ("proxy_requests", "requests"),
+    };
     let numbers = json!({
         "proxy": l.proxy,
-        "proxy_canary_requests": l.requests,
-        "canary_requests": l.total,
+        theirs: l.requests,
+        all: l.total,
         "proxies": l.proxies,
         "with_proxy": whole.verdict.as_str(),
         "without_proxy": without.verdict.as_str(),

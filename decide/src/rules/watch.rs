@@ -17,7 +17,9 @@
 //! α/2 — for the old baseline's rate, above its own upper confidence bound
 //! at α/2 (the old window is a sample too; the union bound keeps the total
 //! at α) — and a p95 as "more than [`SLOW_SHARE`] of requests slower than
-//! the limit", a binomial question. [`judge`] combines the findings.
+//! the limit", a binomial question. [`judge`] combines the findings;
+//! [`evaluate`] holds a revert that rests on one proxy's reports alone
+//! (`rules/proxies.rs`).
 
 use super::{RateAbove, SLOW_SHARE};
 use crate::observe::{Observations, Watched};
@@ -55,6 +57,22 @@ impl WatchReference {
             p95_ms: stats.p95_ms,
             feedback: stats.feedback.clone(),
         }
+    }
+}
+
+/// The watch's verdict, as [`judge`] gives it, except that one proxy's
+/// reports cannot alone revert the new baseline when the others' find it
+/// HEALTHY: then DEGRADED (`proxies_disagree`), and nothing moves.
+pub fn evaluate(policy: &Policy, version: &str, old: &WatchReference, w: &Watched) -> Verdict {
+    let whole = judge(policy, version, old, w);
+    match &w.others {
+        Some(o) => super::proxies::corroborate(
+            whole,
+            super::proxies::Subject::Watch(version),
+            (&o.without, &o.watched),
+            |others| judge(policy, version, old, others),
+        ),
+        None => whole,
     }
 }
 
@@ -294,7 +312,9 @@ pub struct WatchHealth {
     /// The new baseline since its promotion.
     pub current: RoleWindowStats,
     /// CRITICAL: an established breach (reverted, or reported when
-    /// automatic rollback is off); HEALTHY; INSUFFICIENT_DATA.
+    /// automatic rollback is off); HEALTHY; INSUFFICIENT_DATA; DEGRADED: a
+    /// breach in one proxy's reports alone that the others' contradict
+    /// (`proxies_disagree`; held, nothing reverted).
     pub verdict: VerdictKind,
     pub reasons: Vec<Reason>,
     /// A breach was reported without a revert (automatic rollback off).

@@ -1,7 +1,9 @@
 //! Each proxy's part of the baseline and canary series, so the policy can
 //! be read again without the proxy that reported the most canary requests
 //! (`rules/proxies.rs`: one proxy's reports cannot alone roll back or
-//! promote when the others disagree).
+//! promote when the others disagree), and a post-promotion watch without
+//! the proxy that reported the most of the new baseline's requests (one
+//! proxy cannot alone revert it).
 //!
 //! A proxy's buckets are coarser than the whole's: [`PROXY_BUCKETS`] per
 //! window, so memory grows with the number of proxies by a small constant.
@@ -32,16 +34,44 @@ pub fn proxy_bucket_seconds(window_seconds: u64) -> u64 {
     (window_seconds / PROXY_BUCKETS).max(bucket_seconds(window_seconds))
 }
 
-/// The proxy that reported the most canary requests in a window.
+/// The proxy that reported the most requests of a role and version in a
+/// span (the canary's in a window, or the new baseline's since its
+/// promotion).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Loudest {
     pub proxy: String,
-    /// Its canary requests in the window.
+    /// Its requests in the span.
     pub requests: u64,
-    /// Every proxy's canary requests in the window.
+    /// Every proxy's requests in the span.
     pub total: u64,
-    /// Proxies that reported canary requests in the window (at least 2).
+    /// Proxies that reported requests in the span (at least 2).
     pub proxies: usize,
+}
+
+/// The seconds a reading of the proxies' buckets covers, inclusive: from
+/// the start of the proxy bucket the first second falls in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Span {
+    /// The `window_seconds` ending at `now_second`.
+    pub fn window(now_second: u64, window_seconds: u64) -> Span {
+        let first = now_second.saturating_sub(window_seconds.saturating_sub(1));
+        Span::since(first, now_second, window_seconds)
+    }
+
+    /// From `first_second` to `now_second`, for a deployment judged over
+    /// `window_seconds` (whose proxy buckets are that wide).
+    pub fn since(first_second: u64, now_second: u64, window_seconds: u64) -> Span {
+        let width = proxy_bucket_seconds(window_seconds).max(1);
+        Span {
+            from: first_second - first_second % width,
+            to: now_second,
+        }
+    }
 }
 
 /// Per series, each proxy's buckets.
@@ -106,19 +136,18 @@ impl ProxySeries {
         }
     }
 
-    /// Each proxy's buckets of a series that overlap the `window_seconds`
-    /// ending at `now_second`.
+    /// Each proxy's buckets of a series within `span`.
     fn by_proxy<'a>(
         &'a self,
         deployment: &str,
         role: Role,
         version: &str,
-        now_second: u64,
-        window_seconds: u64,
+        span: Span,
     ) -> impl Iterator<Item = (&'a str, impl Iterator<Item = &'a Bucket> + 'a)> + 'a {
-        let width = proxy_bucket_seconds(window_seconds);
-        let from = now_second.saturating_sub(window_seconds.saturating_sub(1));
-        let from = from - from % width;
+        let Span {
+            from,
+            to: now_second,
+        } = span;
         self.series
             .get(&key(deployment, role, version))
             .into_iter()
@@ -131,23 +160,17 @@ impl ProxySeries {
             })
     }
 
-    /// The proxy with the most canary requests of `version` in the window,
+    /// The proxy with the most requests of `role` and `version` in `span`,
     /// when at least two proxies reported some (ties: the first name).
     pub fn loudest(
         &self,
         deployment: &str,
+        role: Role,
         version: &str,
-        now_second: u64,
-        window_seconds: u64,
+        span: Span,
     ) -> Option<Loudest> {
         let mut per_proxy: Vec<(&str, u64)> = self
-            .by_proxy(
-                deployment,
-                Role::Canary,
-                version,
-                now_second,
-                window_seconds,
-            )
+            .by_proxy(deployment, role, version, span)
             .map(|(proxy, buckets)| {
                 let n = buckets.fold(0u64, |a, b| a.saturating_add(b.counts.total()));
                 (proxy, n)
@@ -170,66 +193,43 @@ impl ProxySeries {
         })
     }
 
-    /// The buckets in the window of every proxy but `without`.
+    /// The buckets in `span` of every proxy but `without`.
     fn others<'a>(
         &'a self,
         deployment: &str,
         role: Role,
         version: &str,
         without: &'a str,
-        now_second: u64,
-        window_seconds: u64,
+        span: Span,
     ) -> impl Iterator<Item = &'a Bucket> + 'a {
-        self.by_proxy(deployment, role, version, now_second, window_seconds)
+        self.by_proxy(deployment, role, version, span)
             .filter(move |(proxy, _)| *proxy != without)
             .flat_map(|(_, buckets)| buckets)
     }
 
-    /// A role and version's statistics over the window, from every proxy
-    /// but `without`.
-    #[allow(clippy::too_many_arguments)]
+    /// A role and version's statistics over `span`, from every proxy but
+    /// `without`.
     pub fn stats_without(
         &self,
-        deployment: &str,
-        role: Role,
-        version: &str,
+        (deployment, role, version): (&str, Role, &str),
         without: &str,
-        now_second: u64,
-        window_seconds: u64,
+        span: Span,
         error_classes: &[Outcome],
     ) -> RoleWindowStats {
-        let buckets = self.others(
-            deployment,
-            role,
-            version,
-            without,
-            now_second,
-            window_seconds,
-        );
+        let buckets = self.others(deployment, role, version, without, span);
         stats_of(buckets, error_classes)
     }
 
-    /// Requests slower than `threshold_ms` over the window, from every
-    /// proxy but `without`.
-    #[allow(clippy::too_many_arguments)]
+    /// Requests slower than `threshold_ms` over `span`, from every proxy
+    /// but `without`.
     pub fn count_slower_without(
         &self,
-        deployment: &str,
-        role: Role,
-        version: &str,
+        (deployment, role, version): (&str, Role, &str),
         without: &str,
-        now_second: u64,
-        window_seconds: u64,
+        span: Span,
         threshold_ms: f64,
     ) -> u64 {
-        let buckets = self.others(
-            deployment,
-            role,
-            version,
-            without,
-            now_second,
-            window_seconds,
-        );
+        let buckets = self.others(deployment, role, version, without, span);
         slower_of(buckets, threshold_ms)
     }
 
@@ -273,7 +273,8 @@ mod tests {
             report(&mut w, "a", Role::Baseline, s, 90, 1);
         }
         report(&mut w, "c", Role::Canary, 1059, 1000, 1000);
-        let loudest = w.proxies.loudest("d", "v2", 1059, 300).unwrap();
+        let span = Span::window(1059, 300);
+        let loudest = w.proxies.loudest("d", Role::Canary, "v2", span).unwrap();
         assert_eq!(
             loudest,
             Loudest {
@@ -286,21 +287,23 @@ mod tests {
         let classes = [Outcome::ServerError];
         let canary = w
             .proxies
-            .stats_without("d", Role::Canary, "v2", "c", 1059, 300, &classes);
+            .stats_without(("d", Role::Canary, "v2"), "c", span, &classes);
         assert_eq!((canary.requests, canary.errors), (1140, 0));
         let baseline = w
             .proxies
-            .stats_without("d", Role::Baseline, "v1", "c", 1059, 300, &classes);
+            .stats_without(("d", Role::Baseline, "v1"), "c", span, &classes);
         assert_eq!((baseline.requests, baseline.errors), (5460, 60));
         let slow = w
             .proxies
-            .count_slower_without("d", Role::Canary, "v2", "a", 1059, 300, 10.0);
+            .count_slower_without(("d", Role::Canary, "v2"), "a", span, 10.0);
         assert_eq!(slow, 540 + 2000);
         // Out of the window, and with one proxy left, there is no one to leave out.
-        assert_eq!(w.proxies.loudest("d", "v2", 1059 + 400, 300), None);
+        let later = Span::window(1059 + 400, 300);
+        assert_eq!(w.proxies.loudest("d", Role::Canary, "v2", later), None);
         w.prune(1059 + 400, 300);
         report(&mut w, "a", Role::Canary, 1500, 10, 0);
-        assert_eq!(w.proxies.loudest("d", "v2", 1500, 300), None);
+        let at = Span::window(1500, 300);
+        assert_eq!(w.proxies.loudest("d", Role::Canary, "v2", at), None);
     }
 
     #[test]
@@ -310,7 +313,8 @@ mod tests {
             report(&mut w, &format!("p{p}"), Role::Canary, 1000, 1, 0);
         }
         report(&mut w, "p0", Role::Canary, 1000, 1, 0);
-        let loudest = w.proxies.loudest("d", "v2", 1000, 300).unwrap();
+        let at = Span::window(1000, 300);
+        let loudest = w.proxies.loudest("d", Role::Canary, "v2", at).unwrap();
         assert_eq!(loudest.proxies, MAX_PROXIES + 1);
         assert_eq!((loudest.proxy.as_str(), loudest.requests), (LUMPED, 5));
     }
