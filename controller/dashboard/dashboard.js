@@ -57,6 +57,9 @@ function show(html) {
   for (const el of view.querySelectorAll("[data-width]")) el.style.width = el.dataset.width + "%";
 }
 const badge = (v) => `<span class="badge v-${esc(v)}">${esc(v)}</span>`;
+// Rolled back, or marked unhealthy: not a canary or a shadow again until an
+// operator lifts the bar.
+const barred = (v) => v.state === "rolled_back" || !v.healthy;
 
 async function overview() {
   const ds = await get("/v1/deployments");
@@ -252,9 +255,10 @@ async function deployment(name) {
   ${feedback(h)}
   <section><h2>Events</h2><table id="events"><tr><th>#</th><th>time</th><th>event</th><th>actor</th><th>reason and numbers</th></tr>
     ${events.map((e) => `<tr data-kind="${esc(e.kind)}"><td>${e.id}</td><td>${time(e.at)}</td><td>${esc(e.kind)}</td><td>${esc(e.actor)}</td><td>${esc(e.reason)}${numbers(e.numbers)}</td></tr>`).join("")}</table></section>
-  <section><h2>Versions</h2><table id="versions"><tr><th>version</th><th>cluster</th><th>state</th><th>healthy</th><th>pinned</th><th>metadata</th></tr>
+  <section><h2>Versions</h2><table id="versions"><tr><th>version</th><th>cluster</th><th>state</th><th>healthy</th><th>pinned</th><th>metadata</th><th></th></tr>
     ${versions.map((v) => `<tr><td>${esc(v.version)}</td><td>${esc(v.cluster)}</td><td>${esc(v.state)}</td><td>${v.healthy ? "yes" : "<b>no</b>"}</td>
-      <td>${v.pinned ? '<span class="pinned">★ last known good</span>' : ""}</td><td><code>${esc(JSON.stringify(v.metadata))}</code></td></tr>`).join("")}</table></section>`);
+      <td>${v.pinned ? '<span class="pinned">★ last known good</span>' : ""}</td><td><code>${esc(JSON.stringify(v.metadata))}</code></td>
+      <td>${barred(v) ? `<button id="unbar-${esc(v.version)}" class="unbar" data-version="${esc(v.version)}" title="let it be a canary or a shadow again">unbar</button>` : ""}</td></tr>`).join("")}</table></section>`);
   // Each button asks what exactly it changes (the page as drawn is what
   // the operator saw) before anything is sent.
   const go = (suffix, method, body, question) => act(p + suffix, method, body, question);
@@ -283,6 +287,16 @@ async function deployment(name) {
     go("/shadow", "POST", { version, percent }, v
       ? `Change the shadow of ${d.name}: ${v.version} at ${v.percent} % → ${version} at ${percent} %?`
       : `Start a shadow on ${d.name}: copy ${percent} % of its baseline ${d.baseline.version}'s requests to ${version} (never answering users)?`);
+  });
+  // A barred version (rolled back, or marked unhealthy) may be tried again
+  // once an operator says why: the reason goes into the timeline.
+  for (const el of document.querySelectorAll("#versions button.unbar")) el.addEventListener("click", () => {
+    const version = el.dataset.version;
+    if (!tokenInput.value.trim()) { say("Enter the operator token (top right) to act.", "error"); return; }
+    const reason = prompt(`Why may ${version} be tried again on ${d.name}? (The reason goes into the timeline.)`);
+    if (reason == null || !reason.trim()) { say("Cancelled: lifting a bar needs a reason; nothing was changed."); return; }
+    go("/unbar", "POST", { version, reason: reason.trim() },
+      `Lift the bar on ${version} of ${d.name}: registered and healthy again, so it may be a canary or a shadow (the cooldown stays)?`);
   });
   on("#shadow-stop", () => go("/shadow", "DELETE", null,
     `Stop the shadow of ${d.name}: ${d.shadow && d.shadow.version} at ${d.shadow && d.shadow.percent} % → no shadow?`));

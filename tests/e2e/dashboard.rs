@@ -2,7 +2,7 @@
 //! charts, the output mix and feedback, a shadow started and stopped from its
 //! panel (its version, share, agreement and requests shown meanwhile), a
 //! rollback on click (confirmed, with the operator token; refused without
-//! it), and every series the shipped Grafana dashboard queries. The page
+//! it), the rolled-back version unbarred with a reason, and every series the shipped Grafana dashboard queries. The page
 //! under its Content-Security-Policy is `dashboard_policy.rs`.
 
 use anyhow::{Context, Result, ensure};
@@ -349,6 +349,47 @@ async fn the_dashboard_shows_both_roles_and_rolls_back_on_click() -> Result<()> 
         rolled.actor == "operator" && rolled.reason.contains("dashboard"),
         "{rolled:?}"
     );
+
+    // v2, rolled back, is barred: its row offers to lift the bar, asking
+    // why first, then what changes.
+    click(b, "unbar-v2").await?;
+    let why = b.get_alert_text().await?;
+    ensure!(
+        why.starts_with("Why may v2 be tried again on heart-prod?"),
+        "asked {why:?}"
+    );
+    b.send_alert_text("retrained on the fixed labels").await?;
+    b.accept_alert().await?;
+    let question = b.get_alert_text().await?;
+    ensure!(
+        question.starts_with("Lift the bar on v2 of heart-prod: registered and healthy again"),
+        "confirmation asked {question:?}"
+    );
+    b.accept_alert().await?;
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#events tr[data-kind='version_unbarred']"))
+        .await?;
+    let events = c.client().events("heart-prod", None, None).await?;
+    let unbarred = events
+        .iter()
+        .find(|e| e.event.kind.as_str() == "version_unbarred")
+        .map(|e| e.event.clone())
+        .context("no version_unbarred event")?;
+    ensure!(
+        unbarred.actor == "operator" && unbarred.reason.contains("retrained on the fixed labels"),
+        "{unbarred:?}"
+    );
+    let versions = c.client().versions("heart-prod").await?;
+    let v2 = versions
+        .iter()
+        .find(|v| v.version == "v2")
+        .context("no v2")?;
+    ensure!(
+        v2.healthy && v2.state.as_str() == "registered",
+        "v2 after the unbar: {v2:?}"
+    );
+    println!("dashboard: v2 unbarred with a reason");
 
     // Without the token, the page says so and asks nothing.
     b.execute(
