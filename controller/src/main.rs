@@ -9,6 +9,7 @@ use coalmine_controller::notify::{
 };
 use coalmine_controller::service::{Retention, Services, Settings};
 use coalmine_controller::store::{self, Store};
+use coalmine_controller::tls::LiveCert;
 use coalmine_controller::{Controller, Limits, Transport, raise_open_files_limit, serve_with};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ struct Args {
     /// The PEM private key of --tls-cert (PKCS#8, RSA or EC); needs --tls-cert.
     #[arg(long, env = "COALMINE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// How often the certificate and key files are checked for a renewal (a new pair serves new connections; 0: only on SIGHUP).
+    #[arg(long, env = "COALMINE_TLS_RELOAD_SECONDS", default_value_t = 60)]
+    tls_reload_seconds: u64,
     /// The controller's URL as operators and proxies reach it (links in webhooks; on PostgreSQL, followers name the leader by it); default http://<listen>, or https://<listen> with TLS.
     #[arg(long, env = "COALMINE_PUBLIC_URL")]
     public_url: Option<String>,
@@ -178,13 +182,14 @@ fn public_url(args: &Args, addr: SocketAddr, transport: &Transport) -> String {
 }
 
 /// HTTPS with --tls-cert and --tls-key (both or neither; the files read
-/// and checked now), else plain HTTP, with a warning off loopback.
-fn transport(args: &Args) -> Result<Transport> {
+/// and checked now, and the handle that reads them again), else plain
+/// HTTP, with a warning off loopback.
+fn transport(args: &Args) -> Result<(Transport, Option<Arc<LiveCert>>)> {
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let acceptor = coalmine_controller::tls::acceptor(cert, key)
+            let (acceptor, live) = coalmine_controller::tls::acceptor(cert, key)
                 .map_err(|e| anyhow!("--tls-cert/--tls-key: {e}"))?;
-            Ok(Transport::Tls(acceptor))
+            Ok((Transport::Tls(acceptor), Some(live)))
         }
         (Some(_), None) => {
             bail!("--tls-cert needs --tls-key (COALMINE_TLS_KEY): the certificate's private key")
@@ -199,7 +204,7 @@ fn transport(args: &Args) -> Result<Transport> {
                     args.listen
                 );
             }
-            Ok(Transport::Plain)
+            Ok((Transport::Plain, None))
         }
     }
 }
@@ -218,13 +223,15 @@ fn shown_db(db: &str) -> String {
 }
 
 /// On SIGHUP, reads the tokens again: the new set replaces the old at
-/// once, whole; a file that does not check out changes nothing (logged).
-fn reload_tokens_on_sighup(args: Args, live: Arc<LiveTokens>) {
+/// once, whole; and the TLS certificate and key, which serve the
+/// connections that come after. Files that do not check out change
+/// nothing (logged).
+fn reload_on_sighup(args: Args, live: Arc<LiveTokens>, cert: Option<Arc<LiveCert>>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
-            tracing::warn!("SIGHUP cannot be caught: tokens are not reloaded");
+            tracing::warn!("SIGHUP cannot be caught: tokens and certificates are not reloaded");
             return;
         };
         while hup.recv().await.is_some() {
@@ -235,10 +242,53 @@ fn reload_tokens_on_sighup(args: Args, live: Arc<LiveTokens>) {
                 }
                 Err(e) => tracing::error!("tokens not reloaded, the old ones stay: {e:#}"),
             }
+            if let Some(cert) = &cert {
+                let (c, k) = cert.files();
+                match cert.reload() {
+                    Ok(()) => tracing::info!(
+                        "TLS certificate reloaded from {} and {}: new connections are served with it",
+                        c.display(),
+                        k.display()
+                    ),
+                    Err(e) => tracing::error!(
+                        "TLS certificate not reloaded, the old one keeps serving: {e}"
+                    ),
+                }
+            }
         }
     });
     #[cfg(not(unix))]
-    let _ = (args, live);
+    let _ = (args, live, cert);
+}
+
+/// Every `seconds` (0: never), reads the certificate and key files and,
+/// when they changed, serves the new pair (cert-manager renewing a mounted
+/// Secret, say); a changed pair that does not check out is logged once
+/// and the old one keeps serving.
+fn reload_cert_when_renewed(cert: Option<Arc<LiveCert>>, seconds: u64) {
+    let Some(cert) = cert.filter(|_| seconds > 0) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let period = std::time::Duration::from_secs(seconds);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (c, k) = cert.files();
+            match cert.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => tracing::info!(
+                    "TLS certificate renewed in {} and {}: new connections are served with it",
+                    c.display(),
+                    k.display()
+                ),
+                Err(e) => tracing::error!(
+                    "TLS certificate files not taken, the old one keeps serving: {e}"
+                ),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {
@@ -277,7 +327,7 @@ async fn main() -> Result<()> {
     if args.lease_ms < 1000 {
         bail!("--lease-ms must be at least 1000, got {}", args.lease_ms);
     }
-    let transport = transport(&args)?;
+    let (transport, cert) = transport(&args)?;
     let store = store::open(&args.db)
         .await
         .with_context(|| format!("opening the database {}", shown_db(&args.db)))?;
@@ -333,7 +383,8 @@ async fn main() -> Result<()> {
         }
         None => tracing::warn!("the open-files limit could not be read or raised"),
     }
-    reload_tokens_on_sighup(args, tokens.clone());
+    reload_cert_when_renewed(cert.clone(), args.tls_reload_seconds);
+    reload_on_sighup(args, tokens.clone(), cert);
     serve_with(
         listener,
         controller,

@@ -1,19 +1,25 @@
 //! HTTPS for the API: the certificate chain and key operators give
 //! (`--tls-cert`, `--tls-key`), read and checked before the controller
-//! serves, so a bad file stops it at start with the file's name.
+//! serves, so a bad file stops it at start with the file's name. On
+//! SIGHUP, and when a periodic check finds the files changed, they are
+//! read again ([`LiveCert`]): a renewed certificate serves the connections
+//! that come after, without a restart; files that do not check out leave
+//! the old one serving.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 
 /// A certificate or key file that cannot be used; the message names it.
 #[derive(Debug, thiserror::Error)]
@@ -24,21 +30,118 @@ pub struct TlsFileError {
 }
 
 /// The TLS side of the listener: every accepted connection is handed to
-/// this before HTTP.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsFileError> {
-    Ok(TlsAcceptor::from(Arc::new(server_config(cert, key)?)))
+/// this before HTTP; and the certificate it serves, to reload.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<(TlsAcceptor, Arc<LiveCert>), TlsFileError> {
+    let (config, live) = server_config(cert, key)?;
+    Ok((TlsAcceptor::from(Arc::new(config)), live))
 }
 
-/// A server configuration of the PEM chain at `cert` (the server's own
-/// certificate first) and the PEM key at `key` (PKCS#8, PKCS#1 RSA or SEC1
-/// EC), checked to belong together. HTTP/1.1 only, as the API serves.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsFileError> {
-    let fail = |path: &Path, reason: String| TlsFileError {
+/// The certificate the listener serves: the files it was read from, and
+/// what they held when last read whole and checked.
+#[derive(Debug)]
+pub struct LiveCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' contents when last tried, taken or not: a periodic check
+    /// tries them again only when they changed (a bad pair is reported
+    /// once, not at every check).
+    tried: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl LiveCert {
+    /// Reads the files again; when they check out, the connections that
+    /// come after are served with them (those open keep theirs). When they
+    /// do not, the old certificate keeps serving and the error names the
+    /// file.
+    pub fn reload(&self) -> Result<(), TlsFileError> {
+        self.try_files(true).map(|_| ())
+    }
+
+    /// [`LiveCert::reload`] when the files hold something else than when
+    /// last tried: whether a new certificate now serves.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsFileError> {
+        self.try_files(false)
+    }
+
+    fn try_files(&self, always: bool) -> Result<bool, TlsFileError> {
+        let files = (read(&self.cert)?, read(&self.key)?);
+        {
+            let mut tried = self.tried.lock().unwrap_or_else(PoisonError::into_inner);
+            if !always && *tried == files {
+                return Ok(false);
+            }
+            tried.clone_from(&files);
+        }
+        let fresh = Arc::new(certified_key(
+            (&self.cert, &files.0),
+            (&self.key, &files.1),
+        )?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(true)
+    }
+
+    /// The files, as the operator named them.
+    pub fn files(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        Some(Arc::clone(&current))
+    }
+}
+
+/// The provider the workspace's rustls is built with (reqwest's too),
+/// named rather than left to the process default.
+fn provider() -> CryptoProvider {
+    ring::default_provider()
+}
+
+/// A server configuration serving the PEM chain at `cert` (the server's
+/// own certificate first) with the PEM key at `key` (PKCS#8, PKCS#1 RSA or
+/// SEC1 EC), checked to belong together, and the handle that reloads them.
+/// HTTP/1.1 only, as the API serves.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<(ServerConfig, Arc<LiveCert>), TlsFileError> {
+    let files = (read(cert)?, read(key)?);
+    let live = Arc::new(LiveCert {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        current: RwLock::new(Arc::new(certified_key((cert, &files.0), (key, &files.1))?)),
+        tried: Mutex::new(files),
+    });
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(cert, format!("no TLS version to offer: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(live.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((config, live))
+}
+
+fn fail(path: &Path, reason: String) -> TlsFileError {
+    TlsFileError {
         path: path.to_path_buf(),
         reason,
-    };
-    let cert_pem = std::fs::read(cert).map_err(|e| fail(cert, format!("cannot be read: {e}")))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|e| fail(path, format!("cannot be read: {e}")))
+}
+
+/// The chain read from `cert` and the key read from `key`, checked to
+/// belong together.
+fn certified_key(
+    (cert, cert_pem): (&Path, &[u8]),
+    (key, key_pem): (&Path, &[u8]),
+) -> Result<CertifiedKey, TlsFileError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(cert, format!("is not a PEM certificate chain: {e}")))?;
     if chain.is_empty() {
@@ -47,28 +150,21 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsFileErr
             "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
         ));
     }
-    let key_pem = std::fs::read(key).map_err(|e| fail(key, format!("cannot be read: {e}")))?;
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
         fail(
             key,
             format!("holds no usable PEM private key (PKCS#8, RSA or EC): {e}"),
         )
     })?;
-    // The provider the workspace's rustls is built with (reqwest's too),
-    // named rather than left to the process default.
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(cert, format!("no TLS version to offer: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|e| {
-            fail(
-                cert,
-                format!("cannot serve with the key {}: {e}", key.display()),
-            )
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    // As the single-certificate configuration checks them: the key must
+    // be the certificate's (when rustls can tell).
+    let certified = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+        fail(
+            cert,
+            format!("cannot serve with the key {}: {e}", key.display()),
+        )
+    })?;
+    Ok(certified)
 }
 
 /// How long, and how much, a closing connection reads on ([`Lingering`]).
@@ -163,8 +259,42 @@ mod tests {
     fn a_matching_pair_is_taken() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = pair(dir.path(), "a");
-        let config = server_config(&cert, &key).unwrap();
+        let (config, _) = server_config(&cert, &key).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn a_reload_takes_checked_files_and_keeps_the_old_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path(), "a");
+        let (_, live) = server_config(&cert, &key).unwrap();
+        let served = |live: &LiveCert| live.current.read().unwrap().cert[0].clone();
+        let first = served(&live);
+        // Another pair at the same paths: served after the reload.
+        let (b_cert, b_key) = pair(dir.path(), "b");
+        std::fs::copy(&b_cert, &cert).unwrap();
+        std::fs::copy(&b_key, &key).unwrap();
+        live.reload().unwrap();
+        let second = served(&live);
+        assert_ne!(first, second);
+        // A half-written certificate, or a key of another certificate: the
+        // error names the file, and the last good one keeps serving.
+        std::fs::write(&cert, "-----BEGIN CERT").unwrap();
+        let err = live.reload().unwrap_err().to_string();
+        assert!(err.contains("a.crt"), "{err}");
+        assert_eq!(served(&live), second);
+        let (c_cert, _) = pair(dir.path(), "c");
+        std::fs::copy(&c_cert, &cert).unwrap();
+        let err = live.reload().unwrap_err().to_string();
+        assert!(err.contains("cannot serve with the key"), "{err}");
+        assert_eq!(served(&live), second);
+        // A periodic check reports that pair once, then waits for a change.
+        assert!(live.reload_if_changed().is_ok_and(|taken| !taken));
+        std::fs::copy(&b_key, &key).unwrap();
+        std::fs::copy(&b_cert, &cert).unwrap();
+        assert!(live.reload_if_changed().unwrap());
+        assert_eq!(served(&live), second, "b's pair again");
+        assert!(!live.reload_if_changed().unwrap(), "nothing changed since");
     }
 
     #[test]

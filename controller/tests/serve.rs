@@ -57,7 +57,7 @@ async fn tls_controller(
     let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&cert_file, key.cert.pem()).unwrap();
     std::fs::write(&key_file, key.signing_key.serialize_pem()).unwrap();
-    let acceptor = coalmine_controller::tls::acceptor(&cert_file, &key_file).unwrap();
+    let (acceptor, _) = coalmine_controller::tls::acceptor(&cert_file, &key_file).unwrap();
     let store = Arc::new(SqliteStore::in_memory().await.unwrap());
     let controller = Controller::open(store, Default::default()).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,9 +1,10 @@
 //! The controller over TLS (`--tls-cert`, `--tls-key`), with a certificate
 //! of the test's own CA: clients that do not speak TLS or do not trust the
-//! CA get no answer (and the controller counts the failed handshakes), the
-//! CLI works with `--ca-file`, and Envoy with `envoy-tls.yaml` syncs over
-//! TLS well enough to have a failing canary rolled back. The API contract
-//! over TLS is in `api_contract.rs`.
+//! CA get no answer (and the controller counts the failed handshakes), a
+//! renewed certificate serves after SIGHUP without a restart, the CLI
+//! works with `--ca-file`, and Envoy with `envoy-tls.yaml` syncs over TLS
+//! well enough to have a failing canary rolled back. The API contract over
+//! TLS is in `api_contract.rs`.
 
 use anyhow::{Context as _, Result, ensure};
 use coalmine_client::{Client, ClientError};
@@ -99,6 +100,107 @@ async fn clients_without_tls_or_without_the_ca_get_no_answer() -> Result<()> {
 }
 
 /// Runs `coalmine` against the controller, with `--ca-file ca` if given.
+/// A client trusting only the CA at `ca`, on a new connection each call
+/// (a client of its own per check: a client's TLS session, resumed, skips
+/// the certificate).
+fn trusting(ca: &std::path::Path) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+/// `url` answered 200 to `client`.
+async fn answers(client: &reqwest::Client, url: &str) -> bool {
+    client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_serves_without_a_restart() -> Result<()> {
+    let c = ControllerProc::start_tls(30_000, &[]).await?;
+    let files = c.tls_files().context("no TLS files")?.clone();
+    let (url, pid) = (c.url("/healthz"), c.pid());
+    let old_ca = trusting(&files.ca)?;
+    ensure!(answers(&old_ca, &url).await, "not served at start");
+    // A half-written certificate: refused, the old one keeps serving.
+    std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nMIIB")?;
+    c.hangup()?;
+    poll(
+        "the refused reload logged",
+        Duration::from_secs(10),
+        || async {
+            Ok(c.log()
+                .contains("TLS certificate not reloaded, the old one keeps serving")
+                .then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        answers(&trusting(&files.ca)?, &url).await,
+        "a bad certificate file broke the listener"
+    );
+    // Renewed: a certificate of another CA written over the same files.
+    let renewed_dir = tempfile::tempdir()?;
+    let renewed = TlsFiles::generate(renewed_dir.path())?;
+    std::fs::copy(&renewed.cert, &files.cert)?;
+    std::fs::copy(&renewed.key, &files.key)?;
+    let new_ca = trusting(&renewed.ca)?;
+    ensure!(
+        !answers(&new_ca, &url).await,
+        "the renewed certificate served before SIGHUP"
+    );
+    c.hangup()?;
+    poll(
+        "the renewed certificate served",
+        Duration::from_secs(10),
+        || async { Ok(answers(&new_ca, &url).await.then_some(())) },
+    )
+    .await?;
+    ensure!(
+        !answers(&trusting(&files.ca)?, &url).await,
+        "the old certificate still served after the reload"
+    );
+    ensure!(c.pid() == pid, "the controller restarted");
+    ensure!(
+        c.log().contains("TLS certificate reloaded from"),
+        "{}",
+        c.log()
+    );
+    println!("renewed certificate served after SIGHUP, same process");
+
+    // Checked every second: a renewal is found without a signal (as when
+    // cert-manager renews a mounted Secret).
+    let c = ControllerProc::start_tls(30_000, &["--tls-reload-seconds", "1"]).await?;
+    let files = c.tls_files().context("no TLS files")?.clone();
+    let url = c.url("/healthz");
+    let renewed = TlsFiles::generate(renewed_dir.path())?;
+    std::fs::copy(&renewed.cert, &files.cert)?;
+    std::fs::copy(&renewed.key, &files.key)?;
+    let started = Instant::now();
+    poll(
+        "the renewal found without a signal",
+        Duration::from_secs(10),
+        || async { Ok(answers(&trusting(&renewed.ca)?, &url).await.then_some(())) },
+    )
+    .await?;
+    ensure!(
+        c.log().contains("TLS certificate renewed in"),
+        "{}",
+        c.log()
+    );
+    println!(
+        "renewal found by the periodic check after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn cli(c: &ControllerProc, ca: Option<&std::path::Path>, args: &[&str]) -> Result<Output> {
     let mut cmd = std::process::Command::new(package_bin("coalmine")?);
     cmd.arg("--url")

@@ -370,6 +370,11 @@ impl ControllerProc {
         self.tls.as_ref().map(|t| t.ca.as_path())
     }
 
+    /// Its CA, certificate and key files, when it serves HTTPS.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
     /// The typed API client, with the operator and sync tokens.
     pub fn client(&self) -> &Client {
         &self.api
