@@ -321,8 +321,10 @@ fn failing_report() -> Result<Vec<RoleReport>> {
     report(10, true, 0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_proxy_cannot_report_as_another() -> Result<()> {
+/// A controller with tokens of its own for alice, proxy-a and proxy-b (in
+/// the returned directory), heart-prod judged every second from 10
+/// requests, and a canary of v2 at 20 %.
+async fn two_proxies_and_a_canary() -> Result<(tempfile::TempDir, ControllerProc)> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("tokens.json");
     write_tokens(
@@ -335,6 +337,12 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
     c.heart_prod(json!({"check_interval_seconds": 1, "min_requests": 10}))
         .await?;
     c.start_canary(Some(20.0)).await?;
+    Ok((dir, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_cannot_report_as_another() -> Result<()> {
+    let (_dir, c) = two_proxies_and_a_canary().await?;
     let b = c.bare_client()?.sync_token(Some(PROXY_B.to_string()));
     let forged = SyncRequest {
         proxy: "proxy-a".into(),
@@ -469,18 +477,7 @@ async fn a_proxy_cannot_report_as_another() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_proxy_cannot_alone_revert_a_promoted_version() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("tokens.json");
-    write_tokens(
-        &file,
-        &[("alice", &[ALICE])],
-        &[("proxy-a", &[PROXY_A]), ("proxy-b", &[PROXY_B])],
-    )?;
-    let path = file.display().to_string();
-    let c = ControllerProc::start_with(LEASE_MS, &["--tokens-file", &path]).await?;
-    c.heart_prod(json!({"check_interval_seconds": 1, "min_requests": 10}))
-        .await?;
-    c.start_canary(Some(20.0)).await?;
+    let (dir, c) = two_proxies_and_a_canary().await?;
     let sync = |token: &str, proxy: &str| -> Result<_> {
         let client = c.bare_client()?.sync_token(Some(token.to_string()));
         let proxy = proxy.to_string();
