@@ -528,16 +528,28 @@ async fn a_proxy_cannot_alone_revert_a_promoted_version() -> Result<()> {
     .await?;
     println!("watch {} : {}", held.0.as_str(), held.1);
     ensure!(
-        held.0.as_str() == "DEGRADED" && held.1.starts_with("proxy proxy-b (4000 of 7200 requests of v2 since its promotion) alone would revert v2"),
+        held.0.as_str() == "DEGRADED" && held.1.starts_with("proxy proxy-b (4000 of 7200 requests of v2 in its watch's window) alone would revert v2"),
         "{held:?}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let d = c.client().deployment("heart-prod").await?;
+    let events = c.events_after(0).await?;
     ensure!(
         d.baseline.version == "v2",
         "one proxy's claim reverted the promoted version: {:?}",
-        kinds(&c.events_after(0).await?)
+        kinds(&events)
     );
+    // The hold is in the timeline, once.
+    let holds: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e.event.kind.as_str() == "health_degraded"
+                && e.event
+                    .reason
+                    .starts_with("post-promotion watch of v2: proxy proxy-b")
+        })
+        .collect();
+    ensure!(holds.len() == 1, "{:?}", kinds(&events));
     // When proxy-a sees v2 fail too, the proxies agree: reverted.
     a(13, promoted_report(4_000, true)?).await?;
     poll("the revert", Duration::from_secs(10), || async {

@@ -4,7 +4,10 @@
 //! served since the promotion (`observe/watch.rs`). An established breach
 //! reverts to the pinned version (`reverted_to_pinned`, actor `engine`);
 //! with automatic rollback off it is reported once (`health_check_failed`)
-//! and nothing moves.
+//! and nothing moves. A watch held because the proxies disagree
+//! (`rules/proxies.rs`: one proxy's numbers alone would revert it, or keep
+//! it while the others find a breach) reverts nothing and is reported
+//! once per watch (`health_degraded`).
 //!
 //! The watch ends when its time is up (no event; nothing reverts on its
 //! own afterwards, an operator still can), on a revert (the engine's or an
@@ -36,6 +39,9 @@ pub struct Watch {
     /// A breach was reported without a revert (automatic rollback off).
     #[serde(default)]
     pub breach_reported: bool,
+    /// A hold on the proxies' disagreement was reported.
+    #[serde(default)]
+    pub hold_reported: bool,
 }
 
 /// Starts the watch when `next` is `before` promoted: its old baseline's
@@ -60,6 +66,7 @@ pub(crate) fn on_promotion(
         until: now.saturating_add(seconds.saturating_mul(1000)),
         reference: WatchReference::of(&before.baseline.version, old),
         breach_reported: false,
+        hold_reported: false,
     });
 }
 
@@ -96,8 +103,10 @@ pub(crate) fn watch_step(d: &Deployment, obs: &Observations, now: Millis) -> Ste
         (None, _) => next.watch = None,
         (Some(w), Some(watched)) => {
             let v = evaluate(&d.policy, &w.version, &w.reference, watched);
-            if v.verdict == VerdictKind::Critical {
-                events.extend(on_breach(&mut next, &v, now));
+            match v.verdict {
+                VerdictKind::Critical => events.extend(on_breach(&mut next, &v, now)),
+                VerdictKind::Degraded => events.extend(on_hold(&mut next, &v)),
+                VerdictKind::Healthy | VerdictKind::InsufficientData => {}
             }
         }
         (Some(_), None) => {}
@@ -139,6 +148,18 @@ fn on_breach(next: &mut Deployment, v: &Verdict, now: Millis) -> Option<Event> {
         ENGINE,
         reason,
         Value::Object(numbers),
+    ))
+}
+
+/// A watch held because the proxies disagree: reported once per watch.
+fn on_hold(next: &mut Deployment, v: &Verdict) -> Option<Event> {
+    let w = next.watch.as_mut().filter(|w| !w.hold_reported)?;
+    w.hold_reported = true;
+    Some(event(
+        EventKind::HealthDegraded,
+        ENGINE,
+        format!("post-promotion watch of {}: {}", w.version, v.summary()),
+        Value::Object(v.numbers()),
     ))
 }
 
@@ -478,9 +499,10 @@ mod tests {
 
     /// A minute after the promotion: `proxies` each serve v2 100 requests
     /// a second, the given number of them failing (v1 failed 1 %), and
-    /// `forger` makes up 7 000 failing ones in the last second (more than
-    /// any other proxy's); the engine's step and the watch's health then.
-    fn minute_with(proxies: &[(&str, u64)], forger: Option<&str>) -> (Step, WatchHealth) {
+    /// `forger` makes up requests in the last second (more than any other
+    /// proxy's): 7 000 failing, or 200 000 successful; the engine's step
+    /// and the watch's health then.
+    fn minute_with(proxies: &[(&str, u64)], forger: Option<(&str, bool)>) -> (Step, WatchHealth) {
         let d = promoted(Policy::default());
         let mut w = crate::window::Windows::default();
         let first = PROMOTED / 1000 + 1;
@@ -489,8 +511,10 @@ mod tests {
                 served(&mut w, p, s, 100 - failing, failing);
             }
         }
-        if let Some(f) = forger {
-            served(&mut w, f, first + 59, 0, 7000);
+        match forger {
+            Some((f, true)) => served(&mut w, f, first + 59, 0, 7000),
+            Some((f, false)) => served(&mut w, f, first + 59, 200_000, 0),
+            None => {}
         }
         let now = (first + 59) * 1000 + 500;
         let obs = crate::observe::observe(&w, &d, now);
@@ -500,16 +524,42 @@ mod tests {
 
     #[test]
     fn one_proxy_cannot_alone_revert_a_promoted_version() {
-        let (s, health) = minute_with(&[("a", 1), ("b", 1)], Some("c"));
-        assert!(s.transition.events.is_empty(), "{:?}", kinds(&s.transition));
-        assert_eq!(s.transition.deployment.baseline.version, "v2");
-        assert!(s.transition.deployment.watch.is_some(), "still watched");
+        let (s, health) = minute_with(&[("a", 1), ("b", 1)], Some(("c", true)));
+        assert_eq!(kinds(&s.transition), ["health_degraded"], "reported");
+        let e = &s.transition.events[0];
+        assert!(
+            e.reason
+                .starts_with("post-promotion watch of v2: proxy c (7000 of 19000"),
+            "{}",
+            e.reason
+        );
+        let next = &s.transition.deployment;
+        assert_eq!(next.baseline.version, "v2");
+        assert!(next.watch.as_ref().is_some_and(|w| w.hold_reported));
+        // Once per watch.
+        let obs = Observations {
+            watched: Some(Watched {
+                others: Some(Box::new(crate::observe::WatchedOthers {
+                    without: crate::window::Loudest {
+                        proxy: "c".into(),
+                        requests: 7000,
+                        total: 19000,
+                        proxies: 3,
+                    },
+                    watched: seen(12000, 120, 20.0),
+                })),
+                ..seen(19000, 7120, 20.0)
+            }),
+            ..Observations::default()
+        };
+        let again = super::super::step(next, &obs, PROMOTED + 90_000);
+        assert!(again.transition.events.is_empty(), "once");
         assert_eq!(health.verdict, VerdictKind::Degraded, "{health:?}");
         let r = &health.reasons[0];
         assert_eq!(r.code, crate::verdict::ReasonCode::ProxiesDisagree);
         assert!(
             r.message.starts_with(
-                "proxy c (7000 of 19000 requests of v2 since its promotion) alone would revert v2 (CRITICAL"
+                "proxy c (7000 of 19000 requests of v2 in its watch's window) alone would revert v2 (CRITICAL"
             ) && r.message.contains("the other 2 proxies say HEALTHY"),
             "{}",
             r.message
@@ -521,7 +571,7 @@ mod tests {
     #[test]
     fn a_breach_every_proxy_sees_or_the_only_proxy_reports_reverts() {
         // The same failures from the only proxy serving v2.
-        let (s, health) = minute_with(&[], Some("c"));
+        let (s, health) = minute_with(&[], Some(("c", true)));
         assert_eq!(health.verdict, VerdictKind::Critical);
         assert_eq!(kinds(&s.transition), ["reverted_to_pinned"]);
         // 30 % failing on every proxy: they agree.
@@ -531,6 +581,23 @@ mod tests {
         let (s, health) = minute_with(&[("a", 1), ("b", 1)], None);
         assert_eq!(health.verdict, VerdictKind::Healthy);
         assert!(s.transition.events.is_empty());
+    }
+
+    #[test]
+    fn one_proxy_cannot_drown_a_breach_the_others_see() {
+        // a and b see 30 % of v2 failing; c makes up 200 000 successes.
+        let (s, health) = minute_with(&[("a", 30), ("b", 30)], Some(("c", false)));
+        assert_eq!(health.verdict, VerdictKind::Degraded, "{health:?}");
+        let r = &health.reasons[0];
+        assert!(
+            r.message.contains("alone would keep v2 (HEALTHY")
+                && r.message.contains("the other 2 proxies say CRITICAL"),
+            "{}",
+            r.message
+        );
+        // Held, not reverted on the others' word alone, and reported.
+        assert_eq!(kinds(&s.transition), ["health_degraded"]);
+        assert_eq!(s.transition.deployment.baseline.version, "v2");
     }
 
     #[test]

@@ -11,11 +11,12 @@
 //! count a few seconds before it — of a version that was not serving as
 //! the baseline then, so only after a revert and a second promotion.)
 //!
-//! When two or more proxies reported the new baseline's requests since its
-//! promotion, the watch is also read without the proxy that reported the
-//! most of them (from the start of the proxy bucket the promotion's next
-//! second falls in: the promoted version served no baseline requests
-//! before it), so one proxy cannot alone revert it (`rules/watch.rs`).
+//! When two or more proxies reported the new baseline's requests in the
+//! watch's window, the watch is also read without the proxy that reported
+//! the most of them (from the start of the proxy bucket the window's first
+//! second falls in: right after the promotion, the promoted version served
+//! no baseline requests before it), so one proxy cannot alone revert it or
+//! drown a breach the others see (`rules/watch.rs`).
 
 use crate::engine::{Deployment, Millis};
 use crate::window::{Loudest, RoleWindowStats, Span, Windows};
@@ -33,7 +34,7 @@ pub struct Watched {
     pub slower_than_old: u64,
     /// Its requests slower than `slo.max_p95_ms` (0 without that SLO).
     pub slower_than_slo: u64,
-    /// When two or more proxies reported its requests since the promotion:
+    /// When two or more proxies reported its requests in the watch's window:
     /// the same without the one that reported the most.
     pub others: Option<Box<WatchedOthers>>,
 }

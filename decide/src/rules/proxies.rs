@@ -17,10 +17,12 @@
 //! of the canary's traffic is heard. DEGRADED and INSUFFICIENT_DATA hold
 //! anyway and are left as they are.
 //!
-//! The post-promotion watch likewise: a CRITICAL verdict (a revert) that is
-//! HEALTHY without the proxy that reported the most of the new baseline's
-//! requests since its promotion holds, as DEGRADED (a HEALTHY watch moves
-//! nothing, so it is left as it is).
+//! The post-promotion watch likewise, with the proxy that reported the most
+//! of the new baseline's requests in the watch's window: a CRITICAL verdict
+//! (a revert) that is HEALTHY without it, or a HEALTHY one that is CRITICAL
+//! without it (a breach one proxy's numbers would drown), holds as DEGRADED
+//! with `proxies_disagree`: nothing is reverted, and the engine reports the
+//! hold once (`engine/watch.rs`).
 
 use crate::verdict::{Reason, ReasonCode, Recommendation, Verdict, VerdictKind};
 use crate::window::Loudest;
@@ -31,7 +33,8 @@ use serde_json::json;
 pub(super) enum Subject<'a> {
     /// A canary: CRITICAL rolls it back, HEALTHY advances it.
     Canary,
-    /// The post-promotion watch of this version: CRITICAL reverts it.
+    /// The post-promotion watch of this version: CRITICAL reverts it,
+    /// HEALTHY keeps it.
     Watch(&'a str),
 }
 
@@ -47,6 +50,7 @@ pub(super) fn corroborate<T>(
         (VerdictKind::Critical, Subject::Canary) => "roll back the canary".to_string(),
         (VerdictKind::Healthy, Subject::Canary) => "advance the canary".to_string(),
         (VerdictKind::Critical, Subject::Watch(version)) => format!("revert {version}"),
+        (VerdictKind::Healthy, Subject::Watch(version)) => format!("keep {version}"),
         _ => return whole,
     };
     let without = judge(others);
@@ -63,7 +67,7 @@ pub(super) fn corroborate<T>(
     let rest = l.proxies.saturating_sub(1);
     let requests = match subject {
         Subject::Canary => "canary requests".to_string(),
-        Subject::Watch(version) => format!("requests of {version} since its promotion"),
+        Subject::Watch(version) => format!("requests of {version} in its watch's window"),
     };
     let message = format!(
         "proxy {} ({} of {} {requests}) alone would {acts} ({}: {}); \
