@@ -80,8 +80,8 @@ pub struct DataPlane {
     /// its own code costs beyond them.
     pub throughput_ratio_filter_vs_its_calls: f64,
     pub p50_added_vs_its_calls_us: f64,
-    /// coalmine ÷ the empty filter in each round (their runs are at most
-    /// two runs apart), in round order: the spread behind the median.
+    /// coalmine ÷ the empty filter in each round (both measured in the
+    /// same round), in round order: the spread behind the median.
     pub filter_vs_empty_wasm_per_round: Vec<f64>,
     /// What reading outputs costs: reading every answer (and 10 % of them)
     /// against coalmine without outputs.

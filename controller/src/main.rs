@@ -76,8 +76,8 @@ struct Args {
     /// The PEM private key of --tls-cert (PKCS#8, RSA or EC); needs --tls-cert.
     #[arg(long, env = "COALMINE_TLS_KEY")]
     tls_key: Option<PathBuf>,
-    /// How often the certificate and key files are checked for a renewal (a new pair serves new connections; 0: only on SIGHUP).
-    #[arg(long, env = "COALMINE_TLS_RELOAD_SECONDS", default_value_t = 60)]
+    /// How often the certificate and key files are checked for a renewal (a new pair serves new connections; 0: only on SIGHUP; at most 86400).
+    #[arg(long, env = "COALMINE_TLS_RELOAD_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     tls_reload_seconds: u64,
     /// The controller's URL as operators and proxies reach it (links in webhooks; on PostgreSQL, followers name the leader by it); default http://<listen>, or https://<listen> with TLS.
     #[arg(long, env = "COALMINE_PUBLIC_URL")]
@@ -283,9 +283,9 @@ fn reload_cert_when_renewed(cert: Option<Arc<LiveCert>>, seconds: u64) {
                     c.display(),
                     k.display()
                 ),
-                Err(e) => tracing::error!(
-                    "TLS certificate files not taken, the old one keeps serving: {e}"
-                ),
+                Err(e) => {
+                    tracing::error!("TLS certificate not reloaded, the old one keeps serving: {e}")
+                }
             }
         }
     });

@@ -43,10 +43,19 @@ pub struct LiveCert {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
-    /// The files' contents when last tried, taken or not: a periodic check
-    /// tries them again only when they changed (a bad pair is reported
-    /// once, not at every check).
-    tried: Mutex<(Vec<u8>, Vec<u8>)>,
+    /// The files as last read (their contents, or why they could not be
+    /// read), taken or not: a periodic check tries them again only when
+    /// that changed (a bad pair, or a missing file, is reported once, not
+    /// at every check). Held while a reload runs, so a signal's and a
+    /// check's reloads never interleave.
+    tried: Mutex<(ReadFile, ReadFile)>,
+}
+
+/// A file's contents, or why it could not be read.
+type ReadFile = Result<Vec<u8>, String>;
+
+fn read_file(path: &Path) -> ReadFile {
+    std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))
 }
 
 impl LiveCert {
@@ -65,18 +74,15 @@ impl LiveCert {
     }
 
     fn try_files(&self, always: bool) -> Result<bool, TlsFileError> {
-        let files = (read(&self.cert)?, read(&self.key)?);
-        {
-            let mut tried = self.tried.lock().unwrap_or_else(PoisonError::into_inner);
-            if !always && *tried == files {
-                return Ok(false);
-            }
-            tried.clone_from(&files);
+        let mut tried = self.tried.lock().unwrap_or_else(PoisonError::into_inner);
+        let files = (read_file(&self.cert), read_file(&self.key));
+        if !always && *tried == files {
+            return Ok(false);
         }
-        let fresh = Arc::new(certified_key(
-            (&self.cert, &files.0),
-            (&self.key, &files.1),
-        )?);
+        tried.clone_from(&files);
+        let cert = files.0.map_err(|reason| fail(&self.cert, reason))?;
+        let key = files.1.map_err(|reason| fail(&self.key, reason))?;
+        let fresh = Arc::new(certified_key((&self.cert, &cert), (&self.key, &key))?);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         Ok(true)
     }
@@ -108,12 +114,13 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
 ) -> Result<(ServerConfig, Arc<LiveCert>), TlsFileError> {
-    let files = (read(cert)?, read(key)?);
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let first = certified_key((cert, &cert_pem), (key, &key_pem))?;
     let live = Arc::new(LiveCert {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
-        current: RwLock::new(Arc::new(certified_key((cert, &files.0), (key, &files.1))?)),
-        tried: Mutex::new(files),
+        current: RwLock::new(Arc::new(first)),
+        tried: Mutex::new((Ok(cert_pem), Ok(key_pem))),
     });
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
@@ -132,7 +139,7 @@ fn fail(path: &Path, reason: String) -> TlsFileError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|e| fail(path, format!("cannot be read: {e}")))
+    read_file(path).map_err(|reason| fail(path, reason))
 }
 
 /// The chain read from `cert` and the key read from `key`, checked to
@@ -295,6 +302,12 @@ mod tests {
         assert!(live.reload_if_changed().unwrap());
         assert_eq!(served(&live), second, "b's pair again");
         assert!(!live.reload_if_changed().unwrap(), "nothing changed since");
+        // A missing file: reported once, the old pair serving.
+        std::fs::remove_file(&key).unwrap();
+        let err = live.reload_if_changed().unwrap_err().to_string();
+        assert!(err.contains("a.key: cannot be read"), "{err}");
+        assert!(!live.reload_if_changed().unwrap(), "reported once");
+        assert_eq!(served(&live), second);
     }
 
     #[test]

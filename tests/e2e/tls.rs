@@ -99,7 +99,6 @@ async fn clients_without_tls_or_without_the_ca_get_no_answer() -> Result<()> {
     Ok(())
 }
 
-/// Runs `coalmine` against the controller, with `--ca-file ca` if given.
 /// A client trusting only the CA at `ca`, on a new connection each call
 /// (a client of its own per check: a client's TLS session, resumed, skips
 /// the certificate).
@@ -123,7 +122,8 @@ async fn answers(client: &reqwest::Client, url: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_serves_without_a_restart() -> Result<()> {
-    let c = ControllerProc::start_tls(30_000, &[]).await?;
+    // Only SIGHUP reloads here (no periodic check to race it).
+    let c = ControllerProc::start_tls(30_000, &["--tls-reload-seconds", "0"]).await?;
     let files = c.tls_files().context("no TLS files")?.clone();
     let (url, pid) = (c.url("/healthz"), c.pid());
     let old_ca = trusting(&files.ca)?;
@@ -201,6 +201,7 @@ async fn a_renewed_certificate_serves_without_a_restart() -> Result<()> {
     Ok(())
 }
 
+/// Runs `coalmine` against the controller, with `--ca-file ca` if given.
 fn cli(c: &ControllerProc, ca: Option<&std::path::Path>, args: &[&str]) -> Result<Output> {
     let mut cmd = std::process::Command::new(package_bin("coalmine")?);
     cmd.arg("--url")
