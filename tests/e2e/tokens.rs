@@ -505,7 +505,17 @@ async fn a_proxy_cannot_alone_revert_a_promoted_version() -> Result<()> {
         .act("heart-prod", coalmine_client::Action::Promote, None)
         .await?;
     // The watch counts from the second after the promotion's.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let h = c.client().health("heart-prod").await?;
+    let since = h.watch.context("no watch after the promotion")?.since;
+    poll(
+        "the second after the promotion's",
+        Duration::from_secs(5),
+        || async {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            Ok((now.as_secs() > since / 1000).then_some(()))
+        },
+    )
+    .await?;
     // proxy-a serves v2 without errors; proxy-b alone claims 4 000 of its
     // requests failed, more than proxy-a's 3 200 (it is the loudest).
     for seq in 5..=12 {
@@ -531,7 +541,20 @@ async fn a_proxy_cannot_alone_revert_a_promoted_version() -> Result<()> {
         held.0.as_str() == "DEGRADED" && held.1.starts_with("proxy proxy-b (4000 of 7200 requests of v2 in its watch's window) alone would revert v2"),
         "{held:?}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The step that holds writes the hold: once it is in the timeline, that
+    // step has not reverted.
+    let is_hold = |e: &coalmine_client::types::StoredEvent| {
+        e.event.kind.as_str() == "health_degraded"
+            && e.event
+                .reason
+                .starts_with("post-promotion watch of v2: proxy proxy-b")
+    };
+    poll(
+        "the hold in the timeline",
+        Duration::from_secs(10),
+        || async { Ok(c.events_after(0).await?.iter().any(is_hold).then_some(())) },
+    )
+    .await?;
     let d = c.client().deployment("heart-prod").await?;
     let events = c.events_after(0).await?;
     ensure!(
@@ -540,16 +563,8 @@ async fn a_proxy_cannot_alone_revert_a_promoted_version() -> Result<()> {
         kinds(&events)
     );
     // The hold is in the timeline, once.
-    let holds: Vec<_> = events
-        .iter()
-        .filter(|e| {
-            e.event.kind.as_str() == "health_degraded"
-                && e.event
-                    .reason
-                    .starts_with("post-promotion watch of v2: proxy proxy-b")
-        })
-        .collect();
-    ensure!(holds.len() == 1, "{:?}", kinds(&events));
+    let holds = events.iter().filter(|e| is_hold(e)).count();
+    ensure!(holds == 1, "{:?}", kinds(&events));
     // When proxy-a sees v2 fail too, the proxies agree: reverted.
     a(13, promoted_report(4_000, true)?).await?;
     poll("the revert", Duration::from_secs(10), || async {
