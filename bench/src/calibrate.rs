@@ -75,6 +75,7 @@ pub async fn run(b: &Bench) -> Result<Calibration> {
         node_id: "bench-calibrate".into(),
         concurrency: 1,
         cpus: b.cpus.proxy.clone(),
+        ..EnvoyOptions::default()
     };
     let mut envoys: Vec<(Option<(&str, &str)>, Envoy)> = Vec::new();
     envoys.push((None, Envoy::start_with(config(None)?, &opts).await?));

@@ -74,6 +74,7 @@ pub async fn run(b: &Bench, modules: &[PathBuf]) -> Result<Comparison> {
         node_id: "bench-compare".into(),
         concurrency: 1,
         cpus: b.cpus.proxy.clone(),
+        ..EnvoyOptions::default()
     };
     let mut envoys =
         vec![Envoy::start_with(config(coalmine_e2e::empty_filter_wasm()?)?, &opts).await?];

@@ -104,7 +104,7 @@ pub struct DataPlane {
     pub cpu_us_added_per_request: f64,
 }
 
-const PATH: &str = "/predict/heart";
+pub(crate) const PATH: &str = "/predict/heart";
 /// Latency is measured with one connection: no queueing in Envoy.
 const LATENCY_CONNECTIONS: u32 = 1;
 
@@ -114,6 +114,14 @@ fn route(target: serde_json::Value) -> serde_json::Value {
         r.extend(t.clone());
     }
     json!([{ "match": { "prefix": PATH }, "route": route }])
+}
+
+/// `base` without a filter or the header strip, sending every request to
+/// `heart-v1`: plain Envoy.
+pub(crate) fn plain(base: EnvoyConfig) -> Result<EnvoyConfig> {
+    base.without_http_filter("coalmine")?
+        .without_header_strip()?
+        .routes(route(json!({"cluster": "heart-v1"})))
 }
 
 /// Warms up every Envoy (connections, the filter's JIT) before measuring.
@@ -214,10 +222,7 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
             .upstream("heart-v3", v3.addr)?
             .upstream("coalmine_controller", controller.addr)
     };
-    let plain = base()?
-        .without_http_filter("coalmine")?
-        .without_header_strip()?
-        .routes(route(json!({"cluster": "heart-v1"})))?;
+    let plain = plain(base()?)?;
     let weighted = base()?
         .without_http_filter("coalmine")?
         .without_header_strip()?
@@ -254,6 +259,7 @@ pub async fn run(b: &Bench) -> Result<(DataPlane, u64)> {
         node_id: "bench-dataplane".into(),
         concurrency: 1,
         cpus: b.cpus.proxy.clone(),
+        ..EnvoyOptions::default()
     };
     let variants = [
         (

@@ -5,6 +5,8 @@
 //!   filter making N of them per request.
 //! - [`dataplane`]: Envoy without a filter vs native `weighted_clusters` vs
 //!   the coalmine filter: requests/s, p50/p99, CPU per request (wrk).
+//! - [`instructions`]: Envoy's instructions per request under callgrind, for
+//!   the data plane's configurations and per kind of host call.
 //! - [`routing`]: split accuracy over 100 000 requests at 20/50/100 %, and
 //!   how long an operator's split change takes to reach every worker.
 //! - [`rollback`]: real model servers; the canary starts failing; time until
@@ -37,6 +39,7 @@ pub mod compare;
 pub mod dataplane;
 pub mod ha;
 pub mod heart;
+pub mod instructions;
 pub mod machine;
 pub mod profile;
 pub mod report;
@@ -61,18 +64,24 @@ pub struct Cpus {
     pub proxy: Option<String>,
     /// Everything, for multi-worker sections.
     pub all: Option<String>,
+    /// How many cores the machine gave this run (before any pinning).
+    pub cores: usize,
 }
 
 impl Cpus {
     fn detect() -> Cpus {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         if n < 2 {
-            return Cpus::default();
+            return Cpus {
+                cores: n,
+                ..Cpus::default()
+            };
         }
         Cpus {
             load: Some("0".into()),
             proxy: Some((n - 1).to_string()),
             all: Some(format!("0-{}", n - 1)),
+            cores: n,
         }
     }
 }
@@ -337,8 +346,9 @@ pub async fn run_only(smoke: bool, sections: &[String], modules: &[PathBuf]) -> 
             "capacity" => serde_json::to_string_pretty(&capacity::run(&b, None).await?)?,
             "ha" => serde_json::to_string_pretty(&ha::run(&b).await?)?,
             "compare" => serde_json::to_string_pretty(&compare::run(&b, modules).await?)?,
+            "instructions" => serde_json::to_string_pretty(&instructions::run(&b).await?)?,
             other => bail!(
-                "no section {other:?}: profile, calibrate, dataplane, routing, rollback, capacity, ha, compare"
+                "no section {other:?}: profile, calibrate, dataplane, instructions, routing, rollback, capacity, ha, compare"
             ),
         };
         println!("{s}: {figures}");
@@ -377,6 +387,7 @@ pub async fn run(smoke: bool, out: &Path, markdown: Option<&Path>) -> Result<rep
     ));
     let calibration = calibrate::run(&b).await?;
     let (dataplane, vm_after_dataplane) = dataplane::run(&b).await?;
+    let instructions = instructions::run(&b).await?;
     let (routing, vm_after_routing) = routing::run(&b).await?;
     let rollback = rollback::run(&b).await?;
     let capacity = capacity::run(&b, None).await?;
@@ -392,6 +403,7 @@ pub async fn run(smoke: bool, out: &Path, markdown: Option<&Path>) -> Result<rep
         report::Sections {
             calibration,
             dataplane,
+            instructions,
             routing,
             rollback,
             capacity,

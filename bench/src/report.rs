@@ -6,6 +6,7 @@ use super::calibrate::Calibration;
 use super::capacity::Capacity;
 use super::dataplane::DataPlane;
 use super::ha::Ha;
+use super::instructions::Instructions;
 use super::machine::Machine;
 use super::profile::Profile;
 use super::rollback::Rollback;
@@ -58,6 +59,7 @@ impl Goal {
 pub struct Sections {
     pub calibration: Calibration,
     pub dataplane: DataPlane,
+    pub instructions: Instructions,
     pub routing: Routing,
     pub rollback: Rollback,
     pub capacity: Capacity,
@@ -75,6 +77,8 @@ pub struct Perf {
     pub throughput_ratio_outputs_10_vs_empty_wasm: f64,
     pub throughput_ratio_filter_vs_plain: f64,
     pub throughput_ratio_filter_vs_weighted: f64,
+    /// The same ratio from instructions per request (callgrind).
+    pub instruction_ratio_filter_vs_empty_wasm: f64,
     pub p50_added_us: f64,
     pub p99_added_us: f64,
     pub split_error_pp: f64,
@@ -95,6 +99,7 @@ pub struct Perf {
     pub machine: Machine,
     pub calibration: Calibration,
     pub dataplane: DataPlane,
+    pub instructions: Instructions,
     pub routing: Routing,
     pub rollback: Rollback,
     pub capacity: Capacity,
@@ -109,6 +114,7 @@ impl Perf {
         let Sections {
             calibration,
             dataplane,
+            instructions,
             routing,
             rollback,
             capacity,
@@ -192,6 +198,8 @@ impl Perf {
                 .throughput_ratio_outputs_10_vs_empty_wasm,
             throughput_ratio_filter_vs_plain: dataplane.throughput_ratio_filter_vs_plain,
             throughput_ratio_filter_vs_weighted: dataplane.throughput_ratio_filter_vs_weighted,
+            instruction_ratio_filter_vs_empty_wasm: instructions
+                .instruction_ratio_filter_vs_empty_wasm,
             p50_added_us: dataplane.p50_added_us,
             p99_added_us: dataplane.p99_added_us,
             split_error_pp: routing.split_error_pp,
@@ -216,6 +224,7 @@ impl Perf {
             machine,
             calibration,
             dataplane,
+            instructions,
             routing,
             rollback,
             capacity,
@@ -351,6 +360,7 @@ impl Perf {
                 c.wall_us_per_call
             );
         }
+        o.push_str(&self.instructions.markdown());
         let p = &self.profile;
         let _ = writeln!(
             o,

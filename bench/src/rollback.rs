@@ -91,6 +91,7 @@ pub async fn run(b: &Bench) -> Result<Rollback> {
             node_id: "bench-rollback".into(),
             concurrency: 2,
             cpus: b.cpus.all.clone(),
+            ..EnvoyOptions::default()
         },
     )
     .await?;

@@ -171,6 +171,7 @@ pub async fn run(b: &Bench) -> Result<(Routing, u64)> {
             node_id: "bench-routing".into(),
             concurrency: workers,
             cpus: b.cpus.all.clone(),
+            ..EnvoyOptions::default()
         },
     )
     .await?;

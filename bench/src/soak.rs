@@ -237,6 +237,7 @@ pub async fn run(minutes: f64, out: &Path) -> Result<Soak> {
                 node_id: "soak".into(),
                 concurrency: 2,
                 cpus: None,
+                ..EnvoyOptions::default()
             },
         )
         .await?,

@@ -256,12 +256,18 @@ impl EnvoyConfig {
 }
 
 /// How to run Envoy: its node id, worker threads, and (optionally) the CPUs
-/// it may run on (a `taskset` list such as `"1"`), for benchmarks.
+/// it may run on (a `taskset` list such as `"1"`) and a command to run it
+/// under (such as `valgrind --tool=callgrind`, which execs Envoy in the same
+/// process), for benchmarks.
 #[derive(Debug, Clone)]
 pub struct EnvoyOptions {
     pub node_id: String,
     pub concurrency: u32,
     pub cpus: Option<String>,
+    /// The command and its arguments, before Envoy's path.
+    pub under: Vec<String>,
+    /// How long Envoy may take to start answering.
+    pub ready_within: Duration,
 }
 
 impl Default for EnvoyOptions {
@@ -270,6 +276,8 @@ impl Default for EnvoyOptions {
             node_id: "coalmine-e2e".to_string(),
             concurrency: 2,
             cpus: None,
+            under: Vec::new(),
+            ready_within: Duration::from_secs(30),
         }
     }
 }
@@ -292,14 +300,15 @@ impl Envoy {
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config.render()?)?;
         let log = std::fs::File::create(dir.path().join("envoy.log"))?;
-        let mut command = match &opts.cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(envoy_bin()?);
-                c
-            }
-            None => Command::new(envoy_bin()?),
-        };
+        let mut line: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(cpus) = &opts.cpus {
+            line.extend(["taskset".into(), "-c".into(), cpus.into()]);
+        }
+        line.extend(opts.under.iter().map(Into::into));
+        line.push(envoy_bin()?.into());
+        let (program, args) = line.split_first().context("no command to run Envoy")?;
+        let mut command = Command::new(program);
+        command.args(args);
         let child = command
             .arg("-c")
             .arg(&config_path)
@@ -347,7 +356,7 @@ impl Envoy {
             client,
         };
         let admin_file = envoy.dir.path().join("admin.address");
-        envoy.admin = poll("envoy's admin address", Duration::from_secs(30), || {
+        envoy.admin = poll("envoy's admin address", opts.ready_within, || {
             let r = envoy.check_running().map(|()| {
                 std::fs::read_to_string(&admin_file)
                     .ok()
@@ -356,7 +365,7 @@ impl Envoy {
             async move { r }
         })
         .await?;
-        envoy.listener = poll("envoy's listener", Duration::from_secs(30), || {
+        envoy.listener = poll("envoy's listener", opts.ready_within, || {
             let running = envoy.check_running();
             let request = envoy
                 .client
@@ -376,7 +385,7 @@ impl Envoy {
             }
         })
         .await?;
-        poll("envoy to be ready", Duration::from_secs(30), || {
+        poll("envoy to be ready", opts.ready_within, || {
             let running = envoy.check_running();
             let request = envoy.client.get(envoy.admin_url("/ready")).send();
             async move {
