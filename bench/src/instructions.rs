@@ -187,10 +187,8 @@ async fn count(
 
 /// The shipped plugin configuration without a controller: the static
 /// 80/20 split serves.
-fn standalone(outputs_percent: Option<f64>) -> Result<Value> {
-    let mut p = EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?;
-    let shipped_outputs = p["deployments"][0]["outputs"].clone();
-    p = without_outputs(p);
+fn standalone(b: &Bench, outputs_percent: Option<f64>) -> Result<Value> {
+    let mut p = without_outputs(EnvoyConfig::shipped("envoy.yaml")?.shipped_plugin_config()?);
     if let Some(o) = p.as_object_mut() {
         o.remove("controller");
     }
@@ -198,7 +196,7 @@ fn standalone(outputs_percent: Option<f64>) -> Result<Value> {
         bail!("envoy/envoy.yaml has no static split to serve without a controller");
     }
     if let Some(percent) = outputs_percent {
-        p["deployments"][0]["outputs"] = shipped_outputs;
+        p["deployments"][0]["outputs"] = b.shipped_outputs()?;
         p["deployments"][0]["outputs"]["sample_percent"] = json!(percent);
     }
     Ok(p)
@@ -262,7 +260,7 @@ pub async fn run(b: &Bench) -> Result<Instructions> {
             "empty_wasm",
             "the shipped config with a wasm filter that does nothing in coalmine's place",
             base()?
-                .plugin_config(&standalone(None)?)?
+                .plugin_config(&standalone(b, None)?)?
                 .wasm_module(coalmine_e2e::empty_filter_wasm()?),
         ),
         (
@@ -275,23 +273,23 @@ pub async fn run(b: &Bench) -> Result<Instructions> {
         (
             "coalmine",
             "the shipped config: header strip + coalmine filter at 80/20 (static), no outputs read",
-            base()?.plugin_config(&standalone(None)?)?,
+            base()?.plugin_config(&standalone(b, None)?)?,
         ),
         (
             "outputs_10",
             "coalmine reading the outputs of 10 % of the answers",
-            base()?.plugin_config(&standalone(Some(10.0))?)?,
+            base()?.plugin_config(&standalone(b, Some(10.0))?)?,
         ),
     ];
-    let calibrating = |call: &str, n: u32| -> Result<EnvoyConfig> {
+    let calibrating = |call: &str| -> Result<EnvoyConfig> {
         Ok(base()?
-            .plugin_config(&json!({"calibrate": {"call": call, "per_request": n}}))?
+            .plugin_config(&json!({"calibrate": {"call": call, "per_request": CALLS_PER_REQUEST}}))?
             .wasm_module(coalmine_e2e::empty_filter_wasm()?))
     };
     // The kinds coalmine makes per request, and the property read it makes
     // for a missing status or a 5xx.
     for (call, what) in CALLS.into_iter().filter(|(call, _)| *call != "counter") {
-        configurations.push((call, what, calibrating(call, CALLS_PER_REQUEST)?));
+        configurations.push((call, what, calibrating(call)?));
     }
     if b.smoke {
         configurations.retain(|c| c.0 == "coalmine");
