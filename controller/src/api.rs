@@ -63,7 +63,7 @@ pub fn router(controller: Arc<Controller>, tokens: Tokens) -> Router {
 /// The whole API, with the tokens in force in `tokens` (replaced on
 /// reload).
 pub fn router_live(controller: Arc<Controller>, tokens: Arc<LiveTokens>) -> Router {
-    let guard = Arc::new(AuthGuard::default());
+    let guard = Arc::new(AuthGuard::new(controller.wrong_tokens_per_window()));
     // Filled from the document once the routes have made it.
     let schemas = Arc::new(OnceLock::new());
     let operator = AppState {

@@ -210,8 +210,9 @@ impl LiveTokens {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub IpAddr);
 
-/// Wrong tokens one address may present in a window; beyond, every
-/// authenticated call from it is answered 429 until the window ends.
+/// Wrong tokens one address may present in a window by default
+/// (`--wrong-tokens-per-window`); beyond, every authenticated call from it
+/// is answered 429 until the window ends.
 pub const FAILURES_PER_WINDOW: u32 = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 /// Addresses tracked at most (a flood of addresses cannot take memory).
@@ -235,19 +236,41 @@ pub enum Failure {
 }
 
 /// Counts wrong tokens per client address in fixed windows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuthGuard {
     windows: Mutex<HashMap<IpAddr, Window>>,
+    /// Wrong tokens an address may present in a window.
+    limit: u32,
+}
+
+impl Default for AuthGuard {
+    fn default() -> Self {
+        AuthGuard::new(FAILURES_PER_WINDOW)
+    }
 }
 
 impl AuthGuard {
+    /// A guard letting each address present `limit` wrong tokens a window
+    /// (at least one).
+    pub fn new(limit: u32) -> AuthGuard {
+        AuthGuard {
+            windows: Mutex::default(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Wrong tokens an address may present in a window.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// Whether `addr` is over its limit right now.
     pub fn limited(&self, addr: Option<IpAddr>, now: Instant) -> bool {
         let (Some(addr), Ok(windows)) = (addr, self.windows.lock()) else {
             return false;
         };
         windows.get(&addr).is_some_and(|w| {
-            now.duration_since(w.started) < FAILURE_WINDOW && w.failures >= FAILURES_PER_WINDOW
+            now.duration_since(w.started) < FAILURE_WINDOW && w.failures >= self.limit
         })
     }
 
@@ -279,7 +302,7 @@ impl AuthGuard {
         w.failures = w.failures.saturating_add(1);
         match w.failures {
             1 => Failure::First,
-            n if n == FAILURES_PER_WINDOW => Failure::LimitReached,
+            n if n == self.limit => Failure::LimitReached,
             _ => Failure::Counted,
         }
     }
@@ -367,5 +390,24 @@ mod tests {
         let later = t0 + FAILURE_WINDOW;
         assert!(!guard.limited(a, later), "a new window");
         assert_eq!(guard.failed(a, later), Failure::First);
+    }
+
+    #[test]
+    fn the_limit_of_wrong_tokens_is_the_one_configured() {
+        let a = Some(IpAddr::from([127, 0, 0, 2]));
+        let t0 = Instant::now();
+        let guard = AuthGuard::new(3);
+        assert_eq!(guard.failed(a, t0), Failure::First);
+        assert_eq!(guard.failed(a, t0), Failure::Counted);
+        assert!(!guard.limited(a, t0));
+        assert_eq!(guard.failed(a, t0), Failure::LimitReached);
+        assert!(guard.limited(a, t0));
+        // A limit of 0 would refuse an address before its first wrong
+        // token: the least is one.
+        let one = AuthGuard::new(0);
+        assert_eq!(one.limit(), 1);
+        assert!(!one.limited(a, t0));
+        assert_eq!(one.failed(a, t0), Failure::First);
+        assert!(one.limited(a, t0));
     }
 }

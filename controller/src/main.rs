@@ -52,6 +52,9 @@ struct Args {
     /// Run without tokens (development only: anyone who reaches the port can change traffic).
     #[arg(long)]
     insecure_dev: bool,
+    /// Wrong tokens one client address may present in 10 s; beyond, its authenticated calls are answered 429 until the window ends.
+    #[arg(long, env = "COALMINE_WRONG_TOKENS_PER_WINDOW", default_value_t = coalmine_controller::auth::FAILURES_PER_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
+    wrong_tokens_per_window: u32,
     /// The lease granted to proxies: without a successful sync for this long they fall back to baselines.
     #[arg(long, env = "COALMINE_LEASE_MS", default_value_t = 30_000)]
     lease_ms: u64,
@@ -340,6 +343,7 @@ async fn main() -> Result<()> {
     let notifier = notifier(&args, url.clone(), store.clone(), metrics.clone()).await?;
     let settings = Settings {
         leader_lease_ms: args.leader_lease_ms,
+        wrong_tokens_per_window: args.wrong_tokens_per_window,
         url,
         lease_ms: args.lease_ms,
         retention: Some(Retention {

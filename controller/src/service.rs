@@ -61,6 +61,9 @@ pub struct Settings {
     /// Where operators and proxies reach this replica (followers name the
     /// leader's).
     pub url: String,
+    /// Wrong tokens one client address may present in 10 s before its
+    /// calls are answered 429 for the rest of the window.
+    pub wrong_tokens_per_window: u32,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             retention: Some(Retention::default()),
             leader_lease_ms: 5_000,
             url: String::new(),
+            wrong_tokens_per_window: crate::auth::FAILURES_PER_WINDOW,
         }
     }
 }
@@ -221,6 +225,11 @@ impl Controller {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Wrong tokens one client address may present in a window.
+    pub fn wrong_tokens_per_window(&self) -> u32 {
+        self.settings.wrong_tokens_per_window
     }
 
     /// The controller's time (ms since the UNIX epoch).

@@ -651,3 +651,34 @@ async fn wrong_tokens_are_counted_logged_once_and_limited() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// `--wrong-tokens-per-window` sets the limit: with 3, the fourth call from
+/// the address is answered 429, the right token too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_limit_of_wrong_tokens_is_the_one_configured() -> Result<()> {
+    let c = ControllerProc::start_with(LEASE_MS, &["--wrong-tokens-per-window", "3"]).await?;
+    c.heart_prod(json!({})).await?;
+    let wrong = operator(&c, "not-the-operator-token")?;
+    let v = RegisterVersion {
+        version: "v3".into(),
+        cluster: "heart-v3".into(),
+        metadata: None,
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let status = wrong.register_version("heart-prod", &v).await.err();
+        statuses.push(status.and_then(|e| e.status()).unwrap_or(0));
+    }
+    ensure!(statuses == [401, 401, 401, 429], "{statuses:?}");
+    let right = c.client().register_version("heart-prod", &v).await.err();
+    ensure!(
+        right.and_then(|e| e.status()) == Some(429),
+        "the limited address got through"
+    );
+    ensure!(
+        c.log().matches("3 wrong tokens from 127.0.0.1").count() == 1,
+        "{}",
+        c.log()
+    );
+    Ok(())
+}

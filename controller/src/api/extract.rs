@@ -3,9 +3,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::{
-    ClientAddr, FAILURE_WINDOW, FAILURES_PER_WINDOW, Failure, bearer_matches, matching,
-};
+use crate::auth::{ClientAddr, FAILURE_WINDOW, Failure, bearer_matches, matching};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -155,7 +153,8 @@ fn wrong_token(parts: &Parts, state: &AppState, role: &'static str) {
             FAILURE_WINDOW.as_secs()
         ),
         Failure::LimitReached => tracing::warn!(
-            "{FAILURES_PER_WINDOW} wrong tokens from {shown} within {} s: its calls are answered 429 until the window ends",
+            "{} wrong tokens from {shown} within {} s: its calls are answered 429 until the window ends",
+            state.guard.limit(),
             FAILURE_WINDOW.as_secs()
         ),
         Failure::Counted => {}
