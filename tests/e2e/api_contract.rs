@@ -25,7 +25,7 @@ const TLS_EXAMPLES: &str = "25";
 /// schemathesis sends thousands of calls with wrong tokens from one address
 /// and wants each answered 401 (its `ignored_auth` check); past the default
 /// limit (20 in 10 s) they are rightly answered 429. The limit itself is
-/// `tokens.rs`'s to test; here it is raised out of the way.
+/// `wrong_tokens.rs`'s to test; here it is raised out of the way.
 const NO_LIMIT: [&str; 2] = ["--wrong-tokens-per-window", "1000000"];
 
 #[tokio::test(flavor = "multi_thread")]
